@@ -1,0 +1,141 @@
+"""Load the models of the study by name or path: the diffusion pipeline and the CLIP-based scorers.
+
+Names (a small registry, like ddpo-pytorch's): ``toy`` is the embedded toy world in ``data/toy-model``;
+``sd15`` is Stable Diffusion v1.5 on the model hub. Anything else is taken as a local diffusers folder or a
+hub id. Every pipeline gets a ``DDIMScheduler`` (DDPO's sampler) and no safety checker.
+
+Failures name the path and what is wrong with it, instead of a deep stack trace from diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_MODEL_DIR = REPO_ROOT / "data" / "toy-model"
+MODEL_REGISTRY = {
+    "toy": str(TOY_MODEL_DIR),
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder or id that cannot be loaded; the message names it and the reason."""
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Registry name -> path or hub id; other strings are returned unchanged."""
+    return MODEL_REGISTRY.get(name_or_path, name_or_path)
+
+
+def _check_pipeline_dir(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers pipeline folder: {index.name} is missing")
+    try:
+        components = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{index} is not valid JSON ({err})") from err
+    missing = [c for c in PIPELINE_COMPONENTS if c not in components or not (path / c).is_dir()]
+    if missing:
+        raise ModelLoadError(f"pipeline folder {path} lacks the component folder(s) {missing}")
+
+
+def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A ``StableDiffusionPipeline`` with a DDIM scheduler, frozen, on ``device`` in ``dtype``.
+
+    ``dtype`` applies to the frozen weights (fp16/bf16 on GPU is fine); trainable weights are made fp32 by
+    :mod:`ddpo_study.finetune` regardless.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    target = resolve_model(name_or_path)
+    path = Path(target)
+    local = path.exists() or name_or_path in ("toy",) or target.startswith((".", "/"))
+    if local:
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {path} does not exist" + (
+                " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else ""))
+        _check_pipeline_dir(path)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            target, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            local_files_only=local,
+        )
+    except Exception as err:  # diffusers raises many types; the caller needs the path and the cause
+        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {target!r}: {err}") from err
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class ClipScorer:
+    """A CLIP model plus how images must be prepared for it.
+
+    ``image_size``/``mean``/``std`` reproduce ``CLIPImageProcessor`` in torch (resize, normalise), so
+    scoring stays on the tensor path; for the toy CLIP they are its native 32 px and a [-1, 1] mapping.
+    """
+
+    model: "torch.nn.Module"
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] images (B,3,H,W) -> CLIP pixel values."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bicubic",
+                                   align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    @torch.no_grad()
+    def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """Unnormalised projected image embeddings (B, D)."""
+        device = next(self.model.parameters()).device
+        out = self.model.get_image_features(pixel_values=self.preprocess(images.to(device).float()))
+        return getattr(out, "pooler_output", out)
+
+    @torch.no_grad()
+    def text_embeds(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        out = self.model.get_text_features(input_ids=ids)
+        return getattr(out, "pooler_output", out)
+
+
+#: Toy CLIP preprocessing: native 32 px, [0,1] -> [-1,1].
+TOY_CLIP_NORM = dict(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+#: OpenAI CLIP preprocessing constants (CLIPImageProcessor defaults).
+OPENAI_CLIP_NORM = dict(image_size=224, mean=(0.48145466, 0.4578275, 0.40821073),
+                        std=(0.26862954, 0.26130258, 0.27577711))
+
+
+def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipScorer:
+    """A CLIP scorer from a local folder (``clip/`` of the toy model) or a hub id such as openai/clip-vit-large-patch14."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    path_s = str(path)
+    local = Path(path_s).exists()
+    if local and not (Path(path_s) / "config.json").is_file():
+        raise ModelLoadError(f"CLIP folder {path_s} has no config.json")
+    try:
+        model = CLIPModel.from_pretrained(path_s, local_files_only=local).to(device).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(path_s, local_files_only=local)
+    except Exception as err:
+        raise ModelLoadError(f"could not load CLIP from {path_s!r}: {err}") from err
+    norm = TOY_CLIP_NORM if model.config.vision_config.image_size <= 64 else OPENAI_CLIP_NORM
+    norm = dict(norm, image_size=model.config.vision_config.image_size)
+    return ClipScorer(model=model, tokenizer=tokenizer, **norm)

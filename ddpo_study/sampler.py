@@ -1,0 +1,484 @@
+"""DDIM sampling that records what DDPO needs: every latent of the chain and the log-density of every step.
+
+DDPO (Black et al., 2023, "Training Diffusion Models with Reinforcement Learning") treats denoising as an MDP
+whose policy is the reverse step ``p_theta(x_{t-1} | x_t, c)``. With DDIM and ``eta > 0`` that step is Gaussian,
+
+    x_{t-1} ~ N( mu_theta(x_t, t, c),  sigma_t^2 I ),      sigma_t = eta * sqrt(var(t, t_prev)),
+
+so the policy-gradient ratio needs ``log p_theta(x_{t-1} | x_t, c)`` both when sampling (the "old" policy) and
+again, with gradients, when training. This module computes both with one function, ``ddim_step_with_logprob``,
+so the two can only agree.
+
+Conventions used throughout:
+
+* ``latents[:, j]`` is the input of step ``j`` (``j = 0`` is pure noise ``x_T``), ``latents[:, j + 1]`` its
+  output, and ``timesteps[j]`` the UNet timestep of step ``j``. ``log_probs[:, j]`` scores that transition.
+* Per-image seeds: image ``i`` draws its initial latent *and* the noise of each of its steps from its own
+  ``torch.Generator().manual_seed(seeds[i])`` (a CPU generator, so the stream does not depend on the device).
+  Hence an image depends only on ``(prompt, seed)``, never on which other images shared its batch; this is what
+  lets us compare tuned and base models image by image at the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The DDIM step with its log-probability
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _per_sample(values: Tensor, ndim: int) -> Tensor:
+    """Reshape per-sample scalars ``(B,)`` to ``(B, 1, ..., 1)`` so they broadcast over a ``ndim``-d sample."""
+    return values.reshape(values.shape[0], *([1] * (ndim - 1)))
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: Tensor,
+    timestep: int | Tensor,
+    sample: Tensor,
+    eta: float = 1.0,
+    prev_sample: Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One DDIM step ``x_t -> x_{t-1}`` (as ``DDIMScheduler.step``) and ``log p(x_{t-1} | x_t)``.
+
+    Args:
+        scheduler: a ``DDIMScheduler`` on which ``set_timesteps`` has been called.
+        model_output: the (guided) UNet output for ``sample``; interpreted by ``scheduler.config.prediction_type``
+            (``"epsilon"``, ``"v_prediction"`` or ``"sample"``), exactly as diffusers does.
+        timestep: ``t``; an int / 0-d tensor shared by the batch, or a ``(B,)`` tensor with one timestep per sample
+            (training scores many (sample, step) pairs in one call).
+        sample: ``x_t``, shape ``(B, C, h, w)``.
+        eta: DDIM's ``eta``; ``sigma_t = eta * sqrt(var)``. ``eta = 1`` is DDPM-like ancestral sampling.
+        prev_sample: if given, ``x_{t-1}`` to *score* (no noise is drawn and it is returned unchanged);
+            otherwise ``x_{t-1}`` is sampled.
+        generator: one ``torch.Generator`` or a list with one per sample, for the noise (see ``randn_tensor``).
+
+    Returns:
+        ``(prev_sample, log_prob)``: ``x_{t-1}`` in ``sample.dtype`` and a float32 ``(B,)`` tensor.
+
+    ``log_prob`` is the Gaussian log-density of ``prev_sample`` under ``N(mu, sigma_t^2 I)`` **averaged** (not
+    summed) over all non-batch dimensions, as DDPO does. It is therefore a per-dimension value, comparable across
+    resolutions, and the PPO importance ratio built from it, ``exp(log_prob - old_log_prob)``, is the
+    exponentiated *mean* per-dimension log-ratio (the ``D``-th root of the true density ratio, for ``D`` dims).
+
+    Where ``sigma_t == 0`` the step is deterministic (``eta = 0``, or the last step when
+    ``set_alpha_to_one=True``): a point mass has no density, so ``log_prob`` is defined as ``0`` there (no
+    division by zero). Such steps then have ratio 1 and contribute no policy gradient.
+
+    The arithmetic runs in float32 even for half inputs: the Gaussian density divides by ``sigma_t^2`` which can
+    be small, and half precision would make the old and new log-probs disagree by rounding alone. Noise is drawn in
+    float32 too, so a seed gives the same noise whatever the model dtype. For float32 inputs the result equals
+    ``DDIMScheduler.step`` with ``use_clipped_model_output=False``.
+    """
+    if not isinstance(scheduler, DDIMScheduler):
+        raise TypeError(f"ddim_step_with_logprob needs a DDIMScheduler, got {type(scheduler).__name__}")
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_inference_steps) first")
+
+    out_dtype = sample.dtype
+    device = sample.device
+    batch_size, ndim = sample.shape[0], sample.ndim
+    model_output = model_output.float()
+    sample = sample.float()
+
+    # 1. get previous step value (=t-1); per sample so that one call can mix timesteps.
+    timestep = torch.as_tensor(timestep, device=device).long()
+    if timestep.ndim == 0:
+        timestep = timestep.expand(batch_size)
+    if timestep.shape != (batch_size,):
+        raise ValueError(f"timestep must be a scalar or shape ({batch_size},), got {tuple(timestep.shape)}")
+    prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+    # 2. compute alphas, betas (alpha_prod = \bar{alpha} in DDPM notation). Below t = 0 the scheduler uses
+    #    final_alpha_cumprod, which is 1 when set_alpha_to_one=True and \bar{alpha}_0 otherwise.
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    final_alpha_cumprod = scheduler.final_alpha_cumprod.to(device=device, dtype=torch.float32)
+    alpha_prod_t = alphas_cumprod[timestep]
+    alpha_prod_t_prev = torch.where(
+        prev_timestep >= 0, alphas_cumprod[prev_timestep.clamp(min=0)], final_alpha_cumprod
+    )
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+
+    # 5. (computed early, per sample) variance "sigma_t(eta)^2 / eta^2" of DDIM eq. (16):
+    #    sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+    variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+    std_dev_t = eta * variance.sqrt()
+
+    alpha_prod_t = _per_sample(alpha_prod_t, ndim)
+    alpha_prod_t_prev = _per_sample(alpha_prod_t_prev, ndim)
+    beta_prod_t = _per_sample(beta_prod_t, ndim)
+    std = _per_sample(std_dev_t, ndim)
+
+    # 3. compute predicted original sample ("predicted x_0", f_theta(x_t, t) of DDIM eq. (12)) and the
+    #    predicted noise e_theta(x_t, t), for the scheduler's parameterisation.
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        pred_original_sample = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+        pred_epsilon = model_output
+    elif prediction_type == "sample":
+        pred_original_sample = model_output
+        pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original_sample) / beta_prod_t**0.5
+    elif prediction_type == "v_prediction":
+        pred_original_sample = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+        pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+    # 4. clip or threshold "predicted x_0", as the scheduler would (SD's config has both off).
+    if scheduler.config.thresholding:
+        pred_original_sample = scheduler._threshold_sample(pred_original_sample)
+    elif scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        pred_original_sample = pred_original_sample.clamp(-r, r)
+
+    # 6. "direction pointing to x_t" of DDIM eq. (12). clamp(min=0) only guards eta > 1, where diffusers
+    #    would return NaN.
+    pred_sample_direction = (1 - alpha_prod_t_prev - std**2).clamp(min=0) ** 0.5 * pred_epsilon
+
+    # 7. x_{t-1} without the random noise: the mean mu of the Gaussian policy.
+    prev_sample_mean = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
+
+    # 8. sample x_{t-1} = mu + sigma_t * z (diffusers draws z only when eta > 0; so do we, to keep the same
+    #    generator stream), or take the given x_{t-1}.
+    if prev_sample is None:
+        prev_sample = prev_sample_mean
+        if eta > 0:
+            noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=torch.float32)
+            prev_sample = prev_sample_mean + std * noise
+        prev_sample = prev_sample.to(out_dtype)
+
+    # 9. log N(x_{t-1}; mu, sigma_t^2) per dimension, averaged over non-batch dims. We score the value actually
+    #    returned (after any cast to out_dtype), so sampling and re-scoring the stored latents agree exactly.
+    #    Where sigma_t == 0 the density is undefined: use a safe std of 1 and overwrite with 0.
+    x = prev_sample.float()
+    has_noise = std > 0
+    safe_std = torch.where(has_noise, std, torch.ones_like(std))
+    log_prob = -((x - prev_sample_mean) ** 2) / (2 * safe_std**2) - torch.log(safe_std) - _LOG_SQRT_2PI
+    log_prob = log_prob.mean(dim=tuple(range(1, ndim)))
+    log_prob = torch.where(std_dev_t > 0, log_prob, torch.zeros_like(log_prob))
+    return prev_sample, log_prob
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Trajectories
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled denoising chains: everything DDPO needs from sampling, and nothing else.
+
+    ``T`` is the number of inference steps, ``B`` the number of images.
+    """
+
+    prompts: list[str]
+    seeds: list[int]
+    latents: Tensor  #: (B, T+1, C, h, w): x_T, ..., x_0 (``latents[:, j]`` is the input of step j)
+    log_probs: Tensor  #: (B, T) float32: log p(latents[:, j+1] | latents[:, j]) under the sampling policy
+    timesteps: Tensor  #: (T,) the UNet timestep of each step, shared by the batch
+    prompt_embeds: Tensor  #: (B, L, D) text-encoder output for each prompt
+    negative_prompt_embeds: Tensor  #: (B, L, D) text-encoder output for "" (the CFG unconditional branch)
+    images: Tensor  #: (B, 3, H, W) float in [0, 1], the decoded x_0
+    guidance_scale: float
+    eta: float
+
+    _BATCHED = ("latents", "log_probs", "prompt_embeds", "negative_prompt_embeds", "images")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def to(self, device: torch.device | str) -> "Trajectory":
+        """A copy with all tensors detached and moved to ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.detach().to(device)
+        return Trajectory(**moved)
+
+    def cpu(self) -> "Trajectory":
+        return self.to("cpu")
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "Trajectory":
+        """The sub-batch at ``index`` (an int keeps a batch of one); timesteps and settings are shared."""
+        if isinstance(index, int):
+            index = [index]
+        if isinstance(index, slice):
+            positions = list(range(len(self)))[index]
+        else:
+            positions = [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
+        rows = torch.as_tensor(positions, dtype=torch.long)
+        picked = {name: getattr(self, name)[rows.to(getattr(self, name).device)] for name in self._BATCHED}
+        return replace(
+            self,
+            prompts=[self.prompts[i] for i in positions],
+            seeds=[self.seeds[i] for i in positions],
+            **picked,
+        )
+
+    def split(self, batch_size: int) -> list["Trajectory"]:
+        """Consecutive chunks of at most ``batch_size`` samples (e.g. PPO minibatches after a shuffle)."""
+        return [self[i : i + batch_size] for i in range(0, len(self), batch_size)]
+
+    @staticmethod
+    def cat(trajectories: Sequence["Trajectory"]) -> "Trajectory":
+        """Concatenate along the batch; all parts must share timesteps, guidance scale and eta."""
+        first = trajectories[0]
+        for other in trajectories[1:]:
+            if not torch.equal(other.timesteps.cpu(), first.timesteps.cpu()):
+                raise ValueError("cannot concatenate trajectories with different timesteps")
+            if (other.guidance_scale, other.eta) != (first.guidance_scale, first.eta):
+                raise ValueError("cannot concatenate trajectories with different guidance_scale/eta")
+        return replace(
+            first,
+            prompts=[p for tr in trajectories for p in tr.prompts],
+            seeds=[s for tr in trajectories for s in tr.seeds],
+            **{name: torch.cat([getattr(tr, name) for tr in trajectories]) for name in Trajectory._BATCHED},
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text conditioning and the guided UNet call
+# --------------------------------------------------------------------------------------------------------------
+
+
+def encode_prompts(pipe, prompts: Sequence[str]) -> Tensor:
+    """Text-encoder hidden states ``(B, L, D)`` for ``prompts``, tokenised exactly as ``StableDiffusionPipeline``."""
+    tokens = pipe.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    device = pipe.text_encoder.device
+    # Like the pipeline, pass the attention mask only to encoders configured to use it (SD's CLIP is not).
+    attention_mask = None
+    if getattr(pipe.text_encoder.config, "use_attention_mask", False):
+        attention_mask = tokens.attention_mask.to(device)
+    return pipe.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+
+
+def guided_noise_pred(
+    unet,
+    latents: Tensor,
+    timesteps: int | Tensor,
+    prompt_embeds: Tensor,
+    negative_prompt_embeds: Tensor | None,
+    guidance_scale: float,
+) -> Tensor:
+    """The UNet output with classifier-free guidance, as ``StableDiffusionPipeline`` computes it.
+
+    With ``guidance_scale > 1`` the UNet runs once on the doubled batch ``[uncond; cond]`` and returns
+    ``eps_u + w * (eps_c - eps_u)``; otherwise it runs once on the conditional batch only (the pipeline's
+    ``do_classifier_free_guidance`` rule). ``timesteps`` is a scalar or a per-sample ``(B,)`` tensor.
+    ``negative_prompt_embeds`` may have batch size 1 (broadcast) or B.
+    """
+    if guidance_scale <= 1.0:
+        return unet(latents, timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+    batch_size = latents.shape[0]
+    negative_prompt_embeds = negative_prompt_embeds.expand(batch_size, -1, -1)
+    timesteps = torch.as_tensor(timesteps, device=latents.device)
+    if timesteps.ndim == 1:
+        timesteps = torch.cat([timesteps, timesteps])
+    noise_pred = unet(
+        torch.cat([latents, latents]),
+        timesteps,
+        encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds]),
+        return_dict=False,
+    )[0]
+    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _module_dtype(module) -> torch.dtype:
+    dtype = getattr(module, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
+
+
+def _module_device(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _sample_batch(pipe, unet, prompts, seeds, num_inference_steps, guidance_scale, eta, progress_bar) -> Trajectory:
+    scheduler = pipe.scheduler
+    device, dtype = _module_device(unet), _module_dtype(unet)
+    batch_size = len(prompts)
+    # One CPU generator per image drives its initial latent and all its step noise (see module docstring).
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+    with torch.inference_mode():
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        prompt_embeds = encode_prompts(pipe, prompts).to(device=device, dtype=dtype)
+        negative_prompt_embeds = encode_prompts(pipe, [""]).to(device=device, dtype=dtype)
+        negative_prompt_embeds = negative_prompt_embeds.repeat(batch_size, 1, 1)
+
+        size = unet.config.sample_size
+        # Drawn in float32 then cast, so the same seed gives the same x_T whatever the model dtype.
+        latents = randn_tensor(
+            (batch_size, unet.config.in_channels, size, size), generator=generators, device=device,
+            dtype=torch.float32,
+        )
+        latents = (latents * scheduler.init_noise_sigma).to(dtype)
+
+        all_latents, all_log_probs = [latents], []
+        for t in timesteps:
+            # DDIMScheduler.scale_model_input is the identity, so the latents go to the UNet as they are.
+            noise_pred = guided_noise_pred(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale)
+            latents, log_prob = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=eta, generator=generators)
+            all_latents.append(latents)
+            all_log_probs.append(log_prob)
+            if progress_bar is not None:
+                progress_bar.update(1)
+
+        vae = pipe.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        images = (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+    # Tensors made under inference_mode can never enter autograd ("inference tensors cannot be saved for
+    # backward"); cloning outside it turns them into ordinary tensors that training can use freely.
+    return Trajectory(
+        prompts=list(prompts),
+        seeds=[int(s) for s in seeds],
+        latents=torch.stack(all_latents, dim=1).clone(),
+        log_probs=torch.stack(all_log_probs, dim=1).clone(),
+        timesteps=timesteps.clone(),
+        prompt_embeds=prompt_embeds.clone(),
+        negative_prompt_embeds=negative_prompt_embeds.clone(),
+        images=images.clone(),
+        guidance_scale=float(guidance_scale),
+        eta=float(eta),
+    )
+
+
+def sample_trajectories(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    num_inference_steps: int = 20,
+    guidance_scale: float = 5.0,
+    eta: float = 1.0,
+    unet=None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Trajectory:
+    """Sample one image per ``(prompt, seed)`` pair with DDIM and record the whole chain.
+
+    Image ``i`` is a function of ``(prompts[i], seeds[i])`` and the weights only: its own generator drives its
+    initial latent and all its step noise, so batch size, batch order and ``batch_size`` chunking do not change
+    it. ``unet`` overrides ``pipe.unet`` (e.g. a LoRA-wrapped copy); ``pipe.scheduler`` must be a DDIMScheduler
+    (SD ships PNDM; use ``DDIMScheduler.from_config(pipe.scheduler.config)``). Returns tensors on the UNet's
+    device; the images are decoded once per chunk at the end.
+    """
+    prompts, seeds = list(prompts), list(seeds)
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        raise TypeError("sample_trajectories needs pipe.scheduler to be a DDIMScheduler")
+    unet = pipe.unet if unet is None else unet
+    chunk = batch_size or len(prompts)
+
+    progress_bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        n_chunks = math.ceil(len(prompts) / chunk)
+        progress_bar = tqdm(total=n_chunks * num_inference_steps, desc="sampling", leave=False)
+    try:
+        parts = [
+            _sample_batch(pipe, unet, prompts[i : i + chunk], seeds[i : i + chunk], num_inference_steps,
+                          guidance_scale, eta, progress_bar)
+            for i in range(0, len(prompts), chunk)
+        ]
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+    return parts[0] if len(parts) == 1 else Trajectory.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Re-scoring for training
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _as_step_index(step_indices: int | Sequence[int] | Tensor, batch_size: int) -> tuple[Tensor, tuple[int, ...]]:
+    """Broadcast step indices to ``(B, K)`` and remember the output shape: ``(B,)`` for an int, else ``(B, K)``."""
+    index = torch.as_tensor(step_indices, dtype=torch.long)
+    if index.ndim == 0:
+        return index.expand(batch_size, 1), (batch_size,)
+    if index.ndim == 1:
+        index = index.unsqueeze(0).expand(batch_size, -1)
+    if index.ndim != 2 or index.shape[0] != batch_size:
+        raise ValueError(f"step_indices must be an int, (K,) or ({batch_size}, K); got {tuple(index.shape)}")
+    return index, tuple(index.shape)
+
+
+def recompute_log_probs(
+    unet,
+    scheduler: DDIMScheduler,
+    trajectory: Trajectory,
+    step_indices: int | Sequence[int] | Tensor,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
+) -> Tensor:
+    """``log p_theta(x_{j+1} | x_j)`` under the *current* UNet, with gradients, for the chosen steps.
+
+    ``step_indices`` is an int (one step for all samples; result ``(B,)``), a ``(K,)`` sequence shared by all
+    samples, or a ``(B, K)`` tensor of per-sample steps (results ``(B, K)``, aligned with ``step_indices``). All
+    ``B*K`` (sample, step) pairs go through ONE UNet call (two-fold with guidance) by flattening them and
+    passing per-sample timesteps. The matching old log-probs are
+    ``trajectory.log_probs.gather(1, index)``. ``guidance_scale``/``eta`` default to the sampling ones; with
+    unchanged weights the result reproduces ``trajectory.log_probs`` (PPO ratio 1).
+    """
+    guidance_scale = trajectory.guidance_scale if guidance_scale is None else guidance_scale
+    eta = trajectory.eta if eta is None else eta
+    num_steps = trajectory.num_steps
+    device = trajectory.latents.device
+    if scheduler.num_inference_steps != num_steps:
+        scheduler.set_timesteps(num_steps, device=device)
+    if not torch.equal(scheduler.timesteps.cpu(), trajectory.timesteps.cpu()):
+        raise ValueError("scheduler timesteps differ from the trajectory's; was it sampled with another config?")
+
+    batch_size = len(trajectory)
+    index, out_shape = _as_step_index(step_indices, batch_size)
+    rows = torch.arange(batch_size).unsqueeze(1).expand_as(index).reshape(-1).to(device)
+    steps = index.reshape(-1).to(device)
+    if steps.min() < 0 or steps.max() >= num_steps:
+        raise IndexError(f"step indices must lie in [0, {num_steps})")
+
+    sample = trajectory.latents[rows, steps]  # x_j
+    prev_sample = trajectory.latents[rows, steps + 1]  # x_{j+1}, the action to score
+    timesteps = trajectory.timesteps.to(device)[steps]
+    noise_pred = guided_noise_pred(
+        unet,
+        sample,
+        timesteps,
+        trajectory.prompt_embeds[rows],
+        trajectory.negative_prompt_embeds[rows],
+        guidance_scale,
+    )
+    _, log_prob = ddim_step_with_logprob(scheduler, noise_pred, timesteps, sample, eta=eta, prev_sample=prev_sample)
+    return log_prob.reshape(out_shape)

@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny, randomly initialised Stable Diffusion pipeline built from configs only.
+
+The pipeline has the exact component classes of SD 1.x (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
+DDIMScheduler with SD's config) but a few thousand parameters, so every test runs in well under a second on a
+CPU and nothing is fetched from the hub. ``make_tiny_pipe(seed)`` is deterministic: two calls with the same seed
+give bit-identical weights, which the LoRA round-trip test relies on (a *fresh* pipeline must equal the base).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# Few words suffice; the tokenizer is word-level so any prompt made of these words is exact.
+WORDS = ["a", "red", "blue", "green", "circle", "square", "triangle", "on", "the", "left", "right", "of"]
+
+# SD 1.x's scheduler config (the one in runwayml/stable-diffusion-v1-5/scheduler), written out.
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+def make_tiny_pipe(seed: int = 0, **scheduler_overrides):
+    """A tiny ``StableDiffusionPipeline`` on CPU with weights drawn from ``torch.manual_seed(seed)``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ddpo_study.toy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(WORDS)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            projection_dim=16,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(**{**SD_SCHEDULER_CONFIG, **scheduler_overrides})
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return pipe
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread, then restore the setting.
+
+    The tiny models gain nothing from threads, and on a small machine shared with a training job, OpenMP
+    threads that spin-wait for a busy core make a sub-second test take tens of seconds.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_pipe(one_thread):
+    """A fresh tiny SD pipeline (seed 0); fresh per test because LoRA/full tests mutate the UNet."""
+    return make_tiny_pipe(0)
+
+
+@pytest.fixture
+def tiny_pipe_factory(one_thread):
+    """``make_tiny_pipe`` itself, for tests that need several identical fresh pipelines."""
+    return make_tiny_pipe

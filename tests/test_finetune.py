@@ -1,0 +1,143 @@
+"""Fine-tuning modes, the progressive switch, checkpoints and the weight-distance metric."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpo_study.finetune import (
+    apply_lora,
+    lora_parameters,
+    load_full_unet,
+    load_lora,
+    param_distance_from_base,
+    prepare_unet,
+    save_full_unet,
+    save_lora,
+    snapshot_base_state,
+    switch_to_lora,
+)
+from ddpo_study.sampler import sample_trajectories
+
+PROMPTS = ["a red circle", "a blue square"]
+SEEDS = [5, 6]
+
+
+def unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, emb = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 16, generator=g)
+    return unet(x, torch.tensor([801, 301]), encoder_hidden_states=emb).sample
+
+
+def train_step(unet, params, lr=1e-2, steps=2):
+    """A few Adam steps on an arbitrary loss: enough to move every trainable tensor (also LoRA's B from 0)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        unet_out(unet).pow(2).mean().backward()
+        opt.step()
+
+
+def test_lora_mode_trains_exactly_the_lora_params_in_fp32(tiny_pipe):
+    unet = tiny_pipe.unet.half()  # a half-precision base, as for SD on GPU
+    params = prepare_unet(unet, "lora", lora_rank=2, lora_alpha=4.0)
+    names = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+    assert {id(p) for p in params} == {id(p) for p in unet.parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(p.dtype == torch.float16 for n, p in unet.named_parameters() if "lora_" not in n)
+    # Every targeted projection got an adapter: 4 per attention, in each attention of the tiny UNet.
+    n_attn = sum(1 for n, _ in unet.named_modules() if n.endswith(".attn1") or n.endswith(".attn2"))
+    assert len(params) == 2 * 4 * n_attn
+
+
+def test_full_mode_trains_everything_in_fp32(tiny_pipe):
+    unet = tiny_pipe.unet.half()
+    params = prepare_unet(unet, "full")
+    assert len(params) == len(list(unet.parameters()))
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in unet.parameters())
+    with pytest.raises(ValueError):
+        prepare_unet(unet, "adapters")
+
+
+def test_progressive_switch_keeps_outputs_then_trains_only_lora(tiny_pipe, tiny_pipe_factory, tmp_path):
+    unet = tiny_pipe.unet
+    train_step(unet, prepare_unet(unet, "progressive"))  # the full-tuning phase
+    full_tuned = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    with torch.no_grad():
+        before = unet_out(unet)
+
+    params = switch_to_lora(unet, rank=2, alpha=4.0)
+    with torch.no_grad():
+        torch.testing.assert_close(unet_out(unet), before, rtol=0, atol=1e-6)  # B = 0: no change
+    assert {id(p) for p in params} == {id(p) for p in lora_parameters(unet)}
+    assert {id(p) for p in unet.parameters() if p.requires_grad} == {id(p) for p in params}
+
+    train_step(unet, params)  # new optimizer over the LoRA only
+    with torch.no_grad():
+        after = unet_out(unet)
+    assert (after - before).abs().max() > 1e-4
+    for name, p in unet.named_parameters():  # the full-tuned base is frozen in place
+        if "lora_" not in name:
+            assert torch.equal(p, full_tuned[name.replace(".base_layer.", ".")])
+    with pytest.raises(ValueError):
+        switch_to_lora(unet, rank=2, alpha=4.0)
+
+    # Checkpoint = full base (written without PEFT names) + LoRA; reloading reproduces the UNet.
+    save_full_unet(unet, tmp_path / "unet")
+    save_lora(unet, tmp_path / "lora")
+    fresh = tiny_pipe_factory(0)
+    fresh.unet = load_full_unet(tmp_path / "unet")
+    with torch.no_grad():
+        torch.testing.assert_close(unet_out(fresh.unet), before, rtol=0, atol=1e-6)  # the base alone
+    load_lora(fresh, tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(unet_out(fresh.unet), after, rtol=0, atol=1e-6)
+
+
+def test_full_unet_round_trip(tiny_pipe, tmp_path):
+    unet = tiny_pipe.unet
+    train_step(unet, prepare_unet(unet, "full"))
+    save_full_unet(unet, tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    with torch.no_grad():
+        torch.testing.assert_close(unet_out(load_full_unet(tmp_path)), unet_out(unet), rtol=0, atol=0)
+
+
+def test_lora_checkpoint_round_trip_with_stock_loader(tiny_pipe_factory, tmp_path):
+    pipe = tiny_pipe_factory(0)
+    # alpha != rank on purpose: the loader must get the scale alpha / r from the saved metadata.
+    params = apply_lora(pipe.unet, rank=2, alpha=8.0)
+    train_step(pipe.unet, params)
+    expected = sample_trajectories(pipe, PROMPTS, SEEDS, num_inference_steps=3, guidance_scale=5.0).images
+    save_lora(pipe, tmp_path)
+
+    fresh = tiny_pipe_factory(0)
+    base = sample_trajectories(fresh, PROMPTS, SEEDS, num_inference_steps=3, guidance_scale=5.0).images
+    fresh.load_lora_weights(str(tmp_path))  # stock diffusers loader
+    loaded = sample_trajectories(fresh, PROMPTS, SEEDS, num_inference_steps=3, guidance_scale=5.0).images
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=1e-5)
+    assert (base - expected).abs().max() > 1e-3  # guard: the LoRA does change the images
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_param_distance_from_base(tiny_pipe, mode):
+    unet = tiny_pipe.unet
+    base = snapshot_base_state(unet)
+    params = prepare_unet(unet, mode, lora_rank=2, lora_alpha=8.0)
+    assert param_distance_from_base(unet, base) == 0.0  # LoRA B = 0 at init: effective weights unchanged
+    train_step(unet, params)
+    distance = param_distance_from_base(unet, base)
+    assert distance > 0
+
+    if mode == "lora":  # by hand: sqrt(sum over adapted layers of ||(alpha/r) B @ A||_F^2)
+        total = 0.0
+        for name, module in unet.named_modules():
+            if hasattr(module, "lora_A"):
+                delta = (8.0 / 2) * module.lora_B["default"].weight.detach() @ module.lora_A["default"].weight.detach()
+                total += float(delta.double().pow(2).sum())
+    else:  # by hand: the plain parameter difference
+        total = sum(float((p.detach().double() - base[n].double()).pow(2).sum()) for n, p in unet.named_parameters())
+    assert distance == pytest.approx(math.sqrt(total), rel=1e-5)
