@@ -104,6 +104,24 @@ def switch_to_lora(unet: UNet2DConditionModel, rank: int, alpha: float, **lora_k
     return apply_lora(unet, rank, alpha, init_lora_weights="gaussian", **lora_kwargs)
 
 
+class AdaptersDisabled:
+    """Call a LoRA-wrapped UNet as its frozen base model: adapters off for the call, back on afterwards.
+
+    This is the KL-to-base reference for LoRA runs at no memory cost (the base weights are the ones under the
+    adapter). Used only under ``torch.no_grad``.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel):
+        self.unet = unet
+
+    def __call__(self, *args, **kwargs):
+        self.unet.disable_adapters()
+        try:
+            return self.unet(*args, **kwargs)
+        finally:
+            self.unet.enable_adapters()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------------------

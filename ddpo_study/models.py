@@ -139,3 +139,16 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipScore
     norm = TOY_CLIP_NORM if model.config.vision_config.image_size <= 64 else OPENAI_CLIP_NORM
     norm = dict(norm, image_size=model.config.vision_config.image_size)
     return ClipScorer(model=model, tokenizer=tokenizer, **norm)
+
+
+def load_aesthetic(path: str | Path, device: str | torch.device = "cpu"):
+    """An :class:`~ddpo_study.aesthetic.AestheticMLP` from a folder (config.json + model.safetensors)."""
+    from .aesthetic import AestheticMLP
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"aesthetic predictor path {path} does not exist")
+    try:
+        return AestheticMLP.load(path).to(device)
+    except Exception as err:
+        raise ModelLoadError(f"could not load the aesthetic predictor from {path}: {err}") from err

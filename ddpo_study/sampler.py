@@ -43,52 +43,18 @@ def _per_sample(values: Tensor, ndim: int) -> Tensor:
     return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
 
-def ddim_step_with_logprob(
-    scheduler: DDIMScheduler,
-    model_output: Tensor,
-    timestep: int | Tensor,
-    sample: Tensor,
-    eta: float = 1.0,
-    prev_sample: Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One DDIM step ``x_t -> x_{t-1}`` (as ``DDIMScheduler.step``) and ``log p(x_{t-1} | x_t)``.
+def ddim_mean_std(
+    scheduler: DDIMScheduler, model_output: Tensor, timestep: int | Tensor, sample: Tensor, eta: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps 1-7 of :func:`ddim_step_with_logprob`: the Gaussian policy ``N(mu, sigma_t^2 I)`` of ``x_{t-1}``.
 
-    Args:
-        scheduler: a ``DDIMScheduler`` on which ``set_timesteps`` has been called.
-        model_output: the (guided) UNet output for ``sample``; interpreted by ``scheduler.config.prediction_type``
-            (``"epsilon"``, ``"v_prediction"`` or ``"sample"``), exactly as diffusers does.
-        timestep: ``t``; an int / 0-d tensor shared by the batch, or a ``(B,)`` tensor with one timestep per sample
-            (training scores many (sample, step) pairs in one call).
-        sample: ``x_t``, shape ``(B, C, h, w)``.
-        eta: DDIM's ``eta``; ``sigma_t = eta * sqrt(var)``. ``eta = 1`` is DDPM-like ancestral sampling.
-        prev_sample: if given, ``x_{t-1}`` to *score* (no noise is drawn and it is returned unchanged);
-            otherwise ``x_{t-1}`` is sampled.
-        generator: one ``torch.Generator`` or a list with one per sample, for the noise (see ``randn_tensor``).
-
-    Returns:
-        ``(prev_sample, log_prob)``: ``x_{t-1}`` in ``sample.dtype`` and a float32 ``(B,)`` tensor.
-
-    ``log_prob`` is the Gaussian log-density of ``prev_sample`` under ``N(mu, sigma_t^2 I)`` **averaged** (not
-    summed) over all non-batch dimensions, as DDPO does. It is therefore a per-dimension value, comparable across
-    resolutions, and the PPO importance ratio built from it, ``exp(log_prob - old_log_prob)``, is the
-    exponentiated *mean* per-dimension log-ratio (the ``D``-th root of the true density ratio, for ``D`` dims).
-
-    Where ``sigma_t == 0`` the step is deterministic (``eta = 0``, or the last step when
-    ``set_alpha_to_one=True``): a point mass has no density, so ``log_prob`` is defined as ``0`` there (no
-    division by zero). Such steps then have ratio 1 and contribute no policy gradient.
-
-    The arithmetic runs in float32 even for half inputs: the Gaussian density divides by ``sigma_t^2`` which can
-    be small, and half precision would make the old and new log-probs disagree by rounding alone. Noise is drawn in
-    float32 too, so a seed gives the same noise whatever the model dtype. For float32 inputs the result equals
-    ``DDIMScheduler.step`` with ``use_clipped_model_output=False``.
+    Returns ``(mu, std, std_dev_t)`` in float32: ``mu`` shaped like ``sample``, ``std`` broadcastable to it and
+    ``std_dev_t`` of shape ``(B,)``.
     """
     if not isinstance(scheduler, DDIMScheduler):
         raise TypeError(f"ddim_step_with_logprob needs a DDIMScheduler, got {type(scheduler).__name__}")
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_inference_steps) first")
-
-    out_dtype = sample.dtype
     device = sample.device
     batch_size, ndim = sample.shape[0], sample.ndim
     model_output = model_output.float()
@@ -151,6 +117,71 @@ def ddim_step_with_logprob(
 
     # 7. x_{t-1} without the random noise: the mean mu of the Gaussian policy.
     prev_sample_mean = alpha_prod_t_prev**0.5 * pred_original_sample + pred_sample_direction
+
+    return prev_sample_mean, std, std_dev_t
+
+
+def ddim_gaussian_kl(
+    scheduler: DDIMScheduler, output_a: Tensor, output_b: Tensor, timestep: int | Tensor, sample: Tensor,
+    eta: float = 1.0,
+) -> Tensor:
+    """KL( N(mu_a, sigma_t^2) || N(mu_b, sigma_t^2) ) of two models' DDIM steps from the same ``x_t``, ``(B,)``.
+
+    Both policies share ``sigma_t`` (it depends on the schedule only), so the KL is exactly
+    ``|mu_a - mu_b|^2 / (2 sigma_t^2)``, averaged over dimensions like the log-probs. This is the DPOK-style
+    KL-to-base regulariser evaluated on the sampled states; 0 where ``sigma_t == 0``.
+    """
+    mu_a, std, std_dev_t = ddim_mean_std(scheduler, output_a, timestep, sample, eta)
+    mu_b, _, _ = ddim_mean_std(scheduler, output_b, timestep, sample, eta)
+    safe_std = torch.where(std > 0, std, torch.ones_like(std))
+    kl = ((mu_a - mu_b) ** 2 / (2 * safe_std**2)).mean(dim=tuple(range(1, sample.ndim)))
+    return torch.where(std_dev_t > 0, kl, torch.zeros_like(kl))
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: Tensor,
+    timestep: int | Tensor,
+    sample: Tensor,
+    eta: float = 1.0,
+    prev_sample: Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One DDIM step ``x_t -> x_{t-1}`` (as ``DDIMScheduler.step``) and ``log p(x_{t-1} | x_t)``.
+
+    Args:
+        scheduler: a ``DDIMScheduler`` on which ``set_timesteps`` has been called.
+        model_output: the (guided) UNet output for ``sample``; interpreted by ``scheduler.config.prediction_type``
+            (``"epsilon"``, ``"v_prediction"`` or ``"sample"``), exactly as diffusers does.
+        timestep: ``t``; an int / 0-d tensor shared by the batch, or a ``(B,)`` tensor with one timestep per sample
+            (training scores many (sample, step) pairs in one call).
+        sample: ``x_t``, shape ``(B, C, h, w)``.
+        eta: DDIM's ``eta``; ``sigma_t = eta * sqrt(var)``. ``eta = 1`` is DDPM-like ancestral sampling.
+        prev_sample: if given, ``x_{t-1}`` to *score* (no noise is drawn and it is returned unchanged);
+            otherwise ``x_{t-1}`` is sampled.
+        generator: one ``torch.Generator`` or a list with one per sample, for the noise (see ``randn_tensor``).
+
+    Returns:
+        ``(prev_sample, log_prob)``: ``x_{t-1}`` in ``sample.dtype`` and a float32 ``(B,)`` tensor.
+
+    ``log_prob`` is the Gaussian log-density of ``prev_sample`` under ``N(mu, sigma_t^2 I)`` **averaged** (not
+    summed) over all non-batch dimensions, as DDPO does. It is therefore a per-dimension value, comparable across
+    resolutions, and the PPO importance ratio built from it, ``exp(log_prob - old_log_prob)``, is the
+    exponentiated *mean* per-dimension log-ratio (the ``D``-th root of the true density ratio, for ``D`` dims).
+
+    Where ``sigma_t == 0`` the step is deterministic (``eta = 0``, or the last step when
+    ``set_alpha_to_one=True``): a point mass has no density, so ``log_prob`` is defined as ``0`` there (no
+    division by zero). Such steps then have ratio 1 and contribute no policy gradient.
+
+    The arithmetic runs in float32 even for half inputs: the Gaussian density divides by ``sigma_t^2`` which can
+    be small, and half precision would make the old and new log-probs disagree by rounding alone. Noise is drawn in
+    float32 too, so a seed gives the same noise whatever the model dtype. For float32 inputs the result equals
+    ``DDIMScheduler.step`` with ``use_clipped_model_output=False``.
+    """
+    out_dtype = sample.dtype
+    prev_sample_mean, std, std_dev_t = ddim_mean_std(scheduler, model_output, timestep, sample, eta)
+    device, ndim = sample.device, sample.ndim
+    sample = sample.float()
 
     # 8. sample x_{t-1} = mu + sigma_t * z (diffusers draws z only when eta > 0; so do we, to keep the same
     #    generator stream), or take the given x_{t-1}.
@@ -443,7 +474,8 @@ def recompute_log_probs(
     step_indices: int | Sequence[int] | Tensor,
     guidance_scale: float | None = None,
     eta: float | None = None,
-) -> Tensor:
+    reference_unet=None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``log p_theta(x_{j+1} | x_j)`` under the *current* UNet, with gradients, for the chosen steps.
 
     ``step_indices`` is an int (one step for all samples; result ``(B,)``), a ``(K,)`` sequence shared by all
@@ -452,6 +484,10 @@ def recompute_log_probs(
     passing per-sample timesteps. The matching old log-probs are
     ``trajectory.log_probs.gather(1, index)``. ``guidance_scale``/``eta`` default to the sampling ones; with
     unchanged weights the result reproduces ``trajectory.log_probs`` (PPO ratio 1).
+
+    With ``reference_unet`` (e.g. the frozen base model) it also returns the per-step
+    ``KL(pi_theta || pi_ref)`` at the same states (:func:`ddim_gaussian_kl`), shaped like the log-probs; the
+    reference runs without gradients.
     """
     guidance_scale = trajectory.guidance_scale if guidance_scale is None else guidance_scale
     eta = trajectory.eta if eta is None else eta
@@ -481,4 +517,10 @@ def recompute_log_probs(
         guidance_scale,
     )
     _, log_prob = ddim_step_with_logprob(scheduler, noise_pred, timesteps, sample, eta=eta, prev_sample=prev_sample)
-    return log_prob.reshape(out_shape)
+    if reference_unet is None:
+        return log_prob.reshape(out_shape)
+    with torch.no_grad():
+        reference_pred = guided_noise_pred(reference_unet, sample, timesteps, trajectory.prompt_embeds[rows],
+                                           trajectory.negative_prompt_embeds[rows], guidance_scale)
+    kl = ddim_gaussian_kl(scheduler, noise_pred, reference_pred, timesteps, sample, eta=eta)
+    return log_prob.reshape(out_shape), kl.reshape(out_shape)

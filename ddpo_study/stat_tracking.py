@@ -68,6 +68,14 @@ class PerPromptStatTracker:
             for prompt, buf in self.buffers.items()
         }
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """The buffers as plain lists (JSON-serialisable, for checkpoints)."""
+        return {prompt: list(buf) for prompt, buf in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        """Restore buffers written by :meth:`state_dict` (replacing the current ones)."""
+        self.buffers = {p: deque((float(v) for v in values), maxlen=self.buffer_size) for p, values in state.items()}
+
     def clear(self) -> None:
         """Forget all buffers."""
         self.buffers.clear()

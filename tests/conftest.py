@@ -111,3 +111,47 @@ def tiny_pipe(one_thread):
 def tiny_pipe_factory(one_thread):
     """``make_tiny_pipe`` itself, for tests that need several identical fresh pipelines."""
     return make_tiny_pipe
+
+
+TINY_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a red square on the left",
+                "a blue circle on the right", "a green square"]
+
+
+def make_tiny_model_dir(path, seed: int = 0):
+    """Save a tiny pipeline in the toy model's layout (pipeline + ``clip/`` + ``aesthetic/``) under ``path``.
+
+    This is what ``train.run`` loads for ``model=<path>``: the same loaders, rewards and metrics as the real
+    toy model and SD, on weights small enough for a unit test.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    from ddpo_study.aesthetic import AestheticMLP
+    from ddpo_study.toy.pretrain import save_all
+
+    pipe = make_tiny_pipe(seed)
+    tok = pipe.tokenizer
+    torch.manual_seed(seed + 1)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(image_size=16, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=8))
+    scorer = AestheticMLP(8, hidden=(8,), activation="gelu")
+    save_all(path, pipe, clip, scorer, tok, {"tiny": True})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def tiny_prompt_files(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TINY_PROMPTS[:4]) + "\n")
+    evals = tmp_path / "eval.txt"
+    evals.write_text("\n".join(TINY_PROMPTS[2:]) + "\n")
+    return str(train), str(evals)

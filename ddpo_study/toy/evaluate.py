@@ -24,19 +24,10 @@ from pathlib import Path
 import torch
 
 from . import world
+from ..prompts import load_prompts
 from .judge import attribute_accuracy
 
 THRESHOLDS = {"bg": 0.95, "color": 0.90, "position": 0.85, "size": 0.80, "shape": 0.70}
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {path} holds no prompts")
-    return prompts
 
 
 def mean_pairwise_rms(images: torch.Tensor) -> torch.Tensor:
@@ -97,14 +88,14 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(description="measure prompt-following and diversity of a toy pipeline")
     ap.add_argument("--model", default="data/toy-model")
-    ap.add_argument("--prompts", default="data/prompts/toy_eval.txt")
+    ap.add_argument("--prompts", default="toy_eval", help="prompt set name or file")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="write the report here (JSON)")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.model, device=args.device)
-    report = evaluate(pipe, read_prompts(args.prompts), args.guidance, args.seeds)
+    report = evaluate(pipe, load_prompts(args.prompts), args.guidance, args.seeds)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

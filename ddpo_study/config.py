@@ -1,0 +1,236 @@
+"""The configuration of one DDPO run (one grid cell): a typed dataclass, validated on load.
+
+Defaults follow ddpo-pytorch where it has an opinion (eta 1.0, PPO clip range 1e-4, advantage clip 5,
+per-prompt stat tracking on, buffer 32 / min count 16) and the toy study otherwise. Every field has a
+one-line docstring (units, meaning); :func:`field_docs` reads them, so ``--help`` texts and the notebook's
+parameter table come from the same place.
+
+Loading (:meth:`DDPOConfig.from_dict`, :func:`load_config`) rejects unknown keys with a close-match hint and
+checks types and ranges, so a typo in a grid YAML fails before anything trains.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import json
+import textwrap
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("lora", "full", "progressive")
+DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
+DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the field."""
+
+
+@dataclass
+class DDPOConfig:
+    # --- run -------------------------------------------------------------------------------------------
+    output_dir: str = "runs/default"
+    """Folder that holds everything this run writes (config, metrics, eval images, checkpoints)."""
+    seed: int = 0
+    """Seed of the run: all sampling noise, prompt draws and timestep draws derive from it and the epoch."""
+    model: str = "toy"
+    """Pipeline to fine-tune: 'toy', 'sd15', a local diffusers folder or a hub id."""
+    clip_model: str = ""
+    """CLIP used by rewards and metrics; '' means the toy model's clip/ folder for 'toy', else openai/clip-vit-large-patch14."""
+    aesthetic_model: str = ""
+    """Aesthetic predictor weights; '' means the toy model's aesthetic/ folder for 'toy' (LAION file for SD)."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'."""
+    mixed_precision: str = "no"
+    """Precision of the frozen weights and forward passes: 'no', 'fp16', 'bf16'; trainable weights stay fp32."""
+    num_threads: int = 0
+    """CPU threads for torch (0 = torch's default); the grid runner sets 1 per cell when it runs cells in parallel."""
+
+    # --- prompts ---------------------------------------------------------------------------------------
+    prompt_set: str = "toy_30"
+    """Training prompts: a registered set name (see ddpo_study.prompts) or a text file, one prompt per line."""
+    eval_prompt_set: str = "toy_eval"
+    """Held-out prompts for evaluation (name or file)."""
+    eval_num_prompts: int = 16
+    """How many eval prompts (the first N of the set) are sampled at each evaluation."""
+    eval_num_seeds: int = 4
+    """Fixed seeds per eval prompt (seeds 10_000 .. 10_000+N-1, the same in every run)."""
+    eval_every: int = 5
+    """Evaluate every N epochs (and always at epoch 0 and at the last epoch)."""
+
+    # --- sampling --------------------------------------------------------------------------------------
+    num_steps: int = 20
+    """DDIM steps per image."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance scale (1.0 = no guidance)."""
+    eta: float = 1.0
+    """DDIM eta: 1.0 makes every step stochastic, which the policy-gradient needs (0 would make log-probs degenerate)."""
+    samples_per_epoch: int = 64
+    """Images sampled per epoch (all processes together)."""
+    sample_batch_size: int = 32
+    """Images per sampling batch (per process)."""
+
+    # --- optimisation ----------------------------------------------------------------------------------
+    num_epochs: int = 20
+    """Epochs of sample -> reward -> PPO update."""
+    mode: str = "lora"
+    """Which weights train: 'lora', 'full' (all UNet weights) or 'progressive' (full, then LoRA on top)."""
+    progressive_switch_epoch: int = 5
+    """Progressive mode: epochs of full fine-tuning before the switch to LoRA on the updated weights."""
+    lora_rank: int = 4
+    """LoRA rank r on to_q, to_k, to_v, to_out.0."""
+    lora_alpha: float = 4.0
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    lora_learning_rate: float = 3e-4
+    """AdamW learning rate for LoRA parameters."""
+    full_learning_rate: float = 3e-5
+    """AdamW learning rate for full fine-tuning (all UNet weights)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    train_batch_size: int = 16
+    """Samples per PPO minibatch (each contributes timestep_fraction x num_steps transitions)."""
+    gradient_accumulation_steps: int = 1
+    """Minibatches whose gradients are summed before one optimizer step."""
+    inner_epochs: int = 1
+    """PPO passes over each epoch's samples."""
+    timestep_fraction: float = 0.5
+    """Fraction of each trajectory's DDIM steps used for training (a fresh random subset per sample)."""
+    clip_range: float = 1e-4
+    """PPO ratio clip epsilon (ddpo-pytorch's default)."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to [-adv_clip_max, adv_clip_max]."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold."""
+    per_prompt_stat_tracking: bool = True
+    """Normalise rewards per prompt (ddpo-pytorch's default; TRL's default was off) instead of per batch."""
+    stat_buffer_size: int = 32
+    """Per-prompt stat tracking: rewards remembered per prompt."""
+    stat_min_count: int = 16
+    """Per-prompt stat tracking: below this many rewards a prompt uses the batch mean/std."""
+    kl_beta: float = 0.0
+    """Weight of the KL-to-base penalty on the sampled transitions (DPOK-style); 0 disables it."""
+
+    # --- reward ----------------------------------------------------------------------------------------
+    reward: str = "aesthetic"
+    """Reward name from ddpo_study.rewards (aesthetic, jpeg_compressibility, jpeg_incompressibility, clip_alignment)."""
+    diversity_lambda: float = 0.0
+    """Diversity penalty weight: reward - lambda * similarity to other images; 0 disables it."""
+    diversity_form: str = "cross_prompt"
+    """Diversity penalty partners: 'cross_prompt' (other prompts in the batch) or 'within_prompt' (same prompt)."""
+    diversity_feature: str = "clip"
+    """Feature space of the similarity: 'clip', 'lpips' or 'pixel'."""
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    checkpoint_every: int = 1
+    """Write a resumable checkpoint every N epochs (and at the end)."""
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        return self.lora_learning_rate if self.mode == "lora" else self.full_learning_rate
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":
+        """Build and validate; unknown keys and wrong types are a :class:`ConfigError` naming the key."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, names, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown config key(s): {', '.join(hints)}")
+        kwargs = {k: _coerce(k, v, names[k].type) for k, v in values.items()}
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
+
+        need(self.mode in MODES, "mode", f"must be one of {MODES}")
+        need(self.diversity_form in DIVERSITY_FORMS, "diversity_form", f"must be one of {DIVERSITY_FORMS}")
+        need(self.diversity_feature in DIVERSITY_FEATURES, "diversity_feature", f"must be one of {DIVERSITY_FEATURES}")
+        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"must be one of {MIXED_PRECISION}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
+        for key in ("num_steps", "samples_per_epoch", "sample_batch_size", "num_epochs", "train_batch_size",
+                    "gradient_accumulation_steps", "inner_epochs", "lora_rank", "eval_num_prompts",
+                    "eval_num_seeds", "eval_every", "checkpoint_every", "stat_buffer_size", "stat_min_count"):
+            need(getattr(self, key) >= 1, key, "must be >= 1")
+        for key in ("lora_learning_rate", "full_learning_rate", "clip_range", "adv_clip_max", "max_grad_norm",
+                    "lora_alpha", "adam_epsilon"):
+            need(getattr(self, key) > 0, key, "must be > 0")
+        for key in ("eta", "kl_beta", "diversity_lambda", "adam_weight_decay", "num_threads"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
+        need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
+        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "betas must be in [0, 1)")
+        need(self.stat_min_count <= self.stat_buffer_size, "stat_min_count", "must be <= stat_buffer_size")
+        need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
+        need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",
+             "num_steps x timestep_fraction must select at least one step")
+        if self.mode == "progressive":
+            need(1 <= self.progressive_switch_epoch < self.num_epochs, "progressive_switch_epoch",
+                 "must be in [1, num_epochs) so that both phases train")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Accept YAML/JSON scalars for the annotated type; ints for floats; nothing else silently."""
+    kind = {"int": int, "float": float, "bool": bool, "str": str}[annotation if isinstance(annotation, str)
+                                                                  else annotation.__name__]
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+@lru_cache(maxsize=None)
+def field_docs() -> dict[str, str]:
+    """{field name: its one-line docstring}, read from this module's source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(DDPOConfig)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DDPOConfig:
+    """Read a YAML or JSON config file (plus overrides) into a validated :class:`DDPOConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return DDPOConfig.from_dict({**data, **(overrides or {})})
+
+
+def save_config(cfg: DDPOConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,325 @@
+"""The DDPO training loop (Black et al. 2023, Algorithm 1 with PPO), one run = one grid cell.
+
+    for epoch in 1..N:
+        1. sample  : trajectories x_T..x_0 of the current policy, with per-step log-probs
+        2. reward  : r(x_0, prompt), optionally minus a diversity penalty
+        3. advantage: rewards normalised per prompt (or per batch)
+        4. PPO     : inner epochs over random minibatches and random timestep subsets, clipped surrogate
+                     (+ optional KL to the base model on the same transitions)
+        5. evaluate: fixed eval prompts x fixed seeds -> images, reward, diversity, retrieval (every k epochs)
+        6. log + checkpoint (atomic); a re-run resumes from the last checkpoint
+
+Every random draw of epoch ``e`` (prompts, sampling seeds, minibatch order, timestep subsets) is derived
+from ``(seed, e)``, so a resumed run continues exactly as an uninterrupted one would. ``metrics.csv`` has
+one row per epoch: row 0 is the base model, row ``e`` the state after ``e`` updates (its ``train_*``
+columns describe the samples drawn at the start of epoch ``e``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import finetune
+from .checkpoint import load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
+from .config import DDPOConfig, save_config
+from .ppo import clipped_surrogate_loss, select_timesteps
+from .prompts import load_prompts
+from .sampler import recompute_log_probs, sample_trajectories
+from .stat_tracking import PerPromptStatTracker, global_advantages
+
+EVAL_SEED_BASE = 10_000
+METRICS_FILE = "metrics.csv"
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def _device(cfg: DDPOConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _frozen_dtype(cfg: DDPOConfig, device: torch.device) -> torch.dtype:
+    if device.type == "cpu" or cfg.mixed_precision == "no":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+
+
+def _epoch_rng(cfg: DDPOConfig, epoch: int, stream: int) -> np.random.Generator:
+    """Independent, reproducible randomness for (run seed, epoch, purpose)."""
+    return np.random.default_rng([cfg.seed, epoch, stream])
+
+
+def _prepare_output_dir(cfg: DDPOConfig) -> Path:
+    out = Path(cfg.output_dir)
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        old = json.loads(cfg_file.read_text())
+        new = cfg.to_dict()
+        # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder.
+        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {"num_epochs"}
+        if diff:
+            raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
+                             "use a new output_dir or delete the old one")
+    save_config(cfg, cfg_file)
+    return out
+
+
+def load_scorers(cfg: DDPOConfig, device: torch.device):
+    """The CLIP scorer, aesthetic MLP and (if available) LPIPS used by rewards and metrics."""
+    from .aesthetic import AestheticMLP
+    from .models import TOY_MODEL_DIR, load_aesthetic, load_clip, resolve_model
+    from .metrics import maybe_load_lpips
+
+    model_dir = Path(resolve_model(cfg.model))
+    clip_path = cfg.clip_model or (str(model_dir / "clip") if (model_dir / "clip").is_dir()
+                                   else "openai/clip-vit-large-patch14")
+    clip = load_clip(clip_path, device)
+    aesthetic_path = cfg.aesthetic_model or (str(model_dir / "aesthetic") if (model_dir / "aesthetic").is_dir() else "")
+    aesthetic = load_aesthetic(aesthetic_path, device) if aesthetic_path else None
+    lpips_model, lpips_warning = maybe_load_lpips(device)
+    return clip, aesthetic, lpips_model, lpips_warning
+
+
+# ----------------------------------------------------------------------------------------------- steps
+def sample_epoch(cfg, pipe, unet, prompts_all, epoch, progress=False):
+    """Step 1: this epoch's prompts (uniform with replacement) and seeds, then trajectories."""
+    rng = _epoch_rng(cfg, epoch, 0)
+    prompts = [prompts_all[i] for i in rng.integers(0, len(prompts_all), cfg.samples_per_epoch)]
+    seeds = rng.integers(0, 2**31 - 1, cfg.samples_per_epoch).tolist()
+    return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
+                               guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
+                               batch_size=cfg.sample_batch_size, progress=progress)
+
+
+def compute_advantages(cfg, tracker, prompts, rewards: np.ndarray) -> np.ndarray:
+    """Step 3: per-prompt normalisation (DDPO) or whole-batch normalisation."""
+    if cfg.per_prompt_stat_tracking:
+        return tracker.update(prompts, rewards)
+    return global_advantages(rewards)
+
+
+def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None) -> dict[str, float]:
+    """Step 4: inner epochs of clipped-surrogate PPO over random minibatches and timestep subsets."""
+    n = len(traj)
+    adv = torch.as_tensor(advantages, dtype=torch.float32, device=traj.latents.device)
+    stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl_to_base": [], "grad_norm": []}
+    unet.train()
+    accum = 0
+    for inner in range(cfg.inner_epochs):
+        g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))
+        order = torch.randperm(n, generator=g)
+        steps = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K)
+        for start in range(0, n, cfg.train_batch_size):
+            idx = order[start:start + cfg.train_batch_size]
+            mb = traj[idx]
+            step_idx = steps[idx]
+            out = recompute_log_probs(unet, pipe.scheduler, mb, step_idx, reference_unet=reference)
+            log_prob, kl = out if reference is not None else (out, None)
+            old_log_prob = mb.log_probs.gather(1, step_idx.to(mb.log_probs.device))
+            loss, s = clipped_surrogate_loss(log_prob, old_log_prob, adv[idx.to(adv.device)],
+                                             cfg.clip_range, cfg.adv_clip_max)
+            if kl is not None:
+                loss = loss + cfg.kl_beta * kl.mean()
+                stats["kl_to_base"].append(kl.mean().item())
+            (loss / cfg.gradient_accumulation_steps).backward()
+            accum += 1
+            stats["loss"].append(loss.item())
+            stats["approx_kl"].append(s["approx_kl"].item())
+            stats["clipfrac"].append(s["clipfrac"].item())
+            if accum % cfg.gradient_accumulation_steps == 0 or start + cfg.train_batch_size >= n:
+                stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                accum = 0
+    unet.eval()
+    return {f"train_{k}": float(np.mean(v)) for k, v in stats.items() if v}
+
+
+def evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images=None):
+    """Step 5: fixed eval prompts x fixed seeds; returns (images (P,S,3,H,W) in [0,1], metrics dict)."""
+    from .metrics import compute_eval_metrics
+
+    seeds = [EVAL_SEED_BASE + s for s in range(cfg.eval_num_seeds)]
+    pairs = [(p, s) for p in eval_prompts for s in seeds]
+    traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
+                               guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
+                               batch_size=cfg.sample_batch_size)
+    images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
+    metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, reward_fn=reward_fn,
+                                   lpips=lpips_model)
+    return images, metrics
+
+
+def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str]) -> None:
+    """``eval/epoch_XXXX.npz`` (uint8 prompts x seeds x H x W x 3, prompts) and a PNG grid (rows = seeds)."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    tmp = out / "eval" / f"epoch_{epoch:04d}.tmp.npz"
+    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts))
+    os.replace(tmp, out / "eval" / f"epoch_{epoch:04d}.npz")
+    p, s = arr.shape[:2]
+    tiles = [Image.fromarray(arr[j, i]) for i in range(s) for j in range(p)]  # row i = seed i, column = prompt
+    grid = make_image_grid(tiles, rows=s, cols=p)
+    grid = grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST) if arr.shape[2] <= 64 else grid
+    grid.save(out / "eval" / f"epoch_{epoch:04d}.png")
+
+
+def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` atomically (a kill never leaves a truncated file)."""
+    tmp = out / (METRICS_FILE + ".tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, out / METRICS_FILE)
+
+
+def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    path = out / METRICS_FILE
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path)
+    df = df[df["epoch"] <= upto_epoch]  # rows written after the last checkpoint are redone
+    return [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in df.to_dict("records")]
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
+    """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder."""
+    from .models import load_pipeline
+    from .rewards import RewardContext, make_reward
+
+    cfg = cfg if isinstance(cfg, DDPOConfig) else DDPOConfig.from_dict(cfg)
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = _prepare_output_dir(cfg)
+    device = _device(cfg)
+    torch.manual_seed(cfg.seed)
+
+    train_prompts = load_prompts(cfg.prompt_set)
+    eval_prompts = load_prompts(cfg.eval_prompt_set)[: cfg.eval_num_prompts]
+    pipe = load_pipeline(cfg.model, device=device, dtype=_frozen_dtype(cfg, device))
+    clip, aesthetic, lpips_model, lpips_warning = load_scorers(cfg, device)
+    reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=device),
+                            diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
+                            diversity_feature=cfg.diversity_feature)
+    if lpips_warning:
+        (out / "warnings.txt").write_text(lpips_warning + "\n")
+
+    # The policy: which weights train. Progressive starts full and switches to LoRA at the switch epoch.
+    unet = pipe.unet
+    base_state = finetune.snapshot_base_state(unet)
+    reference = None
+    if cfg.kl_beta > 0 and cfg.mode != "lora":
+        reference = _frozen_copy(unet)  # full fine-tuning changes the base weights: keep a frozen copy
+    params = finetune.prepare_unet(unet, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
+    if cfg.kl_beta > 0 and cfg.mode == "lora":
+        reference = finetune.AdaptersDisabled(unet)  # LoRA keeps the base weights: switch the adapter off
+    optimizer = _optimizer(cfg, params, cfg.learning_rate)
+    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+
+    # Resume.
+    ckpt_dir = out / "checkpoints" / "latest"
+    state = load_checkpoint_state(ckpt_dir)
+    start_epoch = 0
+    if state is not None:
+        if cfg.mode == "progressive" and state["epoch"] >= cfg.progressive_switch_epoch:
+            params = finetune.switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha)
+            optimizer = _optimizer(cfg, params, cfg.lora_learning_rate)
+        load_unet_tensors(unet, ckpt_dir)
+        optimizer_from_tensors(optimizer, ckpt_dir / "optimizer.safetensors")
+        tracker.load_state_dict(state.get("stat_buffers", {}))
+        start_epoch = state["epoch"]
+    rows = read_metrics(out, start_epoch)
+    base_images = _load_eval_images(out, 0)
+
+    if start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
+        t0 = time.time()
+        images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, None)
+        save_eval_images(out, 0, images, eval_prompts)
+        base_images = _load_eval_images(out, 0)  # the saved (uint8) images, exactly as a resumed run sees them
+        rows = [{"epoch": 0, **metrics, "param_dist": 0.0, "time_eval_s": time.time() - t0}]
+        write_metrics(out, rows)
+
+    bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}", disable=not progress,
+               initial=start_epoch, total=cfg.num_epochs)
+    for epoch in bar:
+        row: dict[str, Any] = {"epoch": epoch}
+        t0 = time.time()
+        # 1. sample
+        traj = sample_epoch(cfg, pipe, unet, train_prompts, epoch)
+        row["time_sample_s"] = time.time() - t0
+        # 2. reward
+        t0 = time.time()
+        rewards, info = reward_fn(traj.images, traj.prompts, batch_index=epoch)
+        rewards_np = rewards.detach().float().cpu().numpy()
+        row.update(train_reward_mean=float(rewards_np.mean()), train_reward_std=float(rewards_np.std()),
+                   train_unique_prompts=len(set(traj.prompts)))
+        if "base_reward" in info:
+            row["train_base_reward_mean"] = float(np.mean(np.asarray(info["base_reward"])))
+            row["train_similarity_mean"] = float(np.mean(np.asarray(info["similarity"])))
+        row["time_reward_s"] = time.time() - t0
+        # 3. advantages
+        advantages = compute_advantages(cfg, tracker, traj.prompts, rewards_np)
+        # 4. PPO
+        t0 = time.time()
+        row.update(ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference))
+        row["time_train_s"] = time.time() - t0
+        row["learning_rate"] = optimizer.param_groups[0]["lr"]
+        del traj
+        # progressive: after `progressive_switch_epoch` full epochs, freeze and continue with a fresh LoRA.
+        if cfg.mode == "progressive" and epoch == cfg.progressive_switch_epoch:
+            params = finetune.switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha)
+            optimizer = _optimizer(cfg, params, cfg.lora_learning_rate)
+        row["param_dist"] = finetune.param_distance_from_base(unet, base_state)
+        row["phase"] = "lora" if finetune.has_lora(unet) else "full"
+        # 5. evaluate
+        if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
+            t0 = time.time()
+            images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images)
+            save_eval_images(out, epoch, images, eval_prompts)
+            row.update(metrics)
+            row["time_eval_s"] = time.time() - t0
+        # 6. log + checkpoint
+        rows = [r for r in rows if r["epoch"] < epoch] + [row]
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
+            whole = cfg.mode != "lora"
+            save_checkpoint(ckpt_dir, unet, optimizer,
+                            {"epoch": epoch, "stat_buffers": tracker.state_dict()},
+                            whole_unet=whole, export_lora=finetune.has_lora(unet),
+                            export_unet=whole and epoch == cfg.num_epochs)
+        write_metrics(out, rows)  # after the checkpoint: a row never exists without its state
+        bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", kl=f"{row.get('train_approx_kl', 0):.2e}")
+    (out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
+    return out
+
+
+def _optimizer(cfg: DDPOConfig, params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def _frozen_copy(unet):
+    import copy
+
+    return copy.deepcopy(unet).requires_grad_(False).eval()
+
+
+def _load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
+    path = out / "eval" / f"epoch_{epoch:04d}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return torch.from_numpy(data["images"]).permute(0, 1, 4, 2, 3).float() / 255

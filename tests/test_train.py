@@ -1,0 +1,99 @@
+"""The DDPO loop end to end on a tiny pipeline: outputs, modes, KL, and exact resume after a crash."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ddpo_study import train
+from ddpo_study.config import ConfigError, DDPOConfig
+
+
+def tiny_config(model_dir, prompt_files, out, **overrides):
+    train_prompts, eval_prompts = prompt_files
+    values = dict(
+        output_dir=str(out), model=str(model_dir), prompt_set=train_prompts, eval_prompt_set=eval_prompts,
+        eval_num_prompts=3, eval_num_seeds=2, eval_every=1, num_steps=4, guidance_scale=2.0,
+        samples_per_epoch=8, sample_batch_size=8, train_batch_size=4, num_epochs=2, timestep_fraction=0.5,
+        stat_min_count=2, stat_buffer_size=8, reward="jpeg_compressibility", lora_rank=2, lora_alpha=2.0,
+        lora_learning_rate=1e-2, full_learning_rate=1e-3, progressive_switch_epoch=1, num_threads=1,
+    )
+    values.update(overrides)
+    return DDPOConfig.from_dict(values)
+
+
+def test_lora_run_writes_metrics_eval_images_and_a_stock_loadable_lora(tiny_model_dir, tiny_prompt_files, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "run")
+    out = train.run(cfg, progress=False)
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["epoch"].tolist() == [0, 1, 2]
+    for col in ("reward_mean", "cross_div_clip", "within_div_pixel", "retrieval_acc", "train_reward_mean",
+                "train_approx_kl", "param_dist"):
+        assert col in df.columns, col
+    assert df.loc[0, "param_dist"] == 0 and df.loc[2, "param_dist"] > 0
+    with np.load(out / "eval" / "epoch_0002.npz") as data:
+        assert data["images"].shape == (3, 2, 16, 16, 3) and data["images"].dtype == np.uint8
+        assert list(data["prompts"]) == cfg_prompts(cfg)
+    assert (out / "eval" / "epoch_0000.png").is_file()
+    assert (out / "checkpoints" / "latest" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["mode"] == "lora"
+    assert (out / "DONE").is_file()
+
+
+def cfg_prompts(cfg):
+    from ddpo_study.prompts import load_prompts
+
+    return load_prompts(cfg.eval_prompt_set)[: cfg.eval_num_prompts]
+
+
+@pytest.mark.parametrize("mode", ["full", "progressive"])
+def test_full_and_progressive_modes_train(mode, tiny_model_dir, tiny_prompt_files, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / mode, mode=mode, eval_every=2, kl_beta=0.1)
+    out = train.run(cfg, progress=False)
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["param_dist"].iloc[-1] > 0
+    assert "train_kl_to_base" in df.columns and df["train_kl_to_base"].iloc[1:].notna().all()
+    phases = df["phase"].iloc[1:].tolist()
+    assert phases == (["lora", "lora"] if mode == "progressive" else ["full", "full"])
+    assert (out / "checkpoints" / "latest" / "unet" / "config.json").is_file()
+
+
+def test_crash_and_resume_equals_an_uninterrupted_run(tiny_model_dir, tiny_prompt_files, tmp_path, monkeypatch):
+    ref = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "ref", num_epochs=3), progress=False)
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "crash", num_epochs=3)
+    real_update = train.ppo_update
+
+    def crash_at_epoch_3(*args, **kwargs):
+        if args[7] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(train, "ppo_update", crash_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, progress=False)
+    assert pd.read_csv(cfg.output_dir + "/metrics.csv")["epoch"].tolist() == [0, 1, 2]
+    monkeypatch.setattr(train, "ppo_update", real_update)
+    train.run(cfg, progress=False)
+    a = pd.read_csv(ref / "metrics.csv").drop(columns=[c for c in pd.read_csv(ref / "metrics.csv") if c.startswith("time_")])
+    b = pd.read_csv(tmp_path / "crash" / "metrics.csv")[a.columns]
+    assert b["epoch"].tolist() == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_different_config_in_the_same_folder_is_refused(tiny_model_dir, tiny_prompt_files, tmp_path):
+    train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1), progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1, seed=5), progress=False)
+
+
+def test_bad_inputs_fail_with_clear_messages(tiny_model_dir, tiny_prompt_files, tmp_path):
+    from ddpo_study.models import ModelLoadError
+    from ddpo_study.prompts import PromptSetError
+
+    with pytest.raises(ConfigError, match="did you mean 'num_epochs'"):
+        DDPOConfig.from_dict({"num_epoch": 3})
+    with pytest.raises(PromptSetError, match="missing.txt"):
+        train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "a", prompt_set=str(tmp_path / "missing.txt")))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        train.run(tiny_config(str(tmp_path / "no-model"), tiny_prompt_files, tmp_path / "b"))
