@@ -92,12 +92,18 @@ def load_scorers(cfg: DDPOConfig, device: torch.device):
 
 
 # ----------------------------------------------------------------------------------------------- steps
-def sample_epoch(cfg, pipe, unet, prompts_all, epoch, progress=False):
-    """Step 1: this epoch's prompts (uniform with replacement) and seeds, then trajectories."""
+def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
+    """The epoch's (prompt, seed) pairs: prompts uniform with replacement, seeds from (run seed, epoch)."""
     rng = _epoch_rng(cfg, epoch, 0)
     prompts = [prompts_all[i] for i in rng.integers(0, len(prompts_all), cfg.samples_per_epoch)]
     seeds = rng.integers(0, 2**31 - 1, cfg.samples_per_epoch).tolist()
-    return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
+    return list(zip(prompts, seeds))
+
+
+def sample_epoch(cfg, pipe, unet, prompts_all, epoch, shard=(0, 1), progress=False):
+    """Step 1: this process's share of the epoch's (prompt, seed) pairs, sampled as trajectories."""
+    pairs = epoch_prompts(cfg, prompts_all, epoch)[shard[0]::shard[1]]
+    return sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
                                guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
                                batch_size=cfg.sample_batch_size, progress=progress)
 
@@ -109,15 +115,18 @@ def compute_advantages(cfg, tracker, prompts, rewards: np.ndarray) -> np.ndarray
     return global_advantages(rewards)
 
 
-def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None) -> dict[str, float]:
-    """Step 4: inner epochs of clipped-surrogate PPO over random minibatches and timestep subsets."""
+def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None, sync=None) -> dict[str, float]:
+    """Step 4: inner epochs of clipped-surrogate PPO over random minibatches and timestep subsets.
+
+    ``sync`` (multi-process runs) averages each gradient across processes before the optimizer step.
+    """
     n = len(traj)
     adv = torch.as_tensor(advantages, dtype=torch.float32, device=traj.latents.device)
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl_to_base": [], "grad_norm": []}
     unet.train()
     accum = 0
     for inner in range(cfg.inner_epochs):
-        g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))
+        g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))  # same on all processes
         order = torch.randperm(n, generator=g)
         steps = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K)
         for start in range(0, n, cfg.train_batch_size):
@@ -138,6 +147,10 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
             stats["approx_kl"].append(s["approx_kl"].item())
             stats["clipfrac"].append(s["clipfrac"].item())
             if accum % cfg.gradient_accumulation_steps == 0 or start + cfg.train_batch_size >= n:
+                if sync is not None:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.copy_(sync(p.grad, "mean"))
                 stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -196,7 +209,15 @@ def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------- run
 def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
-    """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder."""
+    """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder.
+
+    Under ``accelerate launch`` every process samples and rewards its share of the epoch's samples
+    (``samples_per_epoch`` is the total), rewards are gathered so advantages see the whole epoch, and
+    gradients are averaged across processes before each optimizer step. The main process evaluates and
+    writes files.
+    """
+    from accelerate import Accelerator
+
     from .models import load_pipeline
     from .rewards import RewardContext, make_reward
 
@@ -204,8 +225,15 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     cfg.validate()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = _prepare_output_dir(cfg)
-    device = _device(cfg)
+    want = _device(cfg)
+    acc = Accelerator(cpu=want.type == "cpu", mixed_precision=cfg.mixed_precision if want.type == "cuda" else "no")
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if cfg.samples_per_epoch % world:
+        raise ValueError(f"samples_per_epoch={cfg.samples_per_epoch} must divide evenly over {world} processes")
+    out = Path(cfg.output_dir)
+    if acc.is_main_process:
+        _prepare_output_dir(cfg)
+    acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)
 
     train_prompts = load_prompts(cfg.prompt_set)
@@ -215,7 +243,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=device),
                             diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
                             diversity_feature=cfg.diversity_feature)
-    if lpips_warning:
+    if lpips_warning and acc.is_main_process:
         (out / "warnings.txt").write_text(lpips_warning + "\n")
 
     # The policy: which weights train. Progressive starts full and switches to LoRA at the switch epoch.
@@ -232,7 +260,9 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 
     # Resume.
     ckpt_dir = out / "checkpoints" / "latest"
-    state = load_checkpoint_state(ckpt_dir)
+    state = load_checkpoint_state(ckpt_dir) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    state = load_checkpoint_state(ckpt_dir) if not acc.is_main_process else state
     start_epoch = 0
     if state is not None:
         if cfg.mode == "progressive" and state["epoch"] >= cfg.progressive_switch_epoch:
@@ -245,7 +275,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     rows = read_metrics(out, start_epoch)
     base_images = _load_eval_images(out, 0)
 
-    if start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
+    if acc.is_main_process and start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
         t0 = time.time()
         images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, None)
         save_eval_images(out, 0, images, eval_prompts)
@@ -253,29 +283,34 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         rows = [{"epoch": 0, **metrics, "param_dist": 0.0, "time_eval_s": time.time() - t0}]
         write_metrics(out, rows)
 
-    bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}", disable=not progress,
-               initial=start_epoch, total=cfg.num_epochs)
+    bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
+               disable=not (progress and acc.is_main_process), initial=start_epoch, total=cfg.num_epochs)
     for epoch in bar:
         row: dict[str, Any] = {"epoch": epoch}
         t0 = time.time()
-        # 1. sample
-        traj = sample_epoch(cfg, pipe, unet, train_prompts, epoch)
+        # 1. sample (this process's share of the epoch)
+        traj = sample_epoch(cfg, pipe, unet, train_prompts, epoch, shard=(rank, world))
         row["time_sample_s"] = time.time() - t0
-        # 2. reward
+        # 2. reward, gathered over processes (process-major order)
         t0 = time.time()
         rewards, info = reward_fn(traj.images, traj.prompts, batch_index=epoch)
-        rewards_np = rewards.detach().float().cpu().numpy()
-        row.update(train_reward_mean=float(rewards_np.mean()), train_reward_std=float(rewards_np.std()),
-                   train_unique_prompts=len(set(traj.prompts)))
+        all_rewards = acc.gather(rewards.to(device).float()).cpu().numpy()
+        pairs = epoch_prompts(cfg, train_prompts, epoch)
+        all_prompts = [p for k in range(world) for p, _ in pairs[k::world]]  # the order gather() uses
+        row.update(train_reward_mean=float(all_rewards.mean()), train_reward_std=float(all_rewards.std()),
+                   train_unique_prompts=len(set(all_prompts)), train_samples=len(all_rewards))
         if "base_reward" in info:
             row["train_base_reward_mean"] = float(np.mean(np.asarray(info["base_reward"])))
             row["train_similarity_mean"] = float(np.mean(np.asarray(info["similarity"])))
         row["time_reward_s"] = time.time() - t0
-        # 3. advantages
-        advantages = compute_advantages(cfg, tracker, traj.prompts, rewards_np)
+        # 3. advantages over the whole epoch; keep this process's block
+        advantages = compute_advantages(cfg, tracker, all_prompts, all_rewards)
+        local = len(traj)
+        advantages = advantages[rank * local:(rank + 1) * local]
         # 4. PPO
         t0 = time.time()
-        row.update(ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference))
+        row.update(ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference,
+                              sync=acc.reduce if world > 1 else None))
         row["time_train_s"] = time.time() - t0
         row["learning_rate"] = optimizer.param_groups[0]["lr"]
         del traj
@@ -285,24 +320,25 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
             optimizer = _optimizer(cfg, params, cfg.lora_learning_rate)
         row["param_dist"] = finetune.param_distance_from_base(unet, base_state)
         row["phase"] = "lora" if finetune.has_lora(unet) else "full"
-        # 5. evaluate
-        if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
-            t0 = time.time()
-            images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images)
-            save_eval_images(out, epoch, images, eval_prompts)
-            row.update(metrics)
-            row["time_eval_s"] = time.time() - t0
-        # 6. log + checkpoint
-        rows = [r for r in rows if r["epoch"] < epoch] + [row]
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
-            whole = cfg.mode != "lora"
-            save_checkpoint(ckpt_dir, unet, optimizer,
-                            {"epoch": epoch, "stat_buffers": tracker.state_dict()},
-                            whole_unet=whole, export_lora=finetune.has_lora(unet),
-                            export_unet=whole and epoch == cfg.num_epochs)
-        write_metrics(out, rows)  # after the checkpoint: a row never exists without its state
+        # 5. evaluate, 6. log + checkpoint (main process)
+        if acc.is_main_process:
+            if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
+                t0 = time.time()
+                images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images)
+                save_eval_images(out, epoch, images, eval_prompts)
+                row.update(metrics)
+                row["time_eval_s"] = time.time() - t0
+            rows = [r for r in rows if r["epoch"] < epoch] + [row]
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
+                whole = cfg.mode != "lora"
+                save_checkpoint(ckpt_dir, unet, optimizer, {"epoch": epoch, "stat_buffers": tracker.state_dict()},
+                                whole_unet=whole, export_lora=finetune.has_lora(unet),
+                                export_unet=whole and epoch == cfg.num_epochs)
+            write_metrics(out, rows)  # after the checkpoint: a row never exists without its state
+        acc.wait_for_everyone()
         bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", kl=f"{row.get('train_approx_kl', 0):.2e}")
-    (out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
+    if acc.is_main_process:
+        (out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
     return out
 
 

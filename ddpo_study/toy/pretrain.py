@@ -6,7 +6,7 @@ Four stages, each on freshly rendered data (the world is infinite, so nothing ov
 
 1. **CLIP** (``transformers.CLIPModel``, ViT on 4x4 patches + a word-level text transformer) trained
    contrastively on (render, caption) pairs. Each batch also carries a *hard-negative twin* caption per
-   image that differs in exactly one attribute (half the time the shape), because shape is the attribute a
+   image that differs in exactly one attribute (60% of the time the shape), because shape is the attribute a
    contrastive model otherwise learns last.
 2. **VAE** (``AutoencoderKL``, 2x downsampling: 32x32x3 images <-> 16x16x4 latents), L1 + MSE
    reconstruction with a tiny KL term, as Stable Diffusion's VAE; ``scaling_factor`` is set afterwards to
@@ -44,7 +44,7 @@ from .tokenizer import build_tokenizer, save_tokenizer
 RESOLUTION = 32
 
 #: Steps per stage at --scale 1 (sized to finish in about 90 minutes on 2 CPU cores).
-STEPS = {"clip": 1200, "vae": 800, "unet": 3500, "aesthetic": 600}
+STEPS = {"clip": 3000, "vae": 800, "unet": 3500, "aesthetic": 600}
 BATCH = {"clip": 128, "vae": 64, "unet": 128, "aesthetic": 256}
 
 
@@ -127,15 +127,15 @@ def _images_for_clip(images: torch.Tensor) -> torch.Tensor:
 
 
 def _twin(attrs: world.Attributes, g: torch.Generator) -> world.Attributes:
-    """A copy of ``attrs`` with exactly one attribute changed per row (the shape half of the time).
+    """A copy of ``attrs`` with exactly one attribute changed per row (the shape 60% of the time).
 
     A change that would make the shape's colour equal the background is redrawn.
     """
     n_vals = {"shape": len(world.SHAPES), "size": len(world.SIZES), "position": len(world.POSITIONS),
               "color": len(world.COLORS), "bg": len(world.BACKGROUNDS)}
     fields = list(n_vals)
-    # field choice: shape with p=0.5, each other field with p=0.125
-    probs = torch.tensor([0.5, 0.125, 0.125, 0.125, 0.125])
+    # field choice: shape with p=0.6 (the attribute contrastive training learns last), each other with p=0.1
+    probs = torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])
     out = {f: getattr(attrs, f).clone() for f in fields}
     todo = torch.ones(len(attrs), dtype=torch.bool)
     bg_of_color = torch.tensor([world.BACKGROUNDS.index(c) if c in world.BACKGROUNDS else -1 for c in world.COLORS])
