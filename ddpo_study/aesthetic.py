@@ -52,3 +52,38 @@ class AestheticMLP(nn.Module):
         model = cls(cfg["embed_dim"], tuple(cfg["hidden"]), cfg.get("activation", "relu"))
         model.load_state_dict(load_file(str(weights)))
         return model.eval()
+
+
+def load_laion_aesthetic(path: str | Path) -> AestheticMLP:
+    """The LAION "improved aesthetic predictor" (``sac+logos+ava1-l14-linearMSE.pth``) that DDPO rewards with.
+
+    Its MLP is five Linear layers (768-1024-128-64-16-1) with dropout between the first four and no
+    non-linearity; its state dict names them ``layers.{0,2,4,6,7}``. We read the file with
+    ``torch.load(weights_only=True)`` (or safetensors) and copy the Linear layers in order into an
+    :class:`AestheticMLP` with identity activations, which computes the same function at inference.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LAION aesthetic predictor weights not found at {path}; download sac+logos+ava1-l14-linearMSE.pth "
+            "from the improved-aesthetic-predictor repository and pass its path as aesthetic_model"
+        )
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    weights = sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[-2]))
+    shapes = [tuple(state[k].shape) for k in weights]
+    if not shapes or shapes[-1][0] != 1:
+        raise ValueError(f"{path} does not look like an aesthetic MLP (Linear weight shapes {shapes})")
+    embed_dim, hidden = shapes[0][1], tuple(s[0] for s in shapes[:-1])
+    model = AestheticMLP(embed_dim, hidden, activation="identity")
+    linears = [m for m in model.layers if isinstance(m, nn.Linear)]
+    if len(linears) != len(weights):
+        raise ValueError(f"{path}: expected {len(linears)} Linear layers, found {len(weights)}")
+    with torch.no_grad():
+        for layer, key in zip(linears, weights):
+            layer.weight.copy_(state[key])
+            layer.bias.copy_(state[key[: -len("weight")] + "bias"])
+    return model.eval()

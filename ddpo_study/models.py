@@ -142,13 +142,14 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipScore
 
 
 def load_aesthetic(path: str | Path, device: str | torch.device = "cpu"):
-    """An :class:`~ddpo_study.aesthetic.AestheticMLP` from a folder (config.json + model.safetensors)."""
-    from .aesthetic import AestheticMLP
+    """An aesthetic MLP: a folder (config.json + model.safetensors, the toy scorer) or a LAION predictor file."""
+    from .aesthetic import AestheticMLP, load_laion_aesthetic
 
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"aesthetic predictor path {path} does not exist")
     try:
-        return AestheticMLP.load(path).to(device)
+        model = AestheticMLP.load(path) if path.is_dir() else load_laion_aesthetic(path)
+        return model.to(device)
     except Exception as err:
         raise ModelLoadError(f"could not load the aesthetic predictor from {path}: {err}") from err

@@ -171,7 +171,24 @@ def evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_i
     images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
     metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, reward_fn=reward_fn,
                                    lpips=lpips_model)
+    metrics.update(judge_metrics(images, eval_prompts))
     return images, metrics
+
+
+def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """Toy world only: the geometric judge's attribute accuracy (``judge_<attr>``), a CLIP-free referee.
+
+    Empty for prompts outside the toy grammar (Stable Diffusion runs).
+    """
+    from .toy import world
+    from .toy.judge import attribute_accuracy
+
+    try:
+        attrs = world.parse_many(prompts)
+    except world.PromptError:
+        return {}
+    accuracy = attribute_accuracy(images.flatten(0, 1), attrs.repeat_interleave(images.shape[1]))
+    return {f"judge_{k}": v for k, v in accuracy.items()}
 
 
 def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str]) -> None:

@@ -97,3 +97,18 @@ def test_bad_inputs_fail_with_clear_messages(tiny_model_dir, tiny_prompt_files, 
         train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "a", prompt_set=str(tmp_path / "missing.txt")))
     with pytest.raises(ModelLoadError, match="does not exist"):
         train.run(tiny_config(str(tmp_path / "no-model"), tiny_prompt_files, tmp_path / "b"))
+
+
+def test_judge_metrics_score_toy_prompts_and_skip_others():
+    import torch
+
+    from ddpo_study.toy import world
+
+    prompts = ["a large red square in the center on a blue background", "a small white circle on the left on a black background"]
+    g = torch.Generator().manual_seed(0)
+    images = torch.stack([world.render_prompts(prompts, 32, g) for _ in range(3)], dim=1)  # (P, S, 3, H, W)
+    metrics = train.judge_metrics(images, prompts)
+    assert metrics["judge_all"] == 1.0
+    swapped = train.judge_metrics(images.flip(0), prompts)
+    assert swapped["judge_color"] == 0.0
+    assert train.judge_metrics(images, ["a red circle", "a blue square"]) == {}

@@ -61,13 +61,13 @@ def evaluate(pipe, prompts: list[str], guidances: list[float], n_seeds: int = 4,
     renders = torch.stack([world.render(attrs, 32, g) for _ in range(n_seeds)], dim=1)  # (P,S,3,H,W)
     render_div = mean_pairwise_rms(renders).mean().item()
     report = {"n_prompts": len(prompts), "n_seeds": n_seeds, "steps": steps, "eta": 1.0,
-              "judge_on_renders": attribute_accuracy(renders.flatten(0, 1), _repeat(attrs, n_seeds)),
+              "judge_on_renders": attribute_accuracy(renders.flatten(0, 1), attrs.repeat_interleave(n_seeds)),
               "render_within_prompt_rms": render_div, "by_guidance": {}}
     for gs in guidances:
         t0 = time.time()
         images = sample_pipe(pipe, prompts, seeds, gs, steps)
         seconds = time.time() - t0
-        acc = attribute_accuracy(images.flatten(0, 1), _repeat(attrs, n_seeds))
+        acc = attribute_accuracy(images.flatten(0, 1), attrs.repeat_interleave(n_seeds))
         div = mean_pairwise_rms(images).mean().item()
         report["by_guidance"][str(gs)] = {
             "judge_accuracy": acc,
@@ -77,10 +77,6 @@ def evaluate(pipe, prompts: list[str], guidances: list[float], n_seeds: int = 4,
             "sampling_seconds": seconds,
         }
     return report
-
-
-def _repeat(attrs: world.Attributes, n: int) -> world.Attributes:
-    return world.Attributes(**{f: getattr(attrs, f).repeat_interleave(n) for f in world.Attributes.FIELDS})
 
 
 def main(argv=None) -> dict:

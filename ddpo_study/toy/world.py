@@ -85,6 +85,10 @@ class Attributes:
     def __getitem__(self, index) -> "Attributes":
         return Attributes(**{f: getattr(self, f)[index] for f in self.FIELDS})
 
+    def repeat_interleave(self, n: int) -> "Attributes":
+        """Each row ``n`` times in a row (prompts x seeds layouts flattened prompt-major)."""
+        return Attributes(**{f: getattr(self, f).repeat_interleave(n) for f in self.FIELDS})
+
     @staticmethod
     def stack(items: list[dict[str, int]]) -> "Attributes":
         return Attributes(**{f: torch.tensor([it[f] for it in items], dtype=torch.long) for f in Attributes.FIELDS})
