@@ -105,6 +105,8 @@ class DDPOConfig:
     """Samples per PPO minibatch (each contributes timestep_fraction x num_steps transitions)."""
     gradient_accumulation_steps: int = 1
     """Minibatches whose gradients are summed before one optimizer step."""
+    train_timesteps_per_pass: int = 0
+    """Timesteps scored per UNet call in the PPO pass (0 = all selected steps of a minibatch at once; lower saves memory)."""
     inner_epochs: int = 1
     """PPO passes over each epoch's samples."""
     timestep_fraction: float = 0.5
@@ -179,7 +181,7 @@ class DDPOConfig:
         for key in ("lora_learning_rate", "full_learning_rate", "clip_range", "adv_clip_max", "max_grad_norm",
                     "lora_alpha", "adam_epsilon"):
             need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("eta", "kl_beta", "diversity_lambda", "adam_weight_decay", "num_threads"):
+        for key in ("train_timesteps_per_pass", "eta", "kl_beta", "diversity_lambda", "adam_weight_decay", "num_threads"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")

@@ -17,6 +17,7 @@ columns describe the samples drawn at the start of epoch ``e``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -115,10 +116,14 @@ def compute_advantages(cfg, tracker, prompts, rewards: np.ndarray) -> np.ndarray
     return global_advantages(rewards)
 
 
-def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None, sync=None) -> dict[str, float]:
+def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None, sync=None,
+               autocast=contextlib.nullcontext) -> dict[str, float]:
     """Step 4: inner epochs of clipped-surrogate PPO over random minibatches and timestep subsets.
 
-    ``sync`` (multi-process runs) averages each gradient across processes before the optimizer step.
+    Each minibatch's (sample, timestep) pairs are scored in one batched UNet call, or in chunks of
+    ``train_timesteps_per_pass`` timesteps whose losses are weighted by their share so the gradient is the
+    same (memory, not math). ``sync`` (multi-process runs) averages each gradient across processes before the
+    optimizer step; ``autocast`` is the mixed-precision context for the forward passes.
     """
     n = len(traj)
     adv = torch.as_tensor(advantages, dtype=torch.float32, device=traj.latents.device)
@@ -129,23 +134,28 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
         g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))  # same on all processes
         order = torch.randperm(n, generator=g)
         steps = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K)
+        k_total = steps.shape[1]
+        chunk = cfg.train_timesteps_per_pass or k_total
         for start in range(0, n, cfg.train_batch_size):
             idx = order[start:start + cfg.train_batch_size]
             mb = traj[idx]
-            step_idx = steps[idx]
-            out = recompute_log_probs(unet, pipe.scheduler, mb, step_idx, reference_unet=reference)
-            log_prob, kl = out if reference is not None else (out, None)
-            old_log_prob = mb.log_probs.gather(1, step_idx.to(mb.log_probs.device))
-            loss, s = clipped_surrogate_loss(log_prob, old_log_prob, adv[idx.to(adv.device)],
-                                             cfg.clip_range, cfg.adv_clip_max)
-            if kl is not None:
-                loss = loss + cfg.kl_beta * kl.mean()
-                stats["kl_to_base"].append(kl.mean().item())
-            (loss / cfg.gradient_accumulation_steps).backward()
+            mb_adv = adv[idx.to(adv.device)]
+            for c0 in range(0, k_total, chunk):
+                step_idx = steps[idx, c0:c0 + chunk]
+                weight = step_idx.shape[1] / k_total
+                with autocast():
+                    out = recompute_log_probs(unet, pipe.scheduler, mb, step_idx, reference_unet=reference)
+                log_prob, kl = out if reference is not None else (out, None)
+                old_log_prob = mb.log_probs.gather(1, step_idx.to(mb.log_probs.device))
+                loss, s = clipped_surrogate_loss(log_prob, old_log_prob, mb_adv, cfg.clip_range, cfg.adv_clip_max)
+                if kl is not None:
+                    loss = loss + cfg.kl_beta * kl.mean()
+                    stats["kl_to_base"].append(kl.mean().item())
+                (loss * weight / cfg.gradient_accumulation_steps).backward()
+                stats["loss"].append(loss.item())
+                stats["approx_kl"].append(s["approx_kl"].item())
+                stats["clipfrac"].append(s["clipfrac"].item())
             accum += 1
-            stats["loss"].append(loss.item())
-            stats["approx_kl"].append(s["approx_kl"].item())
-            stats["clipfrac"].append(s["clipfrac"].item())
             if accum % cfg.gradient_accumulation_steps == 0 or start + cfg.train_batch_size >= n:
                 if sync is not None:
                     for p in params:
@@ -327,7 +337,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         # 4. PPO
         t0 = time.time()
         row.update(ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference,
-                              sync=acc.reduce if world > 1 else None))
+                              sync=acc.reduce if world > 1 else None, autocast=acc.autocast))
         row["time_train_s"] = time.time() - t0
         row["learning_rate"] = optimizer.param_groups[0]["lr"]
         del traj

@@ -112,3 +112,12 @@ def test_judge_metrics_score_toy_prompts_and_skip_others():
     swapped = train.judge_metrics(images.flip(0), prompts)
     assert swapped["judge_color"] == 0.0
     assert train.judge_metrics(images, ["a red circle", "a blue square"]) == {}
+
+
+def test_chunking_timesteps_changes_memory_not_math(tiny_model_dir, tiny_prompt_files, tmp_path):
+    a = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "a", num_epochs=1, num_steps=6), progress=False)
+    b = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "b", num_epochs=1, num_steps=6,
+                              train_timesteps_per_pass=1), progress=False)
+    cols = ["train_loss", "train_approx_kl", "param_dist", "reward_mean"]
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv")[cols], pd.read_csv(b / "metrics.csv")[cols],
+                                  rtol=1e-4, atol=1e-7)
