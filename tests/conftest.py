@@ -155,3 +155,42 @@ def tiny_prompt_files(tmp_path):
     evals = tmp_path / "eval.txt"
     evals.write_text("\n".join(TINY_PROMPTS[2:]) + "\n")
     return str(train), str(evals)
+
+
+def make_tiny_sd_layout(root, seed: int = 0):
+    """The Stable Diffusion path's file layout, tiny and random: a pipeline folder (no clip/ or aesthetic/
+    inside, like the hub's SD 1.5), a separate CLIP folder at 224 px (OpenAI preprocessing, like
+    openai/clip-vit-large-patch14), and the aesthetic MLP as a LAION-style pickled state dict (.pth,
+    Linear/Dropout layers named layers.{0,2,4,6,7}) that must be read with ``weights_only=True``.
+    Returns (pipeline_dir, clip_dir, aesthetic_file)."""
+    from pathlib import Path
+
+    from torch import nn
+    from transformers import CLIPConfig, CLIPModel
+
+    from ddpo_study.toy.tokenizer import save_tokenizer
+
+    root = Path(root)
+    pipe = make_tiny_pipe(seed)
+    pipe.save_pretrained(root / "sd", safe_serialization=True)
+    save_tokenizer(pipe.tokenizer, root / "sd" / "tokenizer")
+    tok = pipe.tokenizer
+    torch.manual_seed(seed + 2)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(image_size=224, patch_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=12))
+    clip.save_pretrained(root / "clip", safe_serialization=True)
+    save_tokenizer(tok, root / "clip")
+    laion = nn.Sequential(nn.Linear(12, 10), nn.Dropout(0.2), nn.Linear(10, 8), nn.Dropout(0.2),
+                          nn.Linear(8, 6), nn.Dropout(0.1), nn.Linear(6, 4), nn.Linear(4, 1))
+    torch.save({f"layers.{k}": v for k, v in laion.state_dict().items()}, root / "aesthetic.pth")
+    return root / "sd", root / "clip", root / "aesthetic.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_layout(tmp_path_factory):
+    return make_tiny_sd_layout(tmp_path_factory.mktemp("tiny-sd"))
