@@ -5,6 +5,12 @@ Commands:
   demo [--out DIR]                     sample the toy model on eval prompts x seeds and write an image grid
   base-eval [--out FILE]               prompt-following (geometric judge) and diversity of the base toy model
   study [--quick]                      the study's main job (what `make study` runs)
+  grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
+                                       run a grid of cells through the cell notebook (skips done cells)
+  grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
+  summary ROOT_OR_SPEC [--quick] [--no-notebook]
+                                       figures and tables of a grid's results under <root>/summary/
+  cell SPEC CELL_NAME [--quick]        run one cell of a grid
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ def _parse_sets(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         out[key] = yaml.safe_load(value)
     return out
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input (a bad spec or config): one line, no traceback."""
+    from .config import ConfigError
+    from .grid import GridError
+
+    return (GridError, ConfigError)
 
 
 def cmd_train(args) -> int:
@@ -87,6 +101,46 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_grid_run(args) -> int:
+    from .grid import run_grid
+
+    result = run_grid(args.spec, quick=args.quick, jobs=args.jobs, shard=args.shard, summary=not args.no_summary)
+    return 0 if result.ok else 1
+
+
+def cmd_grid_status(args) -> int:
+    import pandas as pd
+
+    from .grid import status
+
+    table = status(args.spec, quick=args.quick)
+    shown = table.copy()
+    for col in ("last_eval_reward", "last_train_reward", "seconds"):
+        shown[col] = [f"{v:.4g}" if isinstance(v, (int, float)) and v == v else "" for v in table[col]]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 70):
+        print(shown.to_string(index=False))
+    counts = table["state"].value_counts()
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .grid import load_spec, run_summary
+
+    target = Path(args.target)
+    root = load_spec(target, quick=args.quick).output_root if target.is_file() else target
+    out = run_summary(root, notebook=not args.no_notebook)
+    return 0 if out is not None else 1
+
+
+def cmd_cell(args) -> int:
+    from .grid import find_cell, run_grid
+
+    spec, cell = find_cell(args.spec, args.cell_name, quick=args.quick)
+    result = run_grid(spec, only=[cell.name], summary=False)
+    return 0 if result.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ddpo-study", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -115,8 +169,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/toy_study")
     p.set_defaults(fn=cmd_study)
 
+    p = sub.add_parser("grid", help="run a grid of cells, or show its status")
+    gsub = p.add_subparsers(dest="grid_command", required=True)
+    g = gsub.add_parser("run", help="run every cell not yet done (then the summary)")
+    g.add_argument("spec", help="grid spec YAML (see ddpo_study/grid.py)")
+    g.add_argument("--quick", action="store_true", help="apply the spec's quick overrides")
+    g.add_argument("--jobs", type=int, default=1, help="cells run at once (each gets cpu_count // jobs threads)")
+    g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
+    g.add_argument("--no-summary", action="store_true", help="do not write the summary afterwards")
+    g.set_defaults(fn=cmd_grid_run)
+    g = gsub.add_parser("status", help="one line per cell")
+    g.add_argument("spec")
+    g.add_argument("--quick", action="store_true")
+    g.set_defaults(fn=cmd_grid_status)
+
+    p = sub.add_parser("summary", help="figures and tables from a grid's saved results")
+    p.add_argument("target", metavar="ROOT_OR_SPEC", help="a results folder or a grid spec (its output_root)")
+    p.add_argument("--quick", action="store_true", help="with a spec: its quick output_root")
+    p.add_argument("--no-notebook", action="store_true", help="write the files only, without summary.ipynb/.html")
+    p.set_defaults(fn=cmd_summary)
+
+    p = sub.add_parser("cell", help="run one cell of a grid")
+    p.add_argument("spec")
+    p.add_argument("cell_name")
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(fn=cmd_cell)
+
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -43,6 +43,14 @@ atomically. ``<cell>/status.json`` records ``state`` (running / done / failed), 
 ``report.html`` is skipped; an interrupted cell is simply run again (``train.run`` resumes from its checkpoint);
 a failed cell does not stop the others, and :func:`run_grid` reports it (the CLI exits non-zero).
 ``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i.
+After a whole grid (no shard) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
+
+Command line (``python -m ddpo_study``)::
+
+    grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
+    grid status SPEC [--quick]
+    summary ROOT_OR_SPEC [--quick] [--no-notebook]
+    cell SPEC CELL_NAME [--quick]
 """
 
 from __future__ import annotations
@@ -229,10 +237,9 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
                 raise GridError(f"{where}: {key!r} is not a parameter of the notebook {spec.notebook} "
                                 f"(so it cannot be passed to it)" + _close_hint(key, params_known))
 
+    check_keys([k for k in spec.quick if k not in QUICK_SPECIAL], "quick")  # first: --quick merged them below
     check_keys(spec.fixed, "fixed")
     check_keys(spec.axes, "axes")
-    if spec.quick:
-        check_keys([k for k in spec.quick if k not in QUICK_SPECIAL], "quick")
     for variant in spec.variants or []:
         check_keys([k for k in variant if k != VARIANT_KEY], f"variant {_variant_label(variant)!r}")
         pinned = sorted(set(variant) & set(spec.axes))
@@ -258,7 +265,9 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
                 cfg = DDPOConfig.from_dict({**config_values, "output_dir": "placeholder"})
             except ConfigError as err:
                 raise GridError(f"{where}: invalid config: {err}") from err
-            values = {**cfg.to_dict(), **{k: v for k, v in params.items() if k not in config_fields}}
+            coerced = cfg.to_dict()
+            params.update({k: coerced[k] for k in config_values})  # e.g. YAML's "3e-4" string -> 0.0003
+            values = {**coerced, **{k: v for k, v in params.items() if k not in config_fields}}
             if label is not None:
                 values[VARIANT_KEY] = label
             try:
@@ -438,7 +447,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         return {"state": "skipped", "cell": cell.name, "reason": f"running in process {old['pid']}"}
     params = dict(cell.params)
     if not cell.threads_from_spec:
-        params["num_threads"] = _existing_threads(cell.dir, num_threads)
+        params["num_threads"] = num_threads  # a resumed run may use another thread count (train allows it)
     status = {"cell": cell.name, "index": cell.index, "variant": cell.variant, "state": "running",
               "started": _now(), "finished": None, "seconds": None, "error": None,
               "pid": os.getpid(), "host": socket.gethostname(), "num_threads": params.get("num_threads"),
@@ -461,21 +470,6 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         status.update(finished=_now(), seconds=round(time.time() - t0, 1))
         _write_json_atomic(cell.dir / STATUS_FILE, status)
     return status
-
-
-def _existing_threads(cell_dir: Path, requested: int) -> int:
-    """Keep the thread count a started run was configured with.
-
-    ``num_threads`` is part of the run's ``config.json`` and ``train.run`` refuses to resume a folder whose
-    config differs, so a cell resumed under another ``--jobs`` keeps its original value.
-    """
-    cfg_file = cell_dir / "config.json"
-    if cfg_file.is_file():
-        try:
-            return int(json.loads(cfg_file.read_text()).get("num_threads", requested))
-        except (json.JSONDecodeError, ValueError, TypeError):
-            pass
-    return requested
 
 
 def _run_cell_worker(args: tuple[str, Cell, int]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Failures name the path and what is wrong with it, instead of a deep stack trace 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: 
                 " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else ""))
         _check_pipeline_dir(path)
     try:
+        # `torch_dtype` works on every supported diffusers (0.42 prefers `dtype` and warns).
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(
             target, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
             local_files_only=local,

@@ -67,8 +67,9 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
     if cfg_file.exists():
         old = json.loads(cfg_file.read_text())
         new = cfg.to_dict()
-        # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder.
-        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {"num_epochs"}
+        # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
+        # num_threads/device change speed, not results.
+        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {"num_epochs", "num_threads", "device"}
         if diff:
             raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
                              "use a new output_dir or delete the old one")
@@ -270,6 +271,11 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=device),
                             diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
                             diversity_feature=cfg.diversity_feature)
+    # Eval reports the plain task reward: a penalised eval reward would depend on how eval images are batched
+    # and would blur "what did diversity cost in reward" (training logs both: train_reward_mean is penalised,
+    # train_base_reward_mean is not).
+    task_reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model,
+                                                           device=device))
     if lpips_warning and acc.is_main_process:
         (out / "warnings.txt").write_text(lpips_warning + "\n")
 
@@ -304,7 +310,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 
     if acc.is_main_process and start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
         t0 = time.time()
-        images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, None)
+        images, metrics = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, None)
         save_eval_images(out, 0, images, eval_prompts)
         base_images = _load_eval_images(out, 0)  # the saved (uint8) images, exactly as a resumed run sees them
         rows = [{"epoch": 0, **metrics, "param_dist": 0.0, "time_eval_s": time.time() - t0}]
@@ -351,7 +357,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         if acc.is_main_process:
             if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
                 t0 = time.time()
-                images, metrics = evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images)
+                images, metrics = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, base_images)
                 save_eval_images(out, epoch, images, eval_prompts)
                 row.update(metrics)
                 row["time_eval_s"] = time.time() - t0

@@ -1,0 +1,116 @@
+"""Where the wall time of finished runs went: sampling, reward, training, evaluation, and everything else.
+
+    python benchmarks/grid_time.py                       # results/toy_study (the grid's output root)
+    python benchmarks/grid_time.py runs/lora30           # one run folder
+    python benchmarks/grid_time.py results/toy_study --cells   # plus one row per cell
+
+What it reads (it times nothing itself, so it has no ``--repeats``: the repeats are the epochs and cells).
+Every folder under PATH (PATH included) that holds a ``metrics.csv`` is a run. Its columns ``time_sample_s``,
+``time_reward_s``, ``time_train_s`` and ``time_eval_s`` (written by ``ddpo_study.train.run``; empty cells
+count as 0) are summed over epochs. If the folder also holds the grid runner's ``status.json`` with
+``seconds`` (the wall time of the cell's notebook run), then
+
+    overhead = seconds - (sample + reward + train + eval)
+
+is what the four phases do not cover: starting the kernel, imports, loading the pipeline and scorers,
+checkpoints, metrics files, the notebook's own plots and tables, and the HTML report.
+
+How to read it. The fractions are of the total wall time: the sum of ``seconds`` over runs that have a
+status, plus the phase sums of runs that have none (their overhead is unknown and counted as 0; the table
+says how many runs had a status). The study wants the overhead small (target <= 5 %): the time should go into
+DDPO itself. A run whose ``status.json`` says ``attempt`` > 1 was resumed: its ``seconds`` cover the last
+attempt only while ``metrics.csv`` covers all epochs, so its overhead is understated (it can go negative);
+such runs are counted and flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+PHASES = {"sample": "time_sample_s", "reward": "time_reward_s", "train": "time_train_s", "eval": "time_eval_s"}
+
+
+def find_runs(root: Path) -> list[Path]:
+    return sorted({p.parent for p in root.rglob("metrics.csv")} | ({root} if (root / "metrics.csv").is_file() else set()))
+
+
+def read_run(run: Path) -> dict:
+    import pandas as pd
+
+    df = pd.read_csv(run / "metrics.csv")
+    row = {"run": run, "epochs": int(df["epoch"].max()) if "epoch" in df and len(df) else len(df)}
+    for name, col in PHASES.items():
+        row[name] = float(df[col].fillna(0).sum()) if col in df else 0.0
+    row["phases"] = sum(row[n] for n in PHASES)
+    row["seconds"], row["attempt"], row["state"] = None, None, None
+    status_file = run / "status.json"
+    if status_file.is_file():
+        try:
+            status = json.loads(status_file.read_text())
+        except json.JSONDecodeError:
+            status = {}
+        if isinstance(status.get("seconds"), (int, float)):
+            row["seconds"] = float(status["seconds"])
+        row["attempt"], row["state"] = status.get("attempt"), status.get("state")
+    row["overhead"] = None if row["seconds"] is None else row["seconds"] - row["phases"]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("path", nargs="?", default="results/toy_study", help="a run folder or a grid output root")
+    ap.add_argument("--cells", action="store_true", help="also print one row per run")
+    args = ap.parse_args()
+    root = Path(C.repo_path(args.path))
+    if not root.exists():
+        raise SystemExit(f"{root} does not exist")
+    runs = [read_run(r) for r in find_runs(root)]
+    if not runs:
+        raise SystemExit(f"no metrics.csv under {root}")
+
+    with_status = [r for r in runs if r["seconds"] is not None]
+    resumed = [r for r in with_status if (r["attempt"] or 1) > 1]
+    totals = {n: sum(r[n] for r in runs) for n in PHASES}
+    overhead = sum(r["overhead"] for r in with_status)
+    wall = sum(r["seconds"] for r in with_status) + sum(r["phases"] for r in runs if r["seconds"] is None)
+    epochs = sum(r["epochs"] for r in runs)
+
+    if args.cells:
+        rows = []
+        for r in runs:
+            name = str(r["run"].relative_to(root)) if r["run"] != root else r["run"].name
+            rows.append([name, r["epochs"], *(f"{r[n]:.1f}" for n in PHASES),
+                         "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
+                         "-" if r["overhead"] is None else f"{r['overhead']:.1f}",
+                         "-" if r["overhead"] is None or not r["seconds"] else f"{100 * r['overhead'] / r['seconds']:.1f}",
+                         r["state"] or "-"])
+        print(C.table(rows, ["run", "epochs", "sample s", "reward s", "train s", "eval s", "status s", "overhead s",
+                             "overhead %", "state"]))
+        print()
+
+    print(f"{len(runs)} run(s) under {root} ({len(with_status)} with status.json seconds"
+          + (f", {len(resumed)} resumed: overhead understated" if resumed else "") + f"); {epochs} epochs in all")
+    rows = [[n, f"{totals[n]:.1f}", f"{100 * totals[n] / wall:.1f}" if wall else "-",
+             f"{totals[n] / epochs:.2f}" if epochs else "-"] for n in PHASES]
+    rows.append(["overhead" + ("" if with_status else " (unknown: no status.json)"),
+                 f"{overhead:.1f}" if with_status else "-",
+                 f"{100 * overhead / wall:.1f}" if with_status and wall else "-",
+                 f"{overhead / epochs:.2f}" if with_status and epochs else "-"])
+    rows.append(["total wall", f"{wall:.1f}", "100.0" if wall else "-", f"{wall / epochs:.2f}" if epochs else "-"])
+    print(C.table(rows, ["part", "seconds", "% of wall", "s / epoch"]))
+    status_wall = sum(r["seconds"] for r in with_status)
+    if status_wall > 0:
+        frac = overhead / status_wall
+        print(f"\noverhead {100 * frac:.1f} % of the wall time of the {len(with_status)} run(s) with a status "
+              f"(target <= 5 %: {'met' if frac <= 0.05 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

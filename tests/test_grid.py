@@ -1,0 +1,222 @@
+"""The grid runner end to end through papermill on the tiny model: reports, a failing cell, resume, summary.
+
+One module fixture runs a two-cell, one-epoch grid twice (that is the slow part, ~1 min on 2 busy cores):
+first with one cell whose prompt file does not exist yet (it fails inside the notebook while the other cell
+completes), then again after the file is created (the done cell is skipped, the failed one re-runs), with
+the summary notebook at the end. The tests read what those runs left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import papermill
+import pytest
+import yaml
+
+from ddpo_study import cli, grid, report
+from ddpo_study.config import DDPOConfig
+from tests.test_train import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+OK, BROKEN = "ok-s0", "later-s0"
+
+
+def tiny_spec(tmp: Path, model_dir, train_file: str, eval_file: str, late_file: str, **extra) -> dict:
+    values = tiny_config(model_dir, (train_file, eval_file), tmp / "unused", num_epochs=1).to_dict()
+    fixed = {k: v for k, v in values.items() if k not in ("output_dir", "prompt_set", "seed")}
+    return {
+        "name": "tiny", "notebook": "notebooks/cell.ipynb", "output_root": str(tmp / "results"),
+        "cell_name": "{variant}-s{seed}", "fixed": fixed, "axes": {"seed": [0]},
+        "variants": [{"variant": "ok", "prompt_set": train_file}, {"variant": "later", "prompt_set": late_file}],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("grid")
+    train_file, eval_file, late_file = tmp / "train.txt", tmp / "eval.txt", tmp / "later.txt"
+    from tests.conftest import TINY_PROMPTS
+
+    train_file.write_text("\n".join(TINY_PROMPTS[:4]) + "\n")
+    eval_file.write_text("\n".join(TINY_PROMPTS[2:]) + "\n")
+    spec_file = tmp / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny_spec(tmp, tiny_model_dir, str(train_file), str(eval_file),
+                                                  str(late_file))))
+    root = tmp / "results"
+
+    # Run 1: two cells in parallel; "later" fails (its prompt file is missing) inside the notebook.
+    rc1 = cli.main(["grid", "run", str(spec_file), "--jobs", "2", "--no-summary"])
+    first = {"rc": rc1, "status_broken": grid.read_status(root / BROKEN),
+             "html_mtime": (root / OK / "report.html").stat().st_mtime_ns,
+             "ipynb_mtime": (root / OK / "report.ipynb").stat().st_mtime_ns,
+             "table": grid.status(str(spec_file))}
+    # Fix the failing cell; run 2 skips the done cell, re-runs the fixed one, then writes the summary.
+    late_file.write_text("\n".join(TINY_PROMPTS[1:5]) + "\n")
+    rc2 = cli.main(["grid", "run", str(spec_file)])
+    return {"spec": spec_file, "root": root, "first": first, "rc2": rc2}
+
+
+def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
+    cell = grid_runs["root"] / OK
+    for name in ("report.ipynb", "report.html", "metrics.csv", "config.json", "DONE", "eval/epoch_0001.npz"):
+        assert (cell / name).is_file(), name
+    assert pd.read_csv(cell / "metrics.csv")["epoch"].tolist() == [0, 1]
+    status = json.loads((cell / "status.json").read_text())
+    assert status["state"] == "done" and status["seconds"] > 0 and status["error"] is None
+    assert status["started"] <= status["finished"]
+    html = (cell / "report.html").read_text()
+    assert "<img" in html  # the figures are there
+    for code in ("train.run(cfg)", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
+        assert code not in html, code  # ... the code is not
+    nb = json.loads((cell / "report.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "num_threads = 1" in "".join(injected[0]["source"])
+    assert json.loads((cell / "config.json").read_text())["output_dir"].endswith(OK)
+
+
+def test_a_failing_cell_is_recorded_while_the_other_completes(grid_runs):
+    first = grid_runs["first"]
+    assert first["rc"] == 1  # the CLI exits non-zero
+    st = first["status_broken"]
+    assert st["state"] == "failed" and "later.txt" in st["error"] and "PromptSetError" in st["error"]
+    table = first["table"].set_index("cell")
+    assert table.loc[OK, "state"] == "done" and table.loc[BROKEN, "state"] == "failed"
+    assert table.loc[OK, "epochs_done"] == 1 and table.loc[OK, "epochs_total"] == 1
+    assert "PromptSetError" in table.loc[BROKEN, "error"]
+    assert (grid_runs["root"] / BROKEN / "report.ipynb").is_file()  # the partial notebook is kept
+
+
+def test_rerun_skips_done_cells_and_reruns_the_fixed_one(grid_runs):
+    root, first = grid_runs["root"], grid_runs["first"]
+    assert grid_runs["rc2"] == 0
+    assert (root / OK / "report.html").stat().st_mtime_ns == first["html_mtime"]
+    assert (root / OK / "report.ipynb").stat().st_mtime_ns == first["ipynb_mtime"]
+    st = grid.read_status(root / BROKEN)
+    assert st["state"] == "done" and st["attempt"] == 2
+    assert (root / BROKEN / "report.html").is_file()
+    assert set(grid.status(str(grid_runs["spec"]))["state"]) == {"done"}
+
+
+def test_summary_writes_figures_and_rerunning_gives_identical_bytes(grid_runs):
+    out = grid_runs["root"] / "summary"
+    names = ["reward_curves", "diversity_curves", "frontier", "final_bars", "montage"]
+    for name in names:
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file(), name
+    for name in ("questions", "final", "matched_reward", "cells"):
+        assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file(), name
+    assert (out / "summary.html").is_file() and (out / "summary.ipynb").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".pdf", ".csv", ".md")}
+    report.write_summary(grid_runs["root"])  # this process, not the notebook's kernel: same bytes
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".pdf", ".csv", ".md")}
+    assert before.keys() == after.keys()
+    changed = [name for name in before if before[name] != after[name]]
+    assert not changed
+    cells = pd.read_csv(out / "cells.csv")
+    assert sorted(cells["cell"]) == sorted([OK, BROKEN]) and cells["done"].all()
+
+
+def test_explore_reloads_the_lora_checkpoint_and_reproduces_the_saved_eval_images(grid_runs, one_thread):
+    from ddpo_study import explore
+
+    cell = explore.load_cell(grid_runs["root"] / OK, device="cpu")
+    assert cell.adapter == explore.ADAPTER and cell.checkpoint_epoch == 1
+    check = explore.reproduction_check(cell, max_prompts=2).set_index("model")
+    assert list(check["verdict"]) == ["match", "match"], check
+    prompts = explore.default_prompts(cell, 2)
+    sweep = explore.lora_scale_sweep(cell, prompts, seed=0, scales=[0.0, 1.0])
+    base = explore.sample_images(cell, prompts, [0], "base")
+    assert sweep.shape == (2, 2, 16, 16, 3)
+    assert (sweep[0] == base[:, 0]).all()  # LoRA scale 0 is the base model
+
+
+def test_unknown_keys_and_bad_values_fail_before_anything_runs(tmp_path, tiny_model_dir):
+    files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files)
+    spec["fixed"]["num_epoch"] = 3
+    with pytest.raises(grid.GridError, match=r"fixed: 'num_epoch' is not a parameter.*did you mean 'num_epochs'"):
+        grid.run_grid(spec)
+    assert not (tmp_path / "results").exists()
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files, quick={"lora_rnk": 3})
+    with pytest.raises(grid.GridError, match="quick: 'lora_rnk'"):
+        grid.run_grid(spec, quick=True)
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files)
+    spec["variants"][1]["guidance_scale"] = 0.5
+    with pytest.raises(grid.GridError, match=r"cell #1 .*variant 'later'.*guidance_scale=0.5"):
+        grid.run_grid(spec)
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files, cell_name="s{seed}")
+    with pytest.raises(grid.GridError, match="both named 's0'"):
+        grid.run_grid(spec)
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files)
+    spec["fixed"]["output_dir"] = "x"
+    with pytest.raises(grid.GridError, match="set by the grid runner"):
+        grid.run_grid(spec)
+    assert not (tmp_path / "results").exists()
+    assert cli.main(["grid", "status", str(REPO / "configs" / "nope.yaml")]) == 2
+
+
+def test_cells_order_quick_overrides_and_shards():
+    spec = grid.load_spec(REPO / "configs" / "toy_study.yaml")
+    cells = grid.expand(spec)
+    assert len(cells) == 36 and [c.index for c in cells] == list(range(36))
+    assert cells[0].name == "toy_30-lora-lam0.0-s0" and cells[1].name == "toy_30-lora-lam0.5-s0"
+    assert cells[0].params["output_dir"] == "results/toy_study/toy_30-lora-lam0.0-s0"
+    quick = grid.expand(grid.load_spec(REPO / "configs" / "toy_study.yaml", quick=True))
+    assert len(quick) == 12 and all(c.params["num_epochs"] == 4 and c.params["seed"] == 0 for c in quick)
+    assert all("toy_study_quick" in c.params["output_dir"] for c in quick)
+    shards = [grid.select_shard(cells, f"{i}/4") for i in range(4)]
+    assert sorted(c.index for s in shards for c in s) == list(range(36))
+    assert [c.index for c in shards[1]] == list(range(1, 36, 4))
+    with pytest.raises(grid.GridError, match="i/n"):
+        grid.select_shard(cells, "1of4")
+    hyp = grid.expand(grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml"))
+    assert len(hyp) == 27 and hyp[1].name == "lora-rank64-s0" and hyp[1].params["lora_rank"] == 64
+
+
+def test_cell_notebook_parameters_are_exactly_the_config_fields_and_notebooks_are_up_to_date():
+    params = papermill.inspect_notebook(str(REPO / "notebooks" / "cell.ipynb"))
+    assert list(params) == [f.name for f in dataclasses.fields(DDPOConfig)]
+    assert params["guidance_scale"]["default"] == repr(DDPOConfig.guidance_scale)
+    assert papermill.inspect_notebook(str(REPO / "notebooks" / "summary.ipynb")).keys() == {"root"}
+    check = subprocess.run([sys.executable, str(REPO / "notebooks" / "make_notebooks.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, monkeypatch):
+    """Threads per cell, skipping, stale 'running' entries and --shard, without starting kernels."""
+    import nbformat
+
+    calls = []
+
+    def fake_execute(notebook, output, parameters, num_threads):
+        calls.append(dict(parameters))
+        out = REPO / parameters["output_dir"] if not Path(parameters["output_dir"]).is_absolute() \
+            else Path(parameters["output_dir"])
+        (out / "DONE").write_text(json.dumps({"epochs": parameters["num_epochs"]}))
+        nbformat.write(nbformat.v4.new_notebook(), str(output))
+
+    monkeypatch.setattr(grid, "execute_notebook", fake_execute)
+    files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files, axes={"seed": [0, 1]})
+    del spec["fixed"]["num_threads"]
+    result = grid.run_grid(spec, shard="1/4", summary=False, echo=None)
+    assert [c.name for c in result.cells] == ["later-s0"] and len(calls) == 1
+    assert calls[0]["num_threads"] == max(1, grid.cpu_count())
+    result = grid.run_grid(spec, jobs=1, summary=False, echo=None)
+    assert result.ok and len(calls) == 4  # the done cell was skipped
+    assert result.states == {"ok-s0": "done", "later-s0": "skipped", "ok-s1": "done", "later-s1": "done"}
+    # A cell marked running by a process that is gone is "interrupted" and runs again.
+    cell_dir = tmp_path / "results" / "ok-s1"
+    (cell_dir / "DONE").unlink()
+    (cell_dir / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 12345,
+                                                      "host": __import__("socket").gethostname()}))
+    assert grid.status(spec).set_index("cell").loc["ok-s1", "state"] == "interrupted"
+    grid.run_grid(spec, summary=False, echo=None)
+    assert len(calls) == 5 and grid.read_status(cell_dir)["state"] == "done"
