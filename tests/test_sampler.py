@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from conftest import SD_SCHEDULER_CONFIG
+from tests.conftest import SD_SCHEDULER_CONFIG
 from ddpo_study.finetune import prepare_unet
 from ddpo_study.ppo import select_timesteps
 from ddpo_study.sampler import (
