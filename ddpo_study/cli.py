@@ -4,7 +4,8 @@ Commands:
   train CONFIG [--set key=value ...]   one DDPO run from a YAML/JSON config (resumes if interrupted)
   demo [--out DIR]                     sample the toy model on eval prompts x seeds and write an image grid
   base-eval [--out FILE]               prompt-following (geometric judge) and diversity of the base toy model
-  study [--quick]                      the study's main job (what `make study` runs)
+  study [--quick] [--jobs N]           the study's main job (what `make study` runs): configs/toy_study.yaml
+  grid run|status SPEC, summary, cell  the grid runner (see ddpo_study/grid.py)
   grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
                                        run a grid of cells through the cell notebook (skips done cells)
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
@@ -16,7 +17,6 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -87,18 +87,15 @@ def cmd_base_eval(args) -> int:
 
 
 def cmd_study(args) -> int:
-    """Until the grid runner lands: base-model report, a demo grid and one short LoRA DDPO run."""
-    from .config import DDPOConfig
-    from .train import run
+    """The study's main job: a demo grid of the base toy model, then the default toy grid and its summary."""
+    from .grid import run_grid
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=3.0, out=str(out)))
-    epochs = 4 if args.quick else 20
-    cfg = DDPOConfig(output_dir=str(out / "lora_toy30_demo"), num_epochs=epochs, eval_every=max(1, epochs // 4))
-    run(cfg)
-    print(json.dumps({"study": str(out), "run": cfg.output_dir}, indent=2))
-    return 0
+    spec = "configs/toy_study.yaml"
+    demo_out = Path("results/toy_study_quick" if args.quick else "results/toy_study")
+    demo_out.mkdir(parents=True, exist_ok=True)
+    cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=3.0, out=str(demo_out)))
+    result = run_grid(spec, quick=args.quick, jobs=args.jobs, shard=None, summary=True)
+    return 0 if result.ok else 1
 
 
 def cmd_grid_run(args) -> int:
@@ -165,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_base_eval)
 
     p = sub.add_parser("study", help="the study's main job")
-    p.add_argument("--quick", action="store_true", help="fewer epochs")
-    p.add_argument("--out", default="results/toy_study")
+    p.add_argument("--quick", action="store_true", help="the spec's quick variant (fewer epochs and seeds)")
+    p.add_argument("--jobs", type=int, default=2, help="cells run at once")
     p.set_defaults(fn=cmd_study)
 
     p = sub.add_parser("grid", help="run a grid of cells, or show its status")
