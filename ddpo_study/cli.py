@@ -93,7 +93,7 @@ def cmd_study(args) -> int:
     spec = "configs/toy_study.yaml"
     demo_out = Path("results/toy_study_quick" if args.quick else "results/toy_study")
     demo_out.mkdir(parents=True, exist_ok=True)
-    cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=3.0, out=str(demo_out)))
+    cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=5.0, out=str(demo_out)))
     result = run_grid(spec, quick=args.quick, jobs=args.jobs, shard=None, summary=True)
     return 0 if result.ok else 1
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="toy")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--out", default="results/demo")
     p.set_defaults(fn=cmd_demo)
 
