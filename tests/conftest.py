@@ -113,6 +113,30 @@ def tiny_pipe_factory(one_thread):
     return make_tiny_pipe
 
 
+def tiny_clip_model(tokenizer, image_size: int, patch_size: int, hidden: int, projection_dim: int, seed: int):
+    """A randomly initialised one-layer ``CLIPModel`` over ``tokenizer``'s vocabulary (seeded)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tok = tokenizer
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = dict(image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden,
+                  intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(seed)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).eval()
+
+
+def make_tiny_clip(seed: int = 0):
+    """A ``ClipScorer`` on a random CLIP (32 px, 8 px patches, 16-d projections) over the toy vocabulary."""
+    from ddpo_study.models import TOY_CLIP_NORM, ClipScorer
+    from ddpo_study.toy import world
+    from ddpo_study.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(world.vocabulary())
+    return ClipScorer(model=tiny_clip_model(tok, 32, 8, 32, 16, seed), tokenizer=tok, **TOY_CLIP_NORM)
+
+
 TINY_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a red square on the left",
                 "a blue circle on the right", "a green square"]
 
@@ -123,21 +147,12 @@ def make_tiny_model_dir(path, seed: int = 0):
     This is what ``train.run`` loads for ``model=<path>``: the same loaders, rewards and metrics as the real
     toy model and SD, on weights small enough for a unit test.
     """
-    from transformers import CLIPConfig, CLIPModel
-
     from ddpo_study.aesthetic import AestheticMLP
     from ddpo_study.toy.pretrain import save_all
 
     pipe = make_tiny_pipe(seed)
     tok = pipe.tokenizer
-    torch.manual_seed(seed + 1)
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=tok.model_max_length,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(image_size=16, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=8))
+    clip = tiny_clip_model(tok, image_size=16, patch_size=4, hidden=16, projection_dim=8, seed=seed + 1)
     scorer = AestheticMLP(8, hidden=(8,), activation="gelu")
     save_all(path, pipe, clip, scorer, tok, {"tiny": True})
     return path
@@ -166,7 +181,6 @@ def make_tiny_sd_layout(root, seed: int = 0):
     from pathlib import Path
 
     from torch import nn
-    from transformers import CLIPConfig, CLIPModel
 
     from ddpo_study.toy.tokenizer import save_tokenizer
 
@@ -175,14 +189,7 @@ def make_tiny_sd_layout(root, seed: int = 0):
     pipe.save_pretrained(root / "sd", safe_serialization=True)
     save_tokenizer(pipe.tokenizer, root / "sd" / "tokenizer")
     tok = pipe.tokenizer
-    torch.manual_seed(seed + 2)
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=tok.model_max_length,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(image_size=224, patch_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=12))
+    clip = tiny_clip_model(tok, image_size=224, patch_size=32, hidden=16, projection_dim=12, seed=seed + 2)
     clip.save_pretrained(root / "clip", safe_serialization=True)
     save_tokenizer(tok, root / "clip")
     laion = nn.Sequential(nn.Linear(12, 10), nn.Dropout(0.2), nn.Linear(10, 8), nn.Dropout(0.2),

@@ -26,10 +26,9 @@ from ddpo_study.metrics import (
     vendi_score,
     within_prompt_diversity,
 )
-from ddpo_study.models import TOY_CLIP_NORM, ClipScorer
 from ddpo_study.rewards import make_reward
 from ddpo_study.toy import world
-from ddpo_study.toy.tokenizer import build_tokenizer
+from tests.conftest import make_tiny_clip
 
 PROMPTS = [
     "a small red circle in the center on a black background",
@@ -37,21 +36,6 @@ PROMPTS = [
     "a small green triangle at the top on a yellow background",
 ]
 ALEX_WARNING = "ignore:.*deprecated since 0.13:UserWarning"  # lpips calls torchvision's alexnet(pretrained=...)
-
-
-def make_tiny_clip(seed: int = 0) -> ClipScorer:
-    """A randomly initialised CLIP (32 px, 8 px patches, 16-d projections) over the toy vocabulary."""
-    from transformers import CLIPConfig, CLIPModel
-
-    tok = build_tokenizer(world.vocabulary())
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=tok.model_max_length,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=1, num_attention_heads=2)
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    return ClipScorer(model=model, tokenizer=tok, **TOY_CLIP_NORM)
 
 
 @pytest.fixture(scope="module", autouse=True)
