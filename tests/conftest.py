@@ -101,6 +101,21 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def module_one_thread():
+    """``one_thread`` for a whole test module (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def clip(module_one_thread):
+    """A tiny random toy-vocabulary CLIP scorer (see ``make_tiny_clip``), shared by a module's tests."""
+    return make_tiny_clip()
+
+
 @pytest.fixture
 def tiny_pipe(one_thread):
     """A fresh tiny SD pipeline (seed 0); fresh per test because LoRA/full tests mutate the UNet."""

@@ -28,7 +28,6 @@ from ddpo_study.metrics import (
 )
 from ddpo_study.rewards import make_reward
 from ddpo_study.toy import world
-from tests.conftest import make_tiny_clip
 
 PROMPTS = [
     "a small red circle in the center on a black background",
@@ -38,22 +37,11 @@ PROMPTS = [
 ALEX_WARNING = "ignore:.*deprecated since 0.13:UserWarning"  # lpips calls torchvision's alexnet(pretrained=...)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread for the whole module (the machine is shared; tiny models gain nothing)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("module_one_thread")  # `clip` comes from tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def clip(_single_thread):
-    return make_tiny_clip()
-
-
-@pytest.fixture(scope="module")
-def random_lpips(_single_thread):
+def random_lpips(module_one_thread):
     lpips = pytest.importorskip("lpips")
     with warnings.catch_warnings():  # torchvision's deprecation warnings about lpips' `pretrained=`
         warnings.simplefilter("ignore", UserWarning)

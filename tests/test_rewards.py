@@ -20,7 +20,6 @@ from ddpo_study.rewards import (
     make_reward,
 )
 from ddpo_study.toy import world
-from tests.conftest import make_tiny_clip
 
 PROMPTS = [
     "a small red circle in the center on a black background",
@@ -30,18 +29,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread for the whole module (the machine is shared; tiny models gain nothing)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def clip(_single_thread):
-    return make_tiny_clip()
+pytestmark = pytest.mark.usefixtures("module_one_thread")  # `clip` comes from tests/conftest.py
 
 
 def renders(prompts, seed=0):
