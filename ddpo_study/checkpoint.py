@@ -100,11 +100,8 @@ def load_checkpoint_state(folder: Path) -> dict[str, Any] | None:
 def load_unet_tensors(unet, folder: Path) -> None:
     """Copy the saved tensors into ``unet`` (strict on names present in the file)."""
     tensors = load_file(str(Path(folder) / "unet.safetensors"))
-    missing, unexpected = [], []
-    own = dict(unet.state_dict())
-    for name in tensors:
-        if name not in own:
-            unexpected.append(name)
+    own = unet.state_dict()
+    unexpected = [name for name in tensors if name not in own]
     if unexpected:
         raise RuntimeError(f"checkpoint {folder} has tensors the UNet lacks, e.g. {unexpected[:3]}")
     result = unet.load_state_dict(tensors, strict=False)

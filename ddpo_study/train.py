@@ -79,8 +79,7 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
 
 def load_scorers(cfg: DDPOConfig, device: torch.device):
     """The CLIP scorer, aesthetic MLP and (if available) LPIPS used by rewards and metrics."""
-    from .aesthetic import AestheticMLP
-    from .models import TOY_MODEL_DIR, load_aesthetic, load_clip, resolve_model
+    from .models import load_aesthetic, load_clip, resolve_model
     from .metrics import maybe_load_lpips
 
     model_dir = Path(resolve_model(cfg.model))
@@ -293,6 +292,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 
     # Resume.
     ckpt_dir = out / "checkpoints" / "latest"
+    # The main process reads first: reading may repair a checkpoint killed between its two renames.
     state = load_checkpoint_state(ckpt_dir) if acc.is_main_process else None
     acc.wait_for_everyone()
     state = load_checkpoint_state(ckpt_dir) if not acc.is_main_process else state
