@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def parse_sets(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
@@ -45,7 +45,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import run
 
-    cfg = load_config(args.config, _parse_sets(args.set))
+    cfg = load_config(args.config, parse_sets(args.set))
     out = run(cfg)
     print(f"done: {out}")
     return 0

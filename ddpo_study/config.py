@@ -75,6 +75,8 @@ class DDPOConfig:
     """DDIM eta: 1.0 makes every step stochastic, which the policy-gradient needs (0 would make log-probs degenerate)."""
     samples_per_epoch: int = 64
     """Images sampled per epoch (all processes together)."""
+    images_per_prompt: int = 8
+    """Images per drawn prompt in an epoch (a group sharing one prompt); 1 = DDPO's independent uniform draws."""
     sample_batch_size: int = 32
     """Images per sampling batch (per process)."""
 
@@ -119,9 +121,9 @@ class DDPOConfig:
     """Gradient-norm clipping threshold."""
     per_prompt_stat_tracking: bool = True
     """Normalise rewards per prompt (ddpo-pytorch's default; TRL's default was off) instead of per batch."""
-    stat_buffer_size: int = 32
-    """Per-prompt stat tracking: rewards remembered per prompt."""
-    stat_min_count: int = 16
+    stat_buffer_size: int = 8
+    """Per-prompt stat tracking: rewards remembered per prompt (= images_per_prompt: each group is its own baseline)."""
+    stat_min_count: int = 8
     """Per-prompt stat tracking: below this many rewards a prompt uses the batch mean/std."""
     kl_beta: float = 0.0
     """Weight of the KL-to-base penalty on the sampled transitions (DPOK-style); 0 disables it."""
@@ -176,7 +178,8 @@ class DDPOConfig:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
         for key in ("num_steps", "samples_per_epoch", "sample_batch_size", "num_epochs", "train_batch_size",
                     "gradient_accumulation_steps", "inner_epochs", "lora_rank", "eval_num_prompts",
-                    "eval_num_seeds", "eval_every", "checkpoint_every", "stat_buffer_size", "stat_min_count"):
+                    "eval_num_seeds", "eval_every", "checkpoint_every", "stat_buffer_size", "stat_min_count",
+                    "images_per_prompt"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
         for key in ("lora_learning_rate", "full_learning_rate", "clip_range", "adv_clip_max", "max_grad_norm",
                     "lora_alpha", "adam_epsilon"):
@@ -186,6 +189,8 @@ class DDPOConfig:
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
         need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "betas must be in [0, 1)")
+        need(self.samples_per_epoch % max(self.images_per_prompt, 1) == 0, "images_per_prompt",
+             f"must divide samples_per_epoch={self.samples_per_epoch}")
         need(self.stat_min_count <= self.stat_buffer_size, "stat_min_count", "must be <= stat_buffer_size")
         need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",

@@ -94,9 +94,21 @@ def load_scorers(cfg: DDPOConfig, device: torch.device):
 
 # ----------------------------------------------------------------------------------------------- steps
 def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
-    """The epoch's (prompt, seed) pairs: prompts uniform with replacement, seeds from (run seed, epoch)."""
+    """The epoch's (prompt, seed) pairs, from ``(run seed, epoch)`` alone.
+
+    ``samples_per_epoch / images_per_prompt`` prompts are drawn (without replacement when the set is large
+    enough) and each is sampled ``images_per_prompt`` times with distinct seeds. With groups, every prompt of
+    an epoch has its own same-epoch baseline for per-prompt advantages. DDPO's uniform draws (group size 1)
+    give each of 30 prompts about 2 of 64 samples an epoch, and each of 300 prompts almost none, so the
+    tracker would fall back to batch statistics, whose spread is mostly *between* prompts (on the toy model
+    90% of the aesthetic reward's variance): the advantage would then mostly say which prompt was drawn,
+    which no update can change, and the 30- and 300-prompt arms would get different estimators.
+    """
     rng = _epoch_rng(cfg, epoch, 0)
-    prompts = [prompts_all[i] for i in rng.integers(0, len(prompts_all), cfg.samples_per_epoch)]
+    k = cfg.images_per_prompt
+    n_groups = cfg.samples_per_epoch // k
+    chosen = rng.choice(len(prompts_all), n_groups, replace=n_groups > len(prompts_all))
+    prompts = [prompts_all[i] for i in chosen for _ in range(k)]
     seeds = rng.integers(0, 2**31 - 1, cfg.samples_per_epoch).tolist()
     return list(zip(prompts, seeds))
 

@@ -16,7 +16,7 @@ def tiny_config(model_dir, prompt_files, out, **overrides):
         output_dir=str(out), model=str(model_dir), prompt_set=train_prompts, eval_prompt_set=eval_prompts,
         eval_num_prompts=3, eval_num_seeds=2, eval_every=1, num_steps=4, guidance_scale=2.0,
         samples_per_epoch=8, sample_batch_size=8, train_batch_size=4, num_epochs=2, timestep_fraction=0.5,
-        stat_min_count=2, stat_buffer_size=8, reward="jpeg_compressibility", lora_rank=2, lora_alpha=2.0,
+        images_per_prompt=2, stat_min_count=2, stat_buffer_size=8, reward="jpeg_compressibility", lora_rank=2, lora_alpha=2.0,
         lora_learning_rate=1e-2, full_learning_rate=1e-3, progressive_switch_epoch=1, num_threads=1,
     )
     values.update(overrides)
@@ -121,3 +121,24 @@ def test_chunking_timesteps_changes_memory_not_math(tiny_model_dir, tiny_prompt_
     cols = ["train_loss", "train_approx_kl", "param_dist", "reward_mean"]
     pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv")[cols], pd.read_csv(b / "metrics.csv")[cols],
                                   rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_prompts, group", [(30, 8), (300, 8), (30, 1)])
+def test_epoch_prompts_draws_groups_of_one_prompt_with_distinct_seeds(n_prompts, group):
+    prompts = [f"prompt {i}" for i in range(n_prompts)]
+    cfg = DDPOConfig(samples_per_epoch=64, images_per_prompt=group, seed=3)
+    pairs = train.epoch_prompts(cfg, prompts, epoch=5)
+    assert len(pairs) == 64
+    assert pairs == train.epoch_prompts(cfg, prompts, epoch=5)  # a resumed run redraws the same epoch
+    assert pairs != train.epoch_prompts(cfg, prompts, epoch=6)
+    drawn = [p for p, _ in pairs]
+    groups = [drawn[i:i + group] for i in range(0, 64, group)]
+    assert all(len(set(g)) == 1 for g in groups)  # consecutive blocks share a prompt
+    if group > 1:  # 8 groups from >= 30 prompts: no prompt is drawn twice in an epoch
+        assert len({g[0] for g in groups}) == len(groups)
+    assert len({s for _, s in pairs}) == 64
+
+
+def test_images_per_prompt_must_divide_the_epoch():
+    with pytest.raises(ConfigError, match="images_per_prompt"):
+        DDPOConfig(samples_per_epoch=64, images_per_prompt=6).validate()
