@@ -165,7 +165,7 @@ def test_cells_order_quick_overrides_and_shards():
     spec = grid.load_spec(REPO / "configs" / "toy_study.yaml")
     cells = grid.expand(spec)
     assert len(cells) == 36 and [c.index for c in cells] == list(range(36))
-    assert cells[0].name == "toy_30-lora-lam0.0-s0" and cells[1].name == "toy_30-lora-lam0.5-s0"
+    assert cells[0].name == "toy_30-lora-lam0.0-s0" and cells[1].name == "toy_30-lora-lam1.0-s0"
     assert cells[0].params["output_dir"] == "results/toy_study/toy_30-lora-lam0.0-s0"
     quick = grid.expand(grid.load_spec(REPO / "configs" / "toy_study.yaml", quick=True))
     assert len(quick) == 12 and all(c.params["num_epochs"] == 4 and c.params["seed"] == 0 for c in quick)
