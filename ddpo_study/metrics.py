@@ -225,13 +225,29 @@ def maybe_load_lpips(device: str | torch.device = "cpu"):
 
 
 # ----------------------------------------------------------------------------------------- all at once
+def image_rewards(images, prompts: list[str], reward_fn, batch_size: int = 64) -> torch.Tensor:
+    """Per-image rewards ``(P, S)`` float64 of an eval grid (``images`` as in :func:`compute_eval_metrics`).
+
+    Kept per image (saved beside the eval images) so that two evaluations of the same prompts and seeds can
+    be compared image by image: a paired difference has far less noise than two independent means.
+    """
+    x = as_image_grid(images)
+    p, s = x.shape[:2]
+    flat = x.flatten(0, 1)
+    flat_prompts = [pr for pr in prompts for _ in range(s)]
+    rewards = torch.cat([torch.as_tensor(reward_fn(flat[i:i + batch_size], flat_prompts[i:i + batch_size])[0])
+                         .double().cpu().flatten() for i in range(0, len(flat), batch_size)])
+    return rewards.reshape(p, s)
+
+
 def compute_eval_metrics(images, prompts: list[str], clip, base_images=None, reward_fn=None, lpips=None,
-                         batch_size: int = 64) -> dict[str, float]:
+                         batch_size: int = 64, rewards: torch.Tensor | None = None) -> dict[str, float]:
     """Every metric of an eval grid, as a flat dict of floats (one row of ``metrics.csv``).
 
     ``images``: (P, S, 3, H, W) float [0, 1] (or the ``.npz`` uint8 layout); ``prompts``: the P prompts;
     ``clip``: a :class:`~ddpo_study.models.ClipScorer`; ``base_images``: the base model's grid for the same
-    prompts and seeds; ``reward_fn(images (B,3,H,W), prompts) -> (rewards, info)``; ``lpips``: an LPIPS model.
+    prompts and seeds; ``reward_fn(images (B,3,H,W), prompts) -> (rewards, info)``; ``lpips``: an LPIPS model;
+    ``rewards``: per-image rewards already computed by :func:`image_rewards` (then ``reward_fn`` is not called).
 
     Keys: ``reward_mean``/``reward_std`` (population std), ``within_div_{clip,pixel[,lpips]}``,
     ``cross_div_{clip,pixel[,lpips]}`` (CLIP cosine distance; pixel RMS in 0..255; LPIPS),
@@ -246,9 +262,10 @@ def compute_eval_metrics(images, prompts: list[str], clip, base_images=None, rew
     flat_prompts = [pr for pr in prompts for _ in range(s)]
     out: dict[str, float] = {}
 
-    if reward_fn is not None:
-        rewards = torch.cat([torch.as_tensor(reward_fn(flat[i:i + batch_size], flat_prompts[i:i + batch_size])[0])
-                             .double().cpu().flatten() for i in range(0, len(flat), batch_size)])
+    if rewards is None and reward_fn is not None:
+        rewards = image_rewards(x, prompts, reward_fn, batch_size)
+    if rewards is not None:
+        rewards = torch.as_tensor(rewards).double()
         out["reward_mean"] = float(rewards.mean())
         out["reward_std"] = float(rewards.std(unbiased=False))
 

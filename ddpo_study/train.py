@@ -182,8 +182,8 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
 
 
 def evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images=None):
-    """Step 5: fixed eval prompts x fixed seeds; returns (images (P,S,3,H,W) in [0,1], metrics dict)."""
-    from .metrics import compute_eval_metrics
+    """Step 5: fixed eval prompts x fixed seeds; returns (images (P,S,3,H,W) in [0,1], metrics, rewards (P,S))."""
+    from .metrics import compute_eval_metrics, image_rewards
 
     seeds = [EVAL_SEED_BASE + s for s in range(cfg.eval_num_seeds)]
     pairs = [(p, s) for p in eval_prompts for s in seeds]
@@ -191,10 +191,11 @@ def evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_i
                                guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
                                batch_size=cfg.sample_batch_size)
     images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
-    metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, reward_fn=reward_fn,
+    rewards = image_rewards(images, eval_prompts, reward_fn)
+    metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, rewards=rewards,
                                    lpips=lpips_model)
     metrics.update(judge_metrics(images, eval_prompts))
-    return images, metrics
+    return images, metrics, rewards
 
 
 def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
@@ -213,14 +214,20 @@ def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     return {f"judge_{k}": v for k, v in accuracy.items()}
 
 
-def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str]) -> None:
-    """``eval/epoch_XXXX.npz`` (uint8 prompts x seeds x H x W x 3, prompts) and a PNG grid (rows = seeds)."""
+def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str],
+                     rewards: torch.Tensor | None = None) -> None:
+    """``eval/epoch_XXXX.npz`` and a PNG grid (rows = seeds).
+
+    The npz holds ``images`` (uint8 prompts x seeds x H x W x 3), ``prompts`` and, when given, ``rewards``
+    (float64 prompts x seeds: the task reward of each image, for paired before/after comparisons).
+    """
     from diffusers.utils import make_image_grid
     from PIL import Image
 
     arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
     tmp = out / "eval" / f"epoch_{epoch:04d}.tmp.npz"
-    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts))
+    extra = {} if rewards is None else {"rewards": torch.as_tensor(rewards).double().numpy()}
+    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
     os.replace(tmp, out / "eval" / f"epoch_{epoch:04d}.npz")
     p, s = arr.shape[:2]
     tiles = [Image.fromarray(arr[j, i]) for i in range(s) for j in range(p)]  # row i = seed i, column = prompt
@@ -322,8 +329,8 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 
     if acc.is_main_process and start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
         t0 = time.time()
-        images, metrics = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, None)
-        save_eval_images(out, 0, images, eval_prompts)
+        images, metrics, rewards = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, None)
+        save_eval_images(out, 0, images, eval_prompts, rewards)
         base_images = _load_eval_images(out, 0)  # the saved (uint8) images, exactly as a resumed run sees them
         rows = [{"epoch": 0, **metrics, "param_dist": 0.0, "time_eval_s": time.time() - t0}]
         write_metrics(out, rows)
@@ -369,8 +376,9 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         if acc.is_main_process:
             if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
                 t0 = time.time()
-                images, metrics = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, base_images)
-                save_eval_images(out, epoch, images, eval_prompts)
+                images, metrics, rewards = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model,
+                                                    base_images)
+                save_eval_images(out, epoch, images, eval_prompts, rewards)
                 row.update(metrics)
                 row["time_eval_s"] = time.time() - t0
             rows = [r for r in rows if r["epoch"] < epoch] + [row]

@@ -35,6 +35,9 @@ def test_lora_run_writes_metrics_eval_images_and_a_stock_loadable_lora(tiny_mode
     with np.load(out / "eval" / "epoch_0002.npz") as data:
         assert data["images"].shape == (3, 2, 16, 16, 3) and data["images"].dtype == np.uint8
         assert list(data["prompts"]) == cfg_prompts(cfg)
+        # per-image task rewards of exactly these images: their mean is the logged eval reward
+        assert data["rewards"].shape == (3, 2)
+        assert data["rewards"].mean() == pytest.approx(df.loc[2, "reward_mean"], rel=1e-9)
     assert (out / "eval" / "epoch_0000.png").is_file()
     assert (out / "checkpoints" / "latest" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert json.loads((out / "config.json").read_text())["mode"] == "lora"
