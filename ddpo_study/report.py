@@ -10,7 +10,8 @@ so nothing is shown or kept alive behind the caller's back) or pandas ``DataFram
 * A grid: :func:`load_grid_results` (all cells' metric rows with their config columns and a ``condition``
   label built from the config keys that vary, seed excepted), summary figures (:func:`fig_reward_curves`,
   :func:`fig_diversity_curves`, :func:`fig_frontier`, :func:`fig_final_bars`, :func:`fig_montage`) and tables
-  (:func:`final_table`, :func:`matched_reward_table`, :func:`questions_table`, :func:`contrasts_table`), and
+  (:func:`final_table`, :func:`matched_reward_table`, :func:`questions_table`, :func:`contrasts_table`,
+  :func:`learning_table`: each run's paired reward gain over the base model, in standard errors), and
   :func:`write_summary`, which saves them all under ``<root>/summary/`` reproducibly (same inputs, same bytes).
 
 Statistics. Means over seeds with 95% t-intervals (``mean +- t_{0.975, n-1} s / sqrt(n)``; none for n < 2).
@@ -406,6 +407,47 @@ def cells_table(df: pd.DataFrame) -> pd.DataFrame:
                      "epochs_done": int(g["epoch"].max()), "epochs_total": int(g["num_epochs"].iloc[0]),
                      "done": bool(g["done"].iloc[0]),
                      **{m: last.get(m, math.nan) for m in ("reward_mean", "cross_div_clip", "retrieval_acc")}})
+    return pd.DataFrame(rows)
+
+
+def paired_reward_gain(cell_dir: str | Path, epoch: int | None = None) -> dict[str, float]:
+    """Per-image eval reward gain of a run from epoch 0 (base model) to ``epoch`` (default: its last eval).
+
+    The eval set is the same prompts x seeds at every evaluation, so each image has a before/after pair;
+    the gain's standard error is that of the paired differences, ``sd(diff) / sqrt(n)``, and ``z`` is the
+    gain in standard errors (> 3: it learned). Reads the ``rewards`` saved in ``eval/epoch_XXXX.npz``
+    (written since the per-image rewards were added); NaNs when they are missing.
+    """
+    cell_dir = Path(cell_dir)
+    epochs = eval_epochs(cell_dir)
+    epoch = epochs[-1] if epoch is None and epochs else epoch
+    nan = {"epoch": epoch if epoch is not None else math.nan, "reward_0": math.nan, "reward_end": math.nan,
+           "gain": math.nan, "gain_se": math.nan, "z": math.nan, "n_images": 0}
+    if epoch is None or 0 not in epochs or epoch not in epochs:
+        return nan
+    rewards = []
+    for e in (0, epoch):
+        with np.load(cell_dir / "eval" / f"epoch_{e:04d}.npz", allow_pickle=False) as data:
+            if "rewards" not in data:
+                return nan
+            rewards.append(np.asarray(data["rewards"], dtype=np.float64).ravel())
+    before, after = rewards
+    diff = after - before
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+    gain = float(diff.mean())
+    z = gain / se if se and np.isfinite(se) and se > 0 else math.nan
+    return {"epoch": epoch, "reward_0": float(before.mean()), "reward_end": float(after.mean()), "gain": gain,
+            "gain_se": se, "z": z, "n_images": len(diff)}
+
+
+def learning_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Did each run learn? One row per cell: paired eval-reward gain since epoch 0 (:func:`paired_reward_gain`)
+    at its last evaluation, its standard error, ``z`` and ``learned`` (z > 3)."""
+    rows = []
+    for cell, g in df.groupby("cell", sort=False):
+        gain = paired_reward_gain(g["cell_dir"].iloc[0])
+        rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0], **gain,
+                     "learned": bool(gain["z"] > 3) if np.isfinite(gain["z"]) else False})
     return pd.DataFrame(rows)
 
 
@@ -968,7 +1010,8 @@ def summary_figures(df: pd.DataFrame) -> dict[str, Any]:
 def summary_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     contrasts = contrasts_table(df)
     return {"questions": questions_table(df), "final": final_table(df), "matched_reward": matched_reward_table(df),
-            "contrasts": contrasts[[c for c in contrasts if not c.startswith("_")]], "cells": cells_table(df)}
+            "contrasts": contrasts[[c for c in contrasts if not c.startswith("_")]], "learning": learning_table(df),
+            "cells": cells_table(df)}
 
 
 def write_summary(root: str | Path, out_dir: str | Path | None = None) -> Summary:

@@ -45,7 +45,8 @@ def fake_cell(root, mode="lora", prompt_set="toy_30", lam=0.0, seed=0, epochs=4,
     pd.DataFrame(rows).to_csv(cell / "metrics.csv", index=False)
     for e in sorted({0, *range(eval_every, epochs + 1, eval_every), epochs}):
         imgs = rng.integers(0, 256, size=(p, s, 8, 8, 3), dtype=np.uint8)
-        np.savez_compressed(cell / "eval" / f"epoch_{e:04d}.npz", images=imgs,
+        per_image = 1.0 + gain * e / epochs + 0.05 * rng.standard_normal((p, s))
+        np.savez_compressed(cell / "eval" / f"epoch_{e:04d}.npz", images=imgs, rewards=per_image,
                             prompts=np.array([f"prompt {i}" for i in range(p)]))
     (cell / "DONE").write_text(json.dumps({"epochs": epochs}))
     return cell
@@ -150,3 +151,26 @@ def test_cell_figures_and_table(tmp_path):
     assert table.loc["reward_mean", "base (epoch 0)"] == 1.0
     diff = report.config_diff(DDPOConfig(mode="full", seed=3))
     assert set(diff["key"]) == {"mode", "seed"}
+
+
+def test_paired_reward_gain_equals_a_hand_computation(tmp_path):
+    cell = tmp_path / "cell"
+    (cell / "eval").mkdir(parents=True)
+    imgs = np.zeros((2, 2, 4, 4, 3), dtype=np.uint8)
+    for epoch, rewards in ((0, [[1, 2], [3, 4]]), (5, [[2, 2], [5, 5]])):
+        np.savez_compressed(cell / "eval" / f"epoch_{epoch:04d}.npz", images=imgs, prompts=np.array(["a", "b"]),
+                            rewards=np.array(rewards, dtype=np.float64))
+    got = report.paired_reward_gain(cell)
+    # differences 1, 0, 2, 1: mean 1, sample sd sqrt(2/3), se sqrt(2/3) / 2
+    assert got["epoch"] == 5 and got["n_images"] == 4
+    assert got["reward_0"] == 2.5 and got["reward_end"] == 3.5 and got["gain"] == 1.0
+    assert got["gain_se"] == pytest.approx(math.sqrt(2 / 3) / 2)
+    assert got["z"] == pytest.approx(2 / math.sqrt(2 / 3))
+    np.savez_compressed(cell / "eval" / "epoch_0005.npz", images=imgs, prompts=np.array(["a", "b"]))
+    assert math.isnan(report.paired_reward_gain(cell)["z"])  # older runs without per-image rewards
+
+
+def test_learning_table_flags_runs_that_gained_more_than_three_standard_errors(fake_grid):
+    table = report.learning_table(report.load_grid_results(fake_grid))
+    assert len(table) == 36 and table["learned"].all()  # every fake run gains >= 0.4 with noise 0.05
+    assert (table["epoch"] == 4).all() and (table["n_images"] == 8).all()
