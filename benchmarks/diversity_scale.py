@@ -1,13 +1,16 @@
 """How large must the diversity penalty's lambda be to matter? Prints the scale that makes it comparable.
 
     python benchmarks/diversity_scale.py [--model toy] [--reward aesthetic] [--prompts toy_30] [--groups 8 --per-prompt 8]
+    python benchmarks/diversity_scale.py --model sd15 --prompts sd_animals_30 --groups 32 \
+        --aesthetic-model data/laion/sac+logos+ava1-l14-linearMSE.pth
 
 DDPO normalises rewards per prompt, so a penalty term only steers the policy through its spread *within* a
 prompt's group of images; a constant per prompt cancels. This samples ``groups x per-prompt`` images from
 the base model exactly as one training epoch does, scores them with the task reward and the cross-prompt
 similarity (CLIP feature), and prints both within-prompt standard deviations and their ratio: the lambda
-at which the penalty's within-prompt spread equals the reward's. On the toy model the ratio is about 28:
-a lambda of 0.5 would be 2% of the signal, i.e. no penalty at all.
+at which the penalty's within-prompt spread equals the reward's. On the toy model the ratio is about 28 for
+the aesthetic reward (a lambda of 0.5 would be 2% of the signal, i.e. no penalty at all) and about 1 for
+JPEG compressibility.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="toy")
     ap.add_argument("--reward", default="aesthetic")
+    ap.add_argument("--aesthetic-model", default="", help="aesthetic predictor file/folder (SD: the LAION .pth)")
     ap.add_argument("--prompts", default="toy_30")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--per-prompt", type=int, default=8)
@@ -38,6 +42,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = DDPOConfig(model=args.model, reward=args.reward, prompt_set=args.prompts, seed=args.seed,
+                     aesthetic_model=args.aesthetic_model,
                      samples_per_epoch=args.groups * args.per_prompt, images_per_prompt=args.per_prompt)
     device = torch.device("cpu")
     pipe = load_pipeline(cfg.model, device=device)

@@ -11,7 +11,8 @@ Commands:
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
   summary ROOT_OR_SPEC [--quick] [--no-notebook]
                                        figures and tables of a grid's results under <root>/summary/
-  cell SPEC CELL_NAME [--quick]        run one cell of a grid
+  cell SPEC CELL_NAME [--quick] [--write-config PATH]
+                                       run one cell of a grid (or write its config for accelerate launch)
 """
 
 from __future__ import annotations
@@ -134,6 +135,15 @@ def cmd_cell(args) -> int:
     from .grid import find_cell, run_grid
 
     spec, cell = find_cell(args.spec, args.cell_name, quick=args.quick)
+    if args.write_config:
+        # For launchers the notebook cannot host (accelerate launch, a cluster job): train from this file, then
+        # run this command again without --write-config to render the report (training resumes as a no-op).
+        from .config import DDPOConfig, save_config
+
+        params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
+        save_config(DDPOConfig.from_dict(params), args.write_config)
+        print(f"wrote {args.write_config} (output_dir {cell.params['output_dir']})")
+        return 0
     result = run_grid(spec, only=[cell.name], summary=False)
     return 0 if result.ok else 1
 
@@ -190,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("cell_name")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--write-config", metavar="PATH", default="",
+                   help="only write the cell's training config (JSON) for `accelerate launch -m ddpo_study train PATH`")
     p.set_defaults(fn=cmd_cell)
 
     args = ap.parse_args(argv)

@@ -96,19 +96,28 @@ def load_scorers(cfg: DDPOConfig, device: torch.device):
 def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
     """The epoch's (prompt, seed) pairs, from ``(run seed, epoch)`` alone.
 
-    ``samples_per_epoch / images_per_prompt`` prompts are drawn (without replacement when the set is large
-    enough) and each is sampled ``images_per_prompt`` times with distinct seeds. With groups, every prompt of
-    an epoch has its own same-epoch baseline for per-prompt advantages. DDPO's uniform draws (group size 1)
-    give each of 30 prompts about 2 of 64 samples an epoch, and each of 300 prompts almost none, so the
-    tracker would fall back to batch statistics, whose spread is mostly *between* prompts (on the toy model
-    90% of the aesthetic reward's variance): the advantage would then mostly say which prompt was drawn,
-    which no update can change, and the 30- and 300-prompt arms would get different estimators.
+    ``images_per_prompt = 1`` is DDPO's draw: ``samples_per_epoch`` prompts uniformly with replacement.
+    Otherwise ``samples_per_epoch / images_per_prompt`` groups are drawn, each one prompt sampled
+    ``images_per_prompt`` times with distinct seeds; the groups' prompts go through shuffled copies of the
+    prompt set (no prompt twice before every prompt once), so each group is its own same-epoch baseline for
+    per-prompt advantages. Why groups: with DDPO's draws, 64 samples give each of 30 prompts about 2
+    samples an epoch and each of 300 prompts almost none, so the tracker falls back to batch statistics,
+    whose spread is mostly *between* prompts (on the toy model 90% of the aesthetic reward's variance): the
+    advantage then mostly says which prompt was drawn, which no update can change, and the 30- and
+    300-prompt arms of the study would get different estimators.
     """
     rng = _epoch_rng(cfg, epoch, 0)
-    k = cfg.images_per_prompt
-    n_groups = cfg.samples_per_epoch // k
-    chosen = rng.choice(len(prompts_all), n_groups, replace=n_groups > len(prompts_all))
-    prompts = [prompts_all[i] for i in chosen for _ in range(k)]
+    k, n = cfg.images_per_prompt, len(prompts_all)
+    if k == 1:
+        chosen = rng.integers(0, n, cfg.samples_per_epoch)
+    else:
+        n_groups = cfg.samples_per_epoch // k
+        if n_groups <= n:
+            groups = rng.choice(n, n_groups, replace=False)
+        else:
+            groups = np.concatenate([rng.permutation(n) for _ in range(-(-n_groups // n))])[:n_groups]
+        chosen = np.repeat(groups, k)
+    prompts = [prompts_all[i] for i in chosen]
     seeds = rng.integers(0, 2**31 - 1, cfg.samples_per_epoch).tolist()
     return list(zip(prompts, seeds))
 

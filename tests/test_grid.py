@@ -220,3 +220,14 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     assert grid.status(spec).set_index("cell").loc["ok-s1", "state"] == "interrupted"
     grid.run_grid(spec, summary=False, echo=None)
     assert len(calls) == 5 and grid.read_status(cell_dir)["state"] == "done"
+
+
+def test_cell_write_config_gives_the_cells_training_config_for_accelerate_launch(tmp_path):
+    from ddpo_study.config import load_config
+
+    path = tmp_path / "cell.json"
+    assert cli.main(["cell", str(REPO / "configs" / "toy_study.yaml"), "toy_300-full-lam1.0-s2",
+                     "--write-config", str(path)]) == 0
+    cfg = load_config(path)
+    assert (cfg.mode, cfg.prompt_set, cfg.diversity_lambda, cfg.seed) == ("full", "toy_300", 1.0, 2)
+    assert cfg.output_dir == "results/toy_study/toy_300-full-lam1.0-s2"
