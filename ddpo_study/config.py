@@ -1,7 +1,10 @@
 """The configuration of one DDPO run (one grid cell): a typed dataclass, validated on load.
 
 Defaults follow ddpo-pytorch where it has an opinion (eta 1.0, PPO clip range 1e-4, advantage clip 5,
-per-prompt stat tracking on, buffer 32 / min count 16) and the toy study otherwise. Every field has a
+per-prompt stat tracking on) and the toy study otherwise. One deliberate departure: prompts are drawn in
+groups of ``images_per_prompt`` = 8 images, each group its own per-prompt baseline (buffer = min count = 8);
+``images_per_prompt: 1`` with ``stat_buffer_size: 32, stat_min_count: 16`` is ddpo-pytorch's scheme (see
+``train.epoch_prompts`` for why). Every field has a
 one-line docstring (units, meaning); :func:`field_docs` reads them, so ``--help`` texts and the notebook's
 parameter table come from the same place.
 
