@@ -5,7 +5,7 @@ Commands:
   demo [--out DIR]                     sample the toy model on eval prompts x seeds and write an image grid
   base-eval [--out FILE]               prompt-following (geometric judge) and diversity of the base toy model
   study [--quick] [--jobs N]           the study's main job (what `make study` runs): configs/toy_study.yaml
-  grid run|status SPEC, summary, cell  the grid runner (see ddpo_study/grid.py)
+  grid run|status SPEC, summary, cell  the grid runner (see ddpo_study/grid/__init__.py)
   grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
                                        run a grid of cells through the cell notebook (skips done cells)
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("grid", help="run a grid of cells, or show its status")
     gsub = p.add_subparsers(dest="grid_command", required=True)
     g = gsub.add_parser("run", help="run every cell not yet done (then the summary)")
-    g.add_argument("spec", help="grid spec YAML (see ddpo_study/grid.py)")
+    g.add_argument("spec", help="grid spec YAML (see ddpo_study/grid/__init__.py)")
     g.add_argument("--quick", action="store_true", help="apply the spec's quick overrides")
     g.add_argument("--jobs", type=int, default=1, help="cells run at once (each gets cpu_count // jobs threads)")
     g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")

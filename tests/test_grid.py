@@ -202,7 +202,7 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
         (out / "DONE").write_text(json.dumps({"epochs": parameters["num_epochs"]}))
         nbformat.write(nbformat.v4.new_notebook(), str(output))
 
-    monkeypatch.setattr(grid, "execute_notebook", fake_execute)
+    monkeypatch.setattr(grid.runner, "execute_notebook", fake_execute)  # where run_cell looks it up
     files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
     spec = tiny_spec(tmp_path, tiny_model_dir, *files, axes={"seed": [0, 1]})
     del spec["fixed"]["num_threads"]

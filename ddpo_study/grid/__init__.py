@@ -1,0 +1,102 @@
+"""A study grid: a YAML spec -> cells (one DDPO run each) -> papermill runs of a cell notebook.
+
+Spec format (``configs/*.yaml``)::
+
+    name: toy_study
+    description: free text (optional)
+    notebook: notebooks/cell.ipynb          # relative paths are resolved against the repository root
+    output_root: results/toy_study          # each cell writes to <output_root>/<cell name>
+    cell_name: "{prompt_set}-{mode}-lam{diversity_lambda}-s{seed}"
+    fixed:                                  # DDPOConfig keys shared by every cell
+      model: toy
+      reward: aesthetic
+    axes:                                   # the cells are the cartesian product of these lists
+      seed: [0, 1, 2]
+      prompt_set: [toy_30, toy_300]
+      mode: [lora, full, progressive]
+    variants:                               # optional: alternatives instead of (or on top of) a full product
+      - {variant: base}
+      - {variant: rank64, lora_rank: 64, lora_alpha: 64}
+    quick:                                  # overrides applied by --quick
+      num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
+      seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)
+      output_root: results/toy_study_quick  # output_root, cell_name and variants may be overridden too
+
+Cells. The cells are the cartesian product of the ``axes`` in the order written (the first axis varies
+slowest, so put ``seed`` first to get every condition's first seed early), times the ``variants`` (innermost)
+when given. A variant is a mapping of config overrides plus an optional ``variant`` name (available as
+``{variant}`` in ``cell_name``; default: the overrides written as ``key=value``). Variants express
+one-factor-at-a-time designs: ``axes: {seed: [0, 1, 2]}`` with a baseline variant and one variant per change.
+A variant may override ``fixed`` values but not an axis. ``cell_name`` is formatted with the cell's
+(validated) config values and ``variant``; a value that is a path is replaced by its file stem, and characters
+other than letters, digits and ``._=+-`` by ``_``. Every cell name must be unique.
+
+Validation happens before anything runs: every key of ``fixed``/``axes``/``variants``/``quick`` must be a
+parameter of the notebook (``papermill.inspect_notebook``) and every cell's config must pass
+:meth:`DDPOConfig.from_dict`; otherwise a :class:`GridError` names the key and the cell. ``output_dir`` is
+set by the runner; ``num_threads`` is set to ``max(1, cpu_count // jobs)`` unless the spec sets it.
+
+Running a cell: papermill executes the notebook into ``<cell>/report.ipynb`` (saved after every notebook
+cell, so a failure keeps the partial notebook), then nbconvert writes a code-free ``<cell>/report.html``
+atomically. ``<cell>/status.json`` records ``state`` (running / done / failed), ``error`` (last lines),
+``started``/``finished`` times and ``seconds``. A cell with ``DONE`` (for its number of epochs) and
+``report.html`` is skipped; an interrupted cell is simply run again (``train.run`` resumes from its checkpoint);
+a failed cell does not stop the others, and :func:`run_grid` reports it (the CLI exits non-zero).
+``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i.
+After a whole grid (no shard) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
+
+Command line (``python -m ddpo_study``)::
+
+    grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
+    grid status SPEC [--quick]
+    summary ROOT_OR_SPEC [--quick] [--no-notebook]
+    cell SPEC CELL_NAME [--quick]
+
+Modules: ``spec`` (the spec, its cells, ``--shard``) and ``runner`` (running cells, the grid, the summary, the
+status); everything is re-exported here.
+"""
+
+from .runner import (
+    ERROR_LINES,
+    KERNEL_NAME,
+    REPORT_HTML,
+    REPORT_NOTEBOOK,
+    STATUS_FILE,
+    SUMMARY_NOTEBOOK,
+    GridResult,
+    cpu_count,
+    execute_notebook,
+    export_html,
+    find_cell,
+    is_done,
+    read_status,
+    run_cell,
+    run_grid,
+    run_summary,
+    status,
+)
+from .spec import (
+    QUICK_SPECIAL,
+    REPO_ROOT,
+    RUNNER_KEYS,
+    SPEC_KEYS,
+    VARIANT_KEY,
+    Cell,
+    GridError,
+    GridSpec,
+    expand,
+    load_spec,
+    notebook_parameters,
+    parse_shard,
+    select_shard,
+)
+
+__all__ = [
+    # spec
+    "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridError", "GridSpec", "expand",
+    "load_spec", "notebook_parameters", "parse_shard", "select_shard",
+    # runner
+    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
+    "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "read_status", "run_cell", "run_grid",
+    "run_summary", "status",
+]

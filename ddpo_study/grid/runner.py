@@ -1,0 +1,354 @@
+"""Running a grid: one cell's notebook through papermill (``status.json``, ``report.ipynb``, ``report.html``),
+all cells (``--jobs``, ``--shard``), the summary notebook, and the grid's status.
+
+How cells run, are skipped and resumed is in the :mod:`ddpo_study.grid` docstring.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import socket
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .spec import (
+    REPO_ROOT,
+    Cell,
+    GridError,
+    GridSpec,
+    _close_hint,
+    _display_path,
+    _resolve,
+    expand,
+    load_spec,
+    select_shard,
+)
+
+SUMMARY_NOTEBOOK = REPO_ROOT / "notebooks" / "summary.ipynb"
+KERNEL_NAME = "python3"
+STATUS_FILE = "status.json"
+REPORT_NOTEBOOK = "report.ipynb"
+REPORT_HTML = "report.html"
+ERROR_LINES = 15
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------- one cell
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(cell_dir: Path) -> dict[str, Any] | None:
+    path = Path(cell_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_done(cell: Cell) -> bool:
+    """``DONE`` for the cell's number of epochs and a ``report.html``: the cell is complete."""
+    done = cell.dir / "DONE"
+    if not done.is_file() or not (cell.dir / REPORT_HTML).is_file():
+        return False
+    try:
+        return int(json.loads(done.read_text()).get("epochs", -1)) == cell.num_epochs
+    except (json.JSONDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _alive(status: dict | None) -> bool:
+    """Whether the process a ``running`` status names is still there (only knowable on the same host)."""
+    if not status or status.get("state") != "running" or status.get("host") != socket.gethostname():
+        return False  # another machine's stale entry must not block this one forever
+    pid = int(status.get("pid") or 0)
+    return pid > 0 and _pid_alive(pid)
+
+
+def _running_elsewhere(status: dict | None) -> bool:
+    return _alive(status) and int(status.get("pid") or 0) != os.getpid()
+
+
+@contextmanager
+def _thread_env(num_threads: int):
+    """OMP/MKL thread counts for the kernel the notebook runs in (it inherits this process's environment)."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: str(num_threads) for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _error_text(err: BaseException) -> str:
+    """The last lines of an error: a notebook's traceback for papermill errors, else the Python traceback."""
+    ename, evalue, tb = getattr(err, "ename", None), getattr(err, "evalue", None), getattr(err, "traceback", None)
+    if ename is not None:
+        text = "\n".join(tb or []) + f"\n{ename}: {evalue}"
+    else:
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # ANSI colours of IPython tracebacks
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-ERROR_LINES:])
+
+
+def export_html(notebook: Path, html: Path) -> Path:
+    """A code-free HTML of ``notebook`` (inputs and prompts hidden), written atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    tmp = html.with_name(html.name + ".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, html)
+    return html
+
+
+def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], num_threads: int) -> None:
+    """papermill with the study's settings (kernel ``python3``, run in the repository root)."""
+    import papermill
+
+    with _thread_env(num_threads):
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, progress_bar=False,
+                                   log_output=False, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT))
+
+
+def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, Any]:
+    """Execute one cell's notebook and write its report and ``status.json``; never raises for cell errors.
+
+    Returns the final status dict (``state`` is ``done``, ``failed`` or ``skipped``).
+    """
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    if is_done(cell):
+        return {"state": "skipped", "cell": cell.name}
+    old = read_status(cell.dir)
+    if _running_elsewhere(old):
+        return {"state": "skipped", "cell": cell.name, "reason": f"running in process {old['pid']}"}
+    params = dict(cell.params)
+    if not cell.threads_from_spec:
+        params["num_threads"] = num_threads  # a resumed run may use another thread count (train allows it)
+    status = {"cell": cell.name, "index": cell.index, "variant": cell.variant, "state": "running",
+              "started": _now(), "finished": None, "seconds": None, "error": None,
+              "pid": os.getpid(), "host": socket.gethostname(), "num_threads": params.get("num_threads"),
+              "attempt": int((old or {}).get("attempt", 0)) + 1}
+    _write_json_atomic(cell.dir / STATUS_FILE, status)
+    (cell.dir / REPORT_HTML).unlink(missing_ok=True)  # a stale report must not mark a re-run as done
+    t0 = time.time()
+    try:
+        execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, params, int(params.get("num_threads") or 1))
+        if not (cell.dir / "DONE").is_file():
+            raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
+        export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
+        status.update(state="done")
+    except KeyboardInterrupt:
+        status.update(state="interrupted", error="KeyboardInterrupt")
+        raise
+    except Exception as err:  # any failure of this cell is recorded; the grid goes on
+        status.update(state="failed", error=_error_text(err))
+    finally:
+        status.update(finished=_now(), seconds=round(time.time() - t0, 1))
+        _write_json_atomic(cell.dir / STATUS_FILE, status)
+    return status
+
+
+def _run_cell_worker(args: tuple[str, Cell, int]) -> dict[str, Any]:
+    notebook, cell, num_threads = args
+    try:
+        return run_cell(notebook, cell, num_threads)
+    except BaseException as err:  # noqa: BLE001 - report, never hang the pool
+        return {"state": "failed", "cell": cell.name, "error": _error_text(err)}
+
+
+# ----------------------------------------------------------------------------------------------- the grid
+@dataclass
+class GridResult:
+    spec: GridSpec
+    cells: list[Cell]
+    states: dict[str, str]  # cell name -> done / failed / skipped
+    summary_dir: Path | None = None
+    summary_error: str | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, state in self.states.items() if state == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.summary_error is None
+
+
+def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int = 1,
+             shard: str | tuple[int, int] | None = None, summary: bool = True, only: Iterable[str] | None = None,
+             echo: Callable[[str], None] | None = print) -> GridResult:
+    """Validate every cell, then run the ones not yet done (``jobs`` at a time); see :mod:`ddpo_study.grid`.
+
+    ``only``: run just these cell names. The summary (``write_summary`` via the summary notebook) runs after a
+    whole grid (no ``shard``/``only``) when ``summary`` is true.
+    """
+    echo = echo or (lambda _msg: None)
+    spec = load_spec(spec, quick=quick)
+    if jobs < 1:
+        raise GridError(f"--jobs must be >= 1, got {jobs}")
+    cells = expand(spec)  # validation of every cell happens here, before anything runs
+    selected = select_shard(cells, shard)
+    if only is not None:
+        wanted = list(only)
+        names = {c.name for c in cells}
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise GridError(f"no cell named {missing} in grid {spec.name!r}" + _close_hint(missing[0], names))
+        selected = [c for c in selected if c.name in wanted]
+    threads = max(1, cpu_count() // jobs)
+    spec.output_root.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in selected if not is_done(c)]
+    echo(f"grid {spec.name}: {len(cells)} cells, {len(selected)} selected, {len(selected) - len(todo)} already done, "
+         f"{len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {spec.output_root}")
+    states = {c.name: "skipped" for c in selected if c not in todo}
+
+    def report(i: int, status: dict[str, Any]) -> None:
+        states[status["cell"]] = "failed" if status["state"] == "failed" else (
+            "done" if status["state"] == "done" else "skipped")
+        msg = f"[{i}/{len(todo)}] {status['cell']}: {status['state']}"
+        if status.get("seconds") is not None:
+            msg += f" in {status['seconds']:.0f} s"
+        if status["state"] == "failed" and status.get("error"):
+            msg += f" -- {status['error'].splitlines()[-1]}"
+        echo(msg)
+
+    if jobs == 1 or len(todo) <= 1:
+        for i, cell in enumerate(todo, 1):
+            echo(f"running {cell.name} ...")
+            report(i, run_cell(spec.notebook, cell, threads))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker; papermill starts kernels
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_run_cell_worker, (str(spec.notebook), c, threads)) for c in todo]
+            for i, fut in enumerate(as_completed(futures), 1):
+                report(i, fut.result())
+
+    result = GridResult(spec=spec, cells=selected, states=states)
+    if result.failed:
+        echo(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (see <cell>/status.json, "
+             "<cell>/report.ipynb)")
+    if summary and shard is None and only is None:
+        try:
+            result.summary_dir = run_summary(spec.output_root, echo=echo)
+        except Exception as err:  # noqa: BLE001 - the cells' results stand; say what went wrong
+            result.summary_error = _error_text(err)
+            echo(f"summary failed: {result.summary_error.splitlines()[-1]}")
+    return result
+
+
+def run_summary(root: str | Path, notebook: bool = True, echo: Callable[[str], None] | None = print) -> Path | None:
+    """Write ``<root>/summary/`` (figures and tables); with ``notebook`` also ``summary.ipynb`` + ``.html``.
+
+    Returns the summary folder, or None when no cell under ``root`` has results yet.
+    """
+    from ..report import find_cells, write_summary
+
+    echo = echo or (lambda _msg: None)
+    root = _resolve(root)
+    if not find_cells(root):
+        echo(f"summary: no results under {root} yet")
+        return None
+    out = root / "summary"
+    if notebook:
+        out.mkdir(parents=True, exist_ok=True)
+        execute_notebook(SUMMARY_NOTEBOOK, out / "summary.ipynb", {"root": _display_path(root)}, max(1, cpu_count()))
+        export_html(out / "summary.ipynb", out / "summary.html")
+    else:
+        write_summary(root)
+    echo(f"summary: {out}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- status
+def status(spec: str | Path | dict | GridSpec, quick: bool = False) -> "pd.DataFrame":  # noqa: F821
+    """One row per cell: cell, state, epochs done / total (from metrics.csv), last rewards, seconds, error.
+
+    States: ``done``, ``failed``, ``running``, ``interrupted`` (marked running by a process that is gone),
+    ``partial`` (has results but no status, e.g. from ``ddpo-study train``) and ``pending``.
+    """
+    import pandas as pd
+
+    spec = load_spec(spec, quick=quick)
+    rows = []
+    for cell in expand(spec, check_notebook=False):
+        st = read_status(cell.dir) or {}
+        epochs_done, last_reward, last_train = 0, float("nan"), float("nan")
+        metrics = cell.dir / "metrics.csv"
+        if metrics.is_file():
+            try:
+                df = pd.read_csv(metrics)
+                epochs_done = int(df["epoch"].max()) if len(df) else 0
+                if "reward_mean" in df:
+                    evals = df["reward_mean"].dropna()
+                    last_reward = float(evals.iloc[-1]) if len(evals) else float("nan")
+                if "train_reward_mean" in df:
+                    tr = df["train_reward_mean"].dropna()
+                    last_train = float(tr.iloc[-1]) if len(tr) else float("nan")
+            except (pd.errors.EmptyDataError, KeyError, ValueError):
+                pass
+        if is_done(cell):
+            state = "done"
+        elif st.get("state") == "running":
+            state = "running" if _alive(st) else "interrupted"
+        elif st.get("state") in ("failed", "interrupted"):
+            state = st["state"]
+        elif st.get("state") == "done":
+            state = "partial"  # done before, but needs more epochs now (or its report is gone)
+        else:
+            state = "partial" if metrics.is_file() else "pending"
+        error = (st.get("error") or "").strip().splitlines()
+        rows.append({"cell": cell.name, "state": state, "epochs_done": epochs_done, "epochs_total": cell.num_epochs,
+                     "last_eval_reward": last_reward, "last_train_reward": last_train,
+                     "seconds": st.get("seconds"), "error": error[-1] if error and state == "failed" else ""})
+    return pd.DataFrame(rows, columns=["cell", "state", "epochs_done", "epochs_total", "last_eval_reward",
+                                       "last_train_reward", "seconds", "error"])
+
+
+def find_cell(spec: str | Path | dict | GridSpec, name: str, quick: bool = False) -> tuple[GridSpec, Cell]:
+    spec = load_spec(spec, quick=quick)
+    cells = expand(spec)
+    for cell in cells:
+        if cell.name == name:
+            return spec, cell
+    raise GridError(f"no cell named {name!r} in grid {spec.name!r}" + _close_hint(name, [c.name for c in cells]))

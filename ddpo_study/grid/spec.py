@@ -1,0 +1,264 @@
+"""A grid spec: reading and validating it (:func:`load_spec`), its cells (:func:`expand`) and ``--shard``.
+
+The spec format and the rules for cells are in the :mod:`ddpo_study.grid` docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ..config import ConfigError, DDPOConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick")
+QUICK_SPECIAL = ("output_root", "cell_name", "variants")
+RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
+VARIANT_KEY = "variant"
+
+
+class GridError(ValueError):
+    """A grid spec that cannot run; the message names the key and, where it applies, the cell."""
+
+
+# ----------------------------------------------------------------------------------------------- the spec
+@dataclass
+class GridSpec:
+    """A parsed spec (with the ``--quick`` overrides already applied when ``quick`` is true)."""
+
+    name: str
+    notebook: Path
+    output_root: Path
+    cell_name: str
+    fixed: dict[str, Any]
+    axes: dict[str, list[Any]]
+    variants: list[dict[str, Any]] | None = None
+    quick: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: Path | None = None
+    is_quick: bool = False
+
+
+@dataclass
+class Cell:
+    """One grid cell: its position, name, folder and the notebook parameters it runs with."""
+
+    index: int
+    name: str
+    dir: Path
+    params: dict[str, Any]  # every notebook parameter the runner passes (output_dir included)
+    variant: str | None = None
+    threads_from_spec: bool = False
+
+    @property
+    def num_epochs(self) -> int:
+        return int(self.params.get("num_epochs", DDPOConfig.num_epochs))
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSpec:
+    """Read a spec (YAML file, dict or :class:`GridSpec`), applying the ``quick`` overrides if asked."""
+    if isinstance(spec, GridSpec):
+        if quick and not spec.is_quick:
+            raise GridError("pass the spec's file or dict to apply --quick, not an already-parsed GridSpec")
+        return spec
+    source = None
+    if isinstance(spec, (str, Path)):
+        source = Path(spec)
+        if not source.is_file():
+            raise GridError(f"grid spec {source} does not exist")
+        data = yaml.safe_load(source.read_text()) or {}
+    else:
+        data = dict(spec)
+    if not isinstance(data, dict):
+        raise GridError(f"grid spec {source or ''} must be a mapping")
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise GridError(f"unknown top-level key(s) {unknown} in grid spec {source or ''} (allowed: {list(SPEC_KEYS)})")
+    for key in ("notebook", "output_root"):
+        if not data.get(key):
+            raise GridError(f"grid spec {source or ''} needs {key!r}")
+
+    fixed = dict(data.get("fixed") or {})
+    axes_raw = dict(data.get("axes") or {})
+    for section, values in (("fixed", fixed), ("axes", axes_raw), ("quick", data.get("quick") or {})):
+        if not isinstance(values, dict):
+            raise GridError(f"{section!r} must be a mapping of keys to values")
+    axes = {k: _as_axis(k, v) for k, v in axes_raw.items()}
+    variants = data.get("variants")
+    quick_over = dict(data.get("quick") or {})
+    output_root, cell_name = data["output_root"], data.get("cell_name")
+    both = sorted(set(fixed) & set(axes))
+    if both:
+        raise GridError(f"key(s) {both} are both in 'fixed' and in 'axes'")
+    if quick:
+        for key, value in quick_over.items():
+            if key == "output_root":
+                output_root = value
+            elif key == "cell_name":
+                cell_name = value
+            elif key == "variants":
+                variants = value
+            elif isinstance(value, list):
+                fixed.pop(key, None)
+                axes[key] = _as_axis(key, value)
+            else:
+                axes.pop(key, None)
+                fixed[key] = value
+    if variants is not None:
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            raise GridError("'variants' must be a non-empty list of mappings")
+        variants = [dict(v) for v in variants]
+    if not cell_name:
+        parts = [f"{{{k}}}" for k in axes] + (["{variant}"] if variants else [])
+        cell_name = "-".join(parts) or "cell"
+    return GridSpec(name=str(data.get("name") or (source.stem if source else "grid")),
+                    notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
+                    fixed=fixed, axes=axes, variants=variants, quick=quick_over,
+                    description=str(data.get("description") or ""), source=source, is_quick=quick)
+
+
+def _as_axis(key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise GridError(f"axis {key!r} has no values")
+    return list(values)
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def _name_value(value: Any) -> str:
+    if isinstance(value, str) and ("/" in value or os.sep in value or value.endswith((".txt", ".yaml", ".json"))):
+        value = Path(value).stem
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", str(value))
+
+
+def _variant_label(variant: dict[str, Any]) -> str:
+    if VARIANT_KEY in variant:
+        return str(variant[VARIANT_KEY])
+    return ",".join(f"{k}={v}" for k, v in variant.items() if k != VARIANT_KEY) or "base"
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
+    """The parameters of a notebook's ``parameters`` cell (name -> papermill's description)."""
+    import papermill
+
+    path = Path(notebook)
+    if not path.is_file():
+        raise GridError(f"notebook {path} does not exist")
+    return papermill.inspect_notebook(str(path))
+
+
+def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
+    """All cells of ``spec`` in their deterministic order, each validated (see :mod:`ddpo_study.grid`)."""
+    params_known = set(notebook_parameters(spec.notebook)) if check_notebook else None
+    config_fields = {f.name for f in dataclasses.fields(DDPOConfig)}
+    variants = spec.variants or [None]
+
+    def check_keys(keys: Iterable[str], where: str) -> None:
+        for key in keys:
+            if key in RUNNER_KEYS:
+                raise GridError(f"{where}: {key!r} is set by the grid runner (<output_root>/<cell name>), "
+                                "not by the spec")
+            if params_known is not None and key not in params_known:
+                raise GridError(f"{where}: {key!r} is not a parameter of the notebook {spec.notebook} "
+                                f"(so it cannot be passed to it)" + _close_hint(key, params_known))
+
+    check_keys([k for k in spec.quick if k not in QUICK_SPECIAL], "quick")  # first: --quick merged them below
+    check_keys(spec.fixed, "fixed")
+    check_keys(spec.axes, "axes")
+    for variant in spec.variants or []:
+        check_keys([k for k in variant if k != VARIANT_KEY], f"variant {_variant_label(variant)!r}")
+        pinned = sorted(set(variant) & set(spec.axes))
+        if pinned:
+            raise GridError(f"variant {_variant_label(variant)!r} sets axis key(s) {pinned}; a variant may only "
+                            "override fixed values")
+
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    combos = list(itertools.product(*spec.axes.values())) if spec.axes else [()]
+    for combo in combos:
+        for variant in variants:
+            index = len(cells)
+            params = {**spec.fixed, **dict(zip(spec.axes, combo))}
+            label = None
+            if variant is not None:
+                label = _variant_label(variant)
+                params.update({k: v for k, v in variant.items() if k != VARIANT_KEY})
+            where = f"cell #{index} ({', '.join(f'{k}={v!r}' for k, v in zip(spec.axes, combo))}" + (
+                f", variant {label!r})" if label is not None else ")")
+            config_values = {k: v for k, v in params.items() if k in config_fields}
+            try:
+                cfg = DDPOConfig.from_dict({**config_values, "output_dir": "placeholder"})
+            except ConfigError as err:
+                raise GridError(f"{where}: invalid config: {err}") from err
+            coerced = cfg.to_dict()
+            params.update({k: coerced[k] for k in config_values})  # e.g. YAML's "3e-4" string -> 0.0003
+            values = {**coerced, **{k: v for k, v in params.items() if k not in config_fields}}
+            if label is not None:
+                values[VARIANT_KEY] = label
+            try:
+                name = spec.cell_name.format(**{k: _name_value(v) for k, v in values.items()})
+            except (KeyError, IndexError, ValueError) as err:
+                raise GridError(f"cell_name {spec.cell_name!r}: cannot format it for {where}: {err!r} "
+                                "(use config keys or {variant})") from err
+            if not name or name in (".", "..") or "/" in name:
+                raise GridError(f"cell_name {spec.cell_name!r} gives an unusable folder name {name!r} for {where}")
+            if name in seen:
+                raise GridError(f"cells #{seen[name]} and #{index} are both named {name!r}: make cell_name include "
+                                "every axis (and {variant})")
+            seen[name] = index
+            cell_dir = spec.output_root / name
+            params["output_dir"] = _display_path(cell_dir)
+            cells.append(Cell(index=index, name=name, dir=cell_dir, params=params, variant=label,
+                              threads_from_spec="num_threads" in params))
+    return cells
+
+
+def _close_hint(key: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _display_path(path: Path) -> str:
+    """A path relative to the repository root when it lies inside it (the kernel runs there), else absolute."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+        if not match:
+            raise GridError(f"--shard expects i/n (e.g. 0/4), got {shard!r}")
+        shard = int(match.group(1)), int(match.group(2))
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise GridError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def select_shard(cells: list[Cell], shard: str | tuple[int, int] | None) -> list[Cell]:
+    parsed = parse_shard(shard)
+    if parsed is None:
+        return list(cells)
+    i, n = parsed
+    return [c for c in cells if c.index % n == i]

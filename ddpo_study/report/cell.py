@@ -1,0 +1,147 @@
+"""One cell (one run): its figures (reward / diversity curves, PPO statistics, eval image grids at epoch 0 /
+middle / end whose rows are seeds, so one row shows *different prompts at the same seed*), its final numbers
+against the base model, and its config's differences from the defaults."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..config import DDPOConfig
+from .figures import _image_axis, _wrap, tile
+from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
+from .plotting import _figure, _styled
+
+
+# ================================================================================================ one cell
+@_styled
+def fig_cell_curves(cell_dir: str | Path):
+    """One run: eval and train reward, diversities (CLIP and pixel) and retrieval accuracy vs epoch."""
+    cfg, m = read_cell(cell_dir)
+    fig = _figure(12, 6)
+    axes = fig.subplots(2, 2).ravel()
+    ev = m.dropna(subset=["reward_mean"]) if "reward_mean" in m else m.iloc[0:0]
+    panels = [
+        ("reward", [("reward_mean", ev), ("train_reward_mean", m)]),
+        ("diversity (CLIP cosine distance)", [("within_div_clip", ev), ("cross_div_clip", ev)]),
+        ("diversity (pixel RMS, 0-255)", [("within_div_pixel", ev), ("cross_div_pixel", ev)]),
+        ("prompt alignment", [("retrieval_acc", ev), ("clip_score", ev), ("judge_all", ev)]),
+    ]
+    for ax, (title, series) in zip(axes, panels):
+        for metric, data in series:
+            if metric in data and data[metric].notna().any():
+                d = data.dropna(subset=[metric])
+                ax.plot(d["epoch"], d[metric], marker="o", markersize=3, label=LABELS.get(metric, metric))
+        if title == "prompt alignment" and "retrieval_chance" in m:
+            ax.axhline(float(m["retrieval_chance"].dropna().mean()), color="0.4", linestyle="--", linewidth=1,
+                       label="retrieval chance")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(f"{Path(cell_dir).name}: {cfg.get('mode')} on {_stem(cfg.get('prompt_set'))}, "
+                 f"reward {cfg.get('reward')}, λ={cfg.get('diversity_lambda')}, seed {cfg.get('seed')}", fontsize=10)
+    return fig
+
+
+@_styled
+def fig_cell_ppo(cell_dir: str | Path):
+    """One run: PPO statistics per epoch (approx. KL, clip fraction, KL to base) and the weights' distance."""
+    cfg, m = read_cell(cell_dir)
+    metrics = [c for c in ("train_approx_kl", "train_clipfrac", "param_dist", "train_kl_to_base")
+               if c in m and m[c].notna().any()]
+    fig = _figure(3.2 * max(1, len(metrics)), 3.0)
+    if not metrics:
+        return fig
+    axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
+    switch = None
+    if "phase" in m and cfg.get("mode") == "progressive":
+        lora_rows = m[m["phase"] == "lora"]
+        switch = float(lora_rows["epoch"].min()) if len(lora_rows) else None
+    for ax, metric in zip(axes, metrics):
+        d = m.dropna(subset=[metric])
+        ax.plot(d["epoch"], d[metric], marker="o", markersize=3)
+        if switch is not None:
+            ax.axvline(switch, color="0.4", linestyle="--", linewidth=1, label="switch to LoRA")
+            ax.legend()
+        ax.set_title(LABELS.get(metric, metric))
+        ax.set_xlabel("epoch")
+    return fig
+
+
+def _pick_epochs(epochs: list[int]) -> list[int]:
+    if not epochs:
+        return []
+    first, last = epochs[0], epochs[-1]
+    middle = min(epochs, key=lambda e: (abs(e - (first + last) / 2), e))
+    return sorted(set([first, middle, last]))
+
+
+@_styled
+def fig_cell_images(cell_dir: str | Path, epochs: Sequence[int] | None = None, max_prompts: int = 16):
+    """Eval image grids at epoch 0 / middle / end; in each, rows are eval seeds and columns prompts, so one row
+    shows different prompts at the same seed (identical images across a row = the collapse)."""
+    epochs = list(epochs) if epochs is not None else _pick_epochs(eval_epochs(cell_dir))
+    fig = _figure(8, 2)
+    if not epochs:
+        return fig
+    grids = [load_eval_images(cell_dir, e) for e in epochs]
+    p, s, h, w = grids[0][0].shape[:4]
+    p = min(p, max_prompts)
+    fig.set_size_inches(1.5 + 0.5 * p, len(epochs) * (0.55 + 0.5 * s) + 1.6)
+    axes = fig.subplots(len(epochs), 1, squeeze=False).ravel()
+    for k, (ax, epoch, (imgs, prompts)) in enumerate(zip(axes, epochs, grids)):
+        _image_axis(ax, tile(imgs[:p].transpose(1, 0, 2, 3, 4)), s, p, h, w)
+        ax.set_yticklabels([f"seed {10_000 + i}" for i in range(s)], fontsize=7)
+        if k == len(epochs) - 1:
+            ax.set_xticklabels([_wrap(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=5)
+        else:
+            ax.set_xticklabels([str(j + 1) for j in range(p)], fontsize=6)
+        ax.set_title(f"epoch {epoch}" + (" (base model)" if epoch == 0 else ""), fontsize=9)
+    return fig
+
+
+def cell_figures(cell_dir: str | Path) -> dict[str, Any]:
+    """All figures of one run: ``curves``, ``ppo``, ``images`` (see the ``fig_cell_*`` functions)."""
+    return {"curves": fig_cell_curves(cell_dir), "ppo": fig_cell_ppo(cell_dir), "images": fig_cell_images(cell_dir)}
+
+
+CELL_TABLE_METRICS = ("reward_mean", "cross_div_clip", "within_div_clip", "cross_div_pixel", "within_div_pixel",
+                      "retrieval_acc", "retrieval_chance", "clip_score", "judge_all", "vendi_clip", "dist_base_clip",
+                      "dist_base_pixel", "param_dist")
+
+
+def cell_table(cell_dir: str | Path) -> pd.DataFrame:
+    """One run's numbers: base model (epoch 0), last eval epoch, and the change, one row per metric."""
+    _, m = read_cell(cell_dir)
+    ev = m.dropna(subset=["reward_mean"]) if "reward_mean" in m else m
+    first, last = ev.iloc[0], ev.iloc[-1]
+    rows = []
+    for metric in CELL_TABLE_METRICS:
+        if metric not in ev:
+            continue
+        a, b = float(first.get(metric, math.nan)), float(last.get(metric, math.nan))
+        rows.append({"metric": metric, "meaning": LABELS.get(metric, ""), "base (epoch 0)": a,
+                     f"epoch {int(last['epoch'])}": b, "change": b - a})
+    time_cols = [c for c in m if c.startswith("time_")]
+    if time_cols:
+        total = float(m[time_cols].sum().sum())
+        rows.append({"metric": "wall_time_s", "meaning": "seconds of sampling, reward, training and eval",
+                     "base (epoch 0)": math.nan, f"epoch {int(last['epoch'])}": total, "change": math.nan})
+    return pd.DataFrame(rows)
+
+
+def config_diff(cfg: Any) -> pd.DataFrame:
+    """The config keys of a run (DDPOConfig or dict) that differ from DDPOConfig's defaults, with their docs."""
+    import dataclasses
+
+    from ..config import field_docs
+
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    docs = field_docs()
+    rows = [{"key": f.name, "value": values[f.name], "default": f.default, "meaning": docs.get(f.name, "")}
+            for f in dataclasses.fields(DDPOConfig) if f.name in values and values[f.name] != f.default]
+    return pd.DataFrame(rows, columns=["key", "value", "default", "meaning"])

@@ -1,0 +1,103 @@
+"""A grid's summary on disk: :func:`write_summary` saves every summary figure and table under
+``<root>/summary/`` reproducibly (same inputs, same bytes); Markdown tables; the notebooks' setup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
+from .results import _factors, load_grid_results
+from .plotting import _write_bytes, save_figure
+from .tables import cells_table, contrasts_table, final_table, learning_table, matched_reward_table, questions_table
+
+
+# ================================================================================================ writing
+def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def fmt(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if not np.isfinite(v) else floatfmt.format(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Summary:
+    out_dir: Path
+    figures: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def summary_figures(df: pd.DataFrame) -> dict[str, Any]:
+    return {"reward_curves": fig_reward_curves(df), "diversity_curves": fig_diversity_curves(df),
+            "frontier": fig_frontier(df), "final_bars": fig_final_bars(df), "montage": fig_montage(df)}
+
+
+def summary_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    contrasts = contrasts_table(df)
+    return {"questions": questions_table(df), "final": final_table(df), "matched_reward": matched_reward_table(df),
+            "contrasts": contrasts[[c for c in contrasts if not c.startswith("_")]], "learning": learning_table(df),
+            "cells": cells_table(df)}
+
+
+def write_summary(root: str | Path, out_dir: str | Path | None = None) -> Summary:
+    """Every summary figure (PNG + PDF) and table (CSV + Markdown) of the grid under ``root``, written to
+    ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
+    ``grid_results.csv`` (the tidy data). Re-running on the same results gives byte-identical files."""
+    root = Path(root)
+    out = Path(out_dir) if out_dir is not None else root / "summary"
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_grid_results(root)
+    summary = Summary(out_dir=out)
+    if df.empty:
+        return summary
+    summary.figures = summary_figures(df)
+    summary.tables = summary_tables(df)
+    for name, fig in summary.figures.items():
+        summary.files += save_figure(fig, out / name)
+    md = [f"# Summary of {root.name}\n", f"{df['cell'].nunique()} cells, conditions varying in: "
+          f"{', '.join(_factors(df)) or '(none)'}; mean and 95% CI over seeds.\n"]
+    for name, table in summary.tables.items():
+        csv = out / f"{name}.csv"
+        _write_bytes(csv, table.to_csv(index=False).encode())
+        _write_bytes(out / f"{name}.md", to_markdown(table).encode())
+        summary.files += [csv, out / f"{name}.md"]
+        md += [f"## {name}\n", to_markdown(table)]
+    md += [f"![{name}]({name}.png)\n" for name in summary.figures]
+    tidy = df.drop(columns=["cell_dir"])
+    _write_bytes(out / "grid_results.csv", tidy.to_csv(index=False).encode())
+    _write_bytes(out / "README.md", "\n".join(md).encode())
+    summary.files += [out / "grid_results.csv", out / "README.md"]
+    return summary
+
+
+def notebook_setup() -> None:
+    """Keep notebook reports readable: no loading progress bars of diffusers/transformers, no tqdm widget
+    warning (the training bar stays, as text), no deprecation chatter from library internals."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
