@@ -76,7 +76,7 @@ def cell_notebook() -> nbformat.NotebookNode:
         ("code", "display(figures[\"ppo\"])", []),
         ("md", "## Evaluation images\n\nRows are seeds, columns prompts: a row of near-identical images is the "
                "collapse (different prompts, same image).", []),
-        ("code", "display(figures[\"images\"])", []),
+        ("code", "display(report.as_jpeg(figures[\"images\"]))", []),
         ("md", "## Final numbers", []),
         ("code", "report.cell_table(out)", []),
     ])

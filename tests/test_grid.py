@@ -72,7 +72,8 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert status["state"] == "done" and status["seconds"] > 0 and status["error"] is None
     assert status["started"] <= status["finished"]
     html = (cell / "report.html").read_text()
-    assert "<img" in html  # the figures are there
+    assert "<img" in html and "data:image/jpeg" in html  # the figures are there (eval images as JPEG)
+    assert (cell / ".gitignore").read_text().splitlines()[2:] == ["report.ipynb", "checkpoints/"]  # 0 and 1 kept
     for code in ("train.run(cfg)", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
     nb = json.loads((cell / "report.ipynb").read_text())
@@ -231,3 +232,21 @@ def test_cell_write_config_gives_the_cells_training_config_for_accelerate_launch
     cfg = load_config(path)
     assert (cfg.mode, cfg.prompt_set, cfg.diversity_lambda, cfg.seed) == ("full", "toy_300", 1.0, 2)
     assert cfg.output_dir == "results/toy_study/toy_300-full-lam1.0-s2"
+
+
+def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
+    cell = tmp_path / "cell"
+    (cell / "eval").mkdir(parents=True)
+    for e in (0, 5, 10, 20):
+        for ext in ("npz", "png"):
+            (cell / "eval" / f"epoch_{e:04d}.{ext}").write_bytes(b"x")
+    path = grid.runner.write_cell_gitignore(cell)
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert lines == ["report.ipynb", "checkpoints/", "eval/epoch_0005.*", "eval/epoch_0010.*"]
+    if subprocess.run(["git", "--version"], capture_output=True).returncode == 0:  # what git makes of it
+        subprocess.run(["git", "init", "-q", str(cell)], check=True)
+        (cell / "report.ipynb").write_text("{}")
+        listed = subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        assert sorted(listed) == [".gitignore", "eval/epoch_0000.npz", "eval/epoch_0000.png",
+                                  "eval/epoch_0020.npz", "eval/epoch_0020.png"]

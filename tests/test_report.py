@@ -151,6 +151,8 @@ def test_cell_figures_and_table(tmp_path):
     assert table.loc["reward_mean", "base (epoch 0)"] == 1.0
     diff = report.config_diff(DDPOConfig(mode="full", seed=3))
     assert set(diff["key"]) == {"mode", "seed"}
+    jpeg = report.as_jpeg(figs["images"])
+    assert jpeg.data[:2] == b"\xff\xd8" and jpeg.format == "jpeg"
 
 
 def test_paired_reward_gain_equals_a_hand_computation(tmp_path):

@@ -148,6 +148,30 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], n
                                    log_output=False, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT))
 
 
+def write_cell_gitignore(cell_dir: Path) -> Path:
+    """A finished cell's ``.gitignore``: what of it goes into version control with the study's results.
+
+    Kept: config, metrics, status, ``report.html`` and the eval arrays and grids of epoch 0 (the base model,
+    byte-identical across cells, so git stores it once) and of the final epoch, enough to re-score the images
+    with another judge. Left local: the executed ``report.ipynb`` (``report.html`` is its code-free copy),
+    intermediate eval epochs and checkpoints. Keeps a 36-cell toy grid near 40 MB instead of ~110 MB.
+    """
+    from ..report import eval_epochs
+
+    epochs = eval_epochs(cell_dir)
+    keep = {0, max(epochs)} if epochs else set()
+    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final evals are",
+             "# committed; the executed notebook, intermediate evals and checkpoints stay local.",
+             REPORT_NOTEBOOK, "checkpoints/", *(f"eval/epoch_{e:04d}.*" for e in epochs if e not in keep)]
+    path = cell_dir / ".gitignore"
+    text = "\n".join(lines) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_name(".gitignore.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
 def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, Any]:
     """Execute one cell's notebook and write its report and ``status.json``; never raises for cell errors.
 
@@ -174,6 +198,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
+        write_cell_gitignore(cell.dir)
         status.update(state="done")
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
@@ -239,6 +264,9 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     echo(f"grid {spec.name}: {len(cells)} cells, {len(selected)} selected, {len(selected) - len(todo)} already done, "
          f"{len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {spec.output_root}")
     states = {c.name: "skipped" for c in selected if c not in todo}
+    for c in selected:
+        if c not in todo:
+            write_cell_gitignore(c.dir)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (

@@ -25,6 +25,7 @@ matched reward), ``tables`` (grid tables and the four questions), ``plotting`` (
 
 from .cell import (
     CELL_TABLE_METRICS,
+    as_jpeg,
     cell_figures,
     cell_table,
     config_diff,
@@ -97,7 +98,7 @@ __all__ = [
     # figures
     "fig_diversity_curves", "fig_final_bars", "fig_frontier", "fig_montage", "fig_reward_curves", "tile",
     # cell
-    "CELL_TABLE_METRICS", "cell_figures", "cell_table", "config_diff", "fig_cell_curves", "fig_cell_images",
+    "CELL_TABLE_METRICS", "as_jpeg", "cell_figures", "cell_table", "config_diff", "fig_cell_curves", "fig_cell_images",
     "fig_cell_ppo",
     # summary
     "Summary", "notebook_setup", "summary_figures", "summary_tables", "to_markdown", "write_summary",
