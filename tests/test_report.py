@@ -176,3 +176,15 @@ def test_learning_table_flags_runs_that_gained_more_than_three_standard_errors(f
     table = report.learning_table(report.load_grid_results(fake_grid))
     assert len(table) == 36 and table["learned"].all()  # every fake run gains >= 0.4 with noise 0.05
     assert (table["epoch"] == 4).all() and (table["n_images"] == 8).all()
+
+
+def test_keys_a_mode_never_reads_do_not_split_conditions(tmp_path):
+    a = fake_cell(tmp_path, "lora", seed=0)
+    b = fake_cell(tmp_path, "full", seed=0)
+    for cell, lr in ((a, 1e-4), (b, 3e-5)):  # the LoRA run recorded another (unused) full learning rate
+        cfg = json.loads((cell / "config.json").read_text())
+        cfg["full_learning_rate"] = lr
+        (cell / "config.json").write_text(json.dumps(cfg))
+    df = report.load_grid_results(tmp_path)
+    assert report.condition_factors(df) == ["mode"]
+    assert set(df["condition"]) == {"lora", "full"}

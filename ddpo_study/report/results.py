@@ -67,8 +67,19 @@ def read_cell(cell_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     return cfg, pd.read_csv(cell_dir / "metrics.csv")
 
 
+#: Config keys a fine-tuning mode never reads: a difference there does not make a different condition.
+UNUSED_BY_MODE = {
+    "lora": ("full_learning_rate", "progressive_switch_epoch"),
+    "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "progressive_switch_epoch"),
+    "progressive": (),
+}
+
+
 def condition_factors(df: pd.DataFrame) -> list[str]:
-    """Config keys (in DDPOConfig order) whose value differs between cells, seed and plumbing excepted."""
+    """Config keys (in DDPOConfig order) whose value differs between cells, seed and plumbing excepted.
+
+    Keys the cell's mode never reads (:data:`UNUSED_BY_MODE`, e.g. the full-fine-tuning learning rate of a LoRA
+    run) are ignored, so changing the full learning rate of a grid does not split its LoRA cells off."""
     import dataclasses
 
     cells = df.drop_duplicates("cell")
@@ -76,7 +87,11 @@ def condition_factors(df: pd.DataFrame) -> list[str]:
     for f in dataclasses.fields(DDPOConfig):
         if f.name in NON_FACTORS or f.name not in cells:
             continue
-        if cells[f.name].astype(str).nunique() > 1:
+        values = cells[f.name].astype(str)
+        if "mode" in cells:
+            unused = cells["mode"].map(lambda m: f.name in UNUSED_BY_MODE.get(m, ()))
+            values = values[~unused.to_numpy(dtype=bool)]
+        if values.nunique() > 1:
             out.append(f.name)
     return out
 
