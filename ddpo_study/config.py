@@ -33,6 +33,14 @@ DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
+#: Config keys a fine-tuning mode never reads: runs differing only there are the same experiment.
+UNUSED_BY_MODE = {
+    "lora": ("full_learning_rate", "progressive_switch_epoch"),
+    "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "progressive_switch_epoch"),
+    "progressive": (),
+}
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the field."""
 

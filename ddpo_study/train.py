@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import finetune
 from .checkpoint import load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
-from .config import DDPOConfig, save_config
+from .config import UNUSED_BY_MODE, DDPOConfig, save_config
 from .ppo import clipped_surrogate_loss, select_timesteps
 from .prompts import load_prompts
 from .sampler import recompute_log_probs, sample_trajectories
@@ -68,8 +68,9 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
         old = json.loads(cfg_file.read_text())
         new = cfg.to_dict()
         # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
-        # num_threads/device change speed, not results.
-        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - {"num_epochs", "num_threads", "device"}
+        # num_threads/device change speed, not results, and keys the mode never reads change nothing.
+        ignored = {"num_epochs", "num_threads", "device", *UNUSED_BY_MODE.get(cfg.mode, ())}
+        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - ignored
         if diff:
             raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
                              "use a new output_dir or delete the old one")

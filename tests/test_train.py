@@ -88,6 +88,11 @@ def test_a_different_config_in_the_same_folder_is_refused(tiny_model_dir, tiny_p
     train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1), progress=False)
     with pytest.raises(ValueError, match="different config"):
         train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1, seed=5), progress=False)
+    # a key LoRA never reads is not a different experiment: the finished run is found and kept
+    before = (tmp_path / "r" / "metrics.csv").read_bytes()
+    train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1, full_learning_rate=0.5),
+              progress=False)
+    assert (tmp_path / "r" / "metrics.csv").read_bytes() == before
 
 
 def test_bad_inputs_fail_with_clear_messages(tiny_model_dir, tiny_prompt_files, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import MODES, DDPOConfig
+from ..config import MODES, UNUSED_BY_MODE, DDPOConfig
 
 #: Config keys that never define a condition (seed is the replicate; the others are run plumbing).
 NON_FACTORS = ("seed", "output_dir", "num_threads", "device")
@@ -65,14 +65,6 @@ def read_cell(cell_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     cell_dir = Path(cell_dir)
     cfg = json.loads((cell_dir / "config.json").read_text())
     return cfg, pd.read_csv(cell_dir / "metrics.csv")
-
-
-#: Config keys a fine-tuning mode never reads: a difference there does not make a different condition.
-UNUSED_BY_MODE = {
-    "lora": ("full_learning_rate", "progressive_switch_epoch"),
-    "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "progressive_switch_epoch"),
-    "progressive": (),
-}
 
 
 def condition_factors(df: pd.DataFrame) -> list[str]:
