@@ -4,9 +4,10 @@
         [--set lora_learning_rate=1e-3 --set samples_per_epoch=128 ...]
 
 For each mode it runs ``ddpo_study.train.run`` into ``<out>/<reward>-<mode>-e<epochs>[-tag]`` and then
-re-scores the saved eval images of epoch 0 (base model) and of the last epoch with the task reward. The
-eval set is fixed prompts x fixed seeds, so the two are *paired* image by image: "learns" means the mean
-per-image reward gain exceeds 3 standard errors of the paired differences (``z > 3``). The training-reward
+compares the per-image task rewards saved with the eval images of epoch 0 (base model) and of the last
+epoch (``report.paired_reward_gain``, the summary's learning table). The eval set is fixed prompts x fixed
+seeds, so the two are *paired* image by image: "learns" means the mean per-image reward gain exceeds 3
+standard errors of the paired differences (``z > 3``). The training-reward
 columns are the mean reward of the first and last epoch's samples (different prompts each epoch, so they
 are noisier). Not a test: it takes minutes per mode. Also prints the judge's prompt-following accuracy and
 the cross-prompt diversity before/after, the symptom this study is about.
@@ -15,26 +16,14 @@ the cross-prompt diversity before/after, the symptom this study is about.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
+from ddpo_study import report
 from ddpo_study.cli import parse_sets
 from ddpo_study.config import DDPOConfig
-from ddpo_study.train import load_scorers, run
-
-
-def eval_rewards(out: Path, epoch: int, reward_fn) -> np.ndarray:
-    """Per-image task rewards of a run's saved eval images at ``epoch`` (prompts x seeds, flattened)."""
-    with np.load(out / "eval" / f"epoch_{epoch:04d}.npz", allow_pickle=False) as data:
-        images = torch.from_numpy(data["images"]).permute(0, 1, 4, 2, 3).float() / 255
-        prompts = [str(p) for p in data["prompts"]]
-    seeds = images.shape[1]
-    rewards, _ = reward_fn(images.flatten(0, 1), [p for p in prompts for _ in range(seeds)])
-    return torch.as_tensor(rewards).double().numpy()
+from ddpo_study.train import run
 
 
 def main() -> None:
@@ -48,8 +37,6 @@ def main() -> None:
     ap.add_argument("--out", default="runs/learning_check")
     args = ap.parse_args()
 
-    from ddpo_study.rewards import RewardContext, make_reward
-
     rows = []
     for mode in args.modes:
         name = f"{args.reward}-{mode}-e{args.epochs}" + (f"-{args.tag}" if args.tag else "")
@@ -58,16 +45,12 @@ def main() -> None:
                     "progressive_switch_epoch": max(1, args.epochs // 2), **parse_sets(args.overrides)}
         cfg = DDPOConfig.from_dict(settings)
         out = Path(run(cfg))
-        clip, aesthetic, lpips, _ = load_scorers(cfg, torch.device("cpu"))
-        reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips,
-                                                          device=torch.device("cpu")))
-        before, after = eval_rewards(out, 0, reward_fn), eval_rewards(out, args.epochs, reward_fn)
-        diff = after - before
-        z = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))
+        gain = report.paired_reward_gain(out, args.epochs)
+        z = gain["z"]
         df = pd.read_csv(out / "metrics.csv")
         first, last = df[df.epoch == 1].iloc[0], df[df.epoch == args.epochs].iloc[0]
         base = df[df.epoch == 0].iloc[0]
-        rows.append({"mode": mode, "eval_reward_0": before.mean(), "eval_reward_end": after.mean(),
+        rows.append({"mode": mode, "eval_reward_0": gain["reward_0"], "eval_reward_end": gain["reward_end"],
                      "z (paired)": z, "learns": bool(z > 3),
                      "train_reward_first": first.train_reward_mean, "train_reward_last": last.train_reward_mean,
                      "cross_div_clip": f"{base.cross_div_clip:.3f}->{last.cross_div_clip:.3f}",

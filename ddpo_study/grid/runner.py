@@ -51,10 +51,14 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_status(cell_dir: Path) -> dict[str, Any] | None:
@@ -166,9 +170,7 @@ def write_cell_gitignore(cell_dir: Path) -> Path:
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(".gitignore.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        _write_text_atomic(path, text)
     return path
 
 
@@ -263,10 +265,10 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     todo = [c for c in selected if not is_done(c)]
     echo(f"grid {spec.name}: {len(cells)} cells, {len(selected)} selected, {len(selected) - len(todo)} already done, "
          f"{len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {spec.output_root}")
-    states = {c.name: "skipped" for c in selected if c not in todo}
-    for c in selected:
-        if c not in todo:
-            write_cell_gitignore(c.dir)  # idempotent; also covers cells finished by an older version
+    done_cells = [c for c in selected if c not in todo]
+    states = {c.name: "skipped" for c in done_cells}
+    for c in done_cells:
+        write_cell_gitignore(c.dir)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (

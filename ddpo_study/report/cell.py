@@ -113,13 +113,11 @@ def as_jpeg(fig, quality: int = 88):
     import io
 
     from IPython.display import Image
-    from PIL import Image as PILImage
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
-    out = io.BytesIO()
-    PILImage.open(buf).convert("RGB").save(out, format="JPEG", quality=quality, optimize=True)
-    return Image(data=out.getvalue(), format="jpeg")
+    fig.savefig(buf, format="jpeg", dpi=fig.dpi, bbox_inches="tight", facecolor="white",
+                pil_kwargs={"quality": quality, "optimize": True})
+    return Image(data=buf.getvalue(), format="jpeg")
 
 
 def cell_figures(cell_dir: str | Path) -> dict[str, Any]:
