@@ -9,6 +9,9 @@ Commands:
   grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
                                        run a grid of cells through the cell notebook (skips done cells)
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
+  grid configs SPEC DIR [--quick] [--shard i/n]
+                                       write each unfinished cell's config to DIR/<cell>.json, to train them
+                                       elsewhere (`train DIR/<cell>.json`); `grid run` then only renders reports
   summary ROOT_OR_SPEC [--quick] [--no-notebook]
                                        figures and tables of a grid's results under <root>/summary/
   cell SPEC CELL_NAME [--quick] [--write-config PATH]
@@ -122,6 +125,25 @@ def cmd_grid_status(args) -> int:
     return 0
 
 
+def cmd_grid_configs(args) -> int:
+    """Cells as plain config files: for a GPU box without Jupyter, a cluster array job or ``accelerate launch``.
+
+    A cell trained this way is finished (``DONE``), so ``grid run`` afterwards only renders its report.
+    """
+    from .config import DDPOConfig, save_config
+    from .grid import expand, is_trained, load_spec, select_shard
+
+    spec = load_spec(args.spec, quick=args.quick)
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [c for c in select_shard(expand(spec), args.shard) if not is_trained(c)]
+    for cell in cells:
+        params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
+        save_config(DDPOConfig.from_dict(params), out / f"{cell.name}.json")
+    print(f"wrote {len(cells)} config(s) to {out} (cells already trained are left out)")
+    return 0
+
+
 def cmd_summary(args) -> int:
     from .grid import load_spec, run_summary
 
@@ -189,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("spec")
     g.add_argument("--quick", action="store_true")
     g.set_defaults(fn=cmd_grid_status)
+
+    g = gsub.add_parser("configs", help="write each unfinished cell's config file (train them elsewhere)")
+    g.add_argument("spec")
+    g.add_argument("dir", help="folder for <cell>.json files")
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
+    g.set_defaults(fn=cmd_grid_configs)
 
     p = sub.add_parser("summary", help="figures and tables from a grid's saved results")
     p.add_argument("target", metavar="ROOT_OR_SPEC", help="a results folder or a grid spec (its output_root)")

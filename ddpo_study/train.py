@@ -264,6 +264,18 @@ def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- run
+def is_finished(out: str | Path, num_epochs: int) -> bool:
+    """Whether ``out`` holds a run trained to ``num_epochs`` (``DONE`` for that count and its metrics row)."""
+    out = Path(out)
+    try:
+        done = int(json.loads((out / "DONE").read_text()).get("epochs", -1)) == num_epochs
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not done or not (out / METRICS_FILE).is_file():
+        return False
+    return bool((pd.read_csv(out / METRICS_FILE)["epoch"] == num_epochs).any())
+
+
 def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder.
 
@@ -290,6 +302,10 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     if acc.is_main_process:
         _prepare_output_dir(cfg)
     acc.wait_for_everyone()
+    if is_finished(out, cfg.num_epochs):
+        # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
+        # so rendering its report again, or training it headless first (`grid train`), never retrains.
+        return out
     torch.manual_seed(cfg.seed)
 
     train_prompts = load_prompts(cfg.prompt_set)

@@ -201,6 +201,7 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
         out = REPO / parameters["output_dir"] if not Path(parameters["output_dir"]).is_absolute() \
             else Path(parameters["output_dir"])
         (out / "DONE").write_text(json.dumps({"epochs": parameters["num_epochs"]}))
+        (out / "metrics.csv").write_text(f"epoch\n0\n{parameters['num_epochs']}\n")
         nbformat.write(nbformat.v4.new_notebook(), str(output))
 
     monkeypatch.setattr(grid.runner, "execute_notebook", fake_execute)  # where run_cell looks it up
@@ -232,6 +233,28 @@ def test_cell_write_config_gives_the_cells_training_config_for_accelerate_launch
     cfg = load_config(path)
     assert (cfg.mode, cfg.prompt_set, cfg.diversity_lambda, cfg.seed) == ("full", "toy_300", 1.0, 2)
     assert cfg.output_dir == "results/toy_study/toy_300-full-lam1.0-s2"
+
+
+def test_cells_trained_from_grid_configs_are_only_rendered_by_grid_run(tmp_path, tiny_model_dir):
+    """`grid configs` -> `train` elsewhere (no Jupyter) -> `grid run` renders the report without retraining."""
+    from tests.conftest import TINY_PROMPTS
+
+    files = [tmp_path / n for n in ("t.txt", "e.txt", "l.txt")]
+    files[0].write_text("\n".join(TINY_PROMPTS[:4]) + "\n")
+    files[1].write_text("\n".join(TINY_PROMPTS[2:]) + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(tmp_path, tiny_model_dir, *map(str, files))))
+    assert cli.main(["grid", "configs", str(spec), str(tmp_path / "cfgs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cfgs").iterdir()) == [f"{BROKEN}.json", f"{OK}.json"]
+    assert cli.main(["train", str(tmp_path / "cfgs" / f"{OK}.json")]) == 0
+    cell_dir = tmp_path / "results" / OK
+    trained = (cell_dir / "metrics.csv").read_bytes()
+    # the trained cell is left out of a second batch of configs
+    assert cli.main(["grid", "configs", str(spec), str(tmp_path / "cfgs2")]) == 0
+    assert [p.name for p in (tmp_path / "cfgs2").iterdir()] == [f"{BROKEN}.json"]
+    result = grid.run_grid(str(spec), only=[OK], summary=False, echo=None)
+    assert result.ok and (cell_dir / "report.html").is_file()
+    assert (cell_dir / "metrics.csv").read_bytes() == trained  # rendered, not retrained
 
 
 def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):

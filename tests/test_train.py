@@ -95,6 +95,28 @@ def test_a_different_config_in_the_same_folder_is_refused(tiny_model_dir, tiny_p
     assert (tmp_path / "r" / "metrics.csv").read_bytes() == before
 
 
+def test_a_finished_run_without_checkpoints_is_not_retrained(tiny_model_dir, tiny_prompt_files, tmp_path,
+                                                               monkeypatch):
+    """Committed results keep no checkpoints: rendering their report again must not train from scratch."""
+    import shutil
+
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=1)
+    out = train.run(cfg, progress=False)
+    shutil.rmtree(out / "checkpoints")
+    before = (out / "metrics.csv").read_bytes()
+    assert train.is_finished(out, 1) and not train.is_finished(out, 2)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished run loaded its pipeline")
+
+    monkeypatch.setattr("ddpo_study.models.load_pipeline", no_loading)
+    assert train.run(cfg, progress=False) == out
+    assert (out / "metrics.csv").read_bytes() == before
+    # asking for more epochs is a resume, which needs the pipeline again
+    with pytest.raises(AssertionError, match="loaded its pipeline"):
+        train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=2), progress=False)
+
+
 def test_bad_inputs_fail_with_clear_messages(tiny_model_dir, tiny_prompt_files, tmp_path):
     from ddpo_study.models import ModelLoadError
     from ddpo_study.prompts import PromptSetError

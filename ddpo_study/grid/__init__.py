@@ -49,6 +49,7 @@ Command line (``python -m ddpo_study``)::
 
     grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
     grid status SPEC [--quick]
+    grid configs SPEC DIR [--quick] [--shard i/n]   # each unfinished cell's config, to train elsewhere
     summary ROOT_OR_SPEC [--quick] [--no-notebook]
     cell SPEC CELL_NAME [--quick]
 
@@ -69,6 +70,7 @@ from .runner import (
     export_html,
     find_cell,
     is_done,
+    is_trained,
     read_status,
     run_cell,
     run_grid,
@@ -97,6 +99,6 @@ __all__ = [
     "load_spec", "notebook_parameters", "parse_shard", "select_shard",
     # runner
     "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
-    "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "read_status", "run_cell", "run_grid",
+    "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status", "run_cell", "run_grid",
     "run_summary", "status",
 ]

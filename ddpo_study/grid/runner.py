@@ -69,15 +69,16 @@ def read_status(cell_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def is_trained(cell: Cell) -> bool:
+    """The cell's run is trained to its number of epochs (``DONE`` and the last metrics row), report or not."""
+    from ..train import is_finished
+
+    return is_finished(cell.dir, cell.num_epochs)
+
+
 def is_done(cell: Cell) -> bool:
-    """``DONE`` for the cell's number of epochs and a ``report.html``: the cell is complete."""
-    done = cell.dir / "DONE"
-    if not done.is_file() or not (cell.dir / REPORT_HTML).is_file():
-        return False
-    try:
-        return int(json.loads(done.read_text()).get("epochs", -1)) == cell.num_epochs
-    except (json.JSONDecodeError, ValueError, AttributeError):
-        return False
+    """Trained and rendered (``report.html``): the cell is complete."""
+    return (cell.dir / REPORT_HTML).is_file() and is_trained(cell)
 
 
 def _pid_alive(pid: int) -> bool:
