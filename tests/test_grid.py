@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert status["started"] <= status["finished"]
     html = (cell / "report.html").read_text()
     assert "<img" in html and "data:image/jpeg" in html  # the figures are there (eval images as JPEG)
+    # nbconvert's theme CSS lives once per grid, linked by every report and the summary
+    css = re.findall(r'<link rel="stylesheet" href="\.\./(report-style-[0-9a-f]{12}\.css)">', html)
+    assert len(css) == 1 and '<style type="text/css">' not in html.split("<body")[0]
+    assert len((grid_runs["root"] / css[0]).read_text()) > 50_000
+    assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
     assert (cell / ".gitignore").read_text().splitlines()[2:] == ["report.ipynb", "checkpoints/"]  # 0 and 1 kept
     for code in ("train.run(cfg)", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
@@ -255,6 +261,17 @@ def test_cells_trained_from_grid_configs_are_only_rendered_by_grid_run(tmp_path,
     result = grid.run_grid(str(spec), only=[OK], summary=False, echo=None)
     assert result.ok and (cell_dir / "report.html").is_file()
     assert (cell_dir / "metrics.csv").read_bytes() == trained  # rendered, not retrained
+
+
+def test_sharing_the_theme_css_keeps_the_page_and_is_idempotent(tmp_path):
+    page = ('<html><head><meta charset="utf-8">\n<style type="text/css">a{color:red}</style>\n<script>x()</script>'
+            '<style type="text/css">b{color:blue}</style></head><body><style scoped="">td{}</style>hi</body></html>')
+    shared = grid.share_theme_css(page, tmp_path)
+    (name,) = [p.name for p in tmp_path.iterdir()]
+    assert (tmp_path / name).read_text() == "a{color:red}\nb{color:blue}"
+    assert shared == ('<html><head><meta charset="utf-8">\n<link rel="stylesheet" href="../' + name + '">\n'
+                      '<script>x()</script></head><body><style scoped="">td{}</style>hi</body></html>')
+    assert grid.share_theme_css(shared, tmp_path) == shared
 
 
 def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):

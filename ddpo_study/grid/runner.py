@@ -7,6 +7,7 @@ How cells run, are skipped and resumed is in the :mod:`ddpo_study.grid` docstrin
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -132,16 +133,43 @@ def _error_text(err: BaseException) -> str:
 
 
 def export_html(notebook: Path, html: Path) -> Path:
-    """A code-free HTML of ``notebook`` (inputs and prompts hidden), written atomically."""
+    """A code-free HTML of ``notebook`` (inputs and prompts hidden), written atomically, its theme CSS shared."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
-    tmp = html.with_name(html.name + ".tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, html)
+    _write_text_atomic(html, share_theme_css(body, html.parent.parent))
     return html
+
+
+_THEME_STYLE = re.compile(r'<style type="text/css">(.*?)</style>', re.S)
+
+
+def share_theme_css(page: str, css_dir: Path) -> str:
+    """``page`` with the ``<head>``'s inline CSS moved to ``css_dir/report-style-<hash>.css`` and linked.
+
+    nbconvert inlines ~260 kB of JupyterLab theme CSS into every page, the same in all of them: 36 reports
+    would carry 9 MB of it. Reports live one folder below ``css_dir`` (``<root>/<cell>/report.html``,
+    ``<root>/summary/summary.html``), so they link ``../report-style-<hash>.css``; the hash names the content,
+    so reports made by another nbconvert version link their own file. Idempotent.
+    """
+    head_end = page.find("<body")
+    head = page[:max(head_end, 0)]
+    blocks = list(_THEME_STYLE.finditer(head))
+    if not blocks:
+        return page
+    css = "\n".join(m.group(1) for m in blocks)
+    name = f"report-style-{hashlib.sha256(css.encode()).hexdigest()[:12]}.css"
+    target = Path(css_dir) / name
+    if not target.is_file():
+        _write_text_atomic(target, css)
+    link = f'<link rel="stylesheet" href="../{name}">'
+    parts, last = [], 0
+    for i, m in enumerate(blocks):  # the link takes the first block's place: the cascade order is kept
+        parts += [head[last:m.start()], link if i == 0 else ""]
+        last = m.end()
+    return "".join(parts) + head[last:] + page[head_end:]
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], num_threads: int) -> None:
