@@ -68,7 +68,6 @@ from .runner import (
     cpu_count,
     execute_notebook,
     export_html,
-    share_theme_css,
     find_cell,
     is_done,
     is_trained,
@@ -76,6 +75,7 @@ from .runner import (
     run_cell,
     run_grid,
     run_summary,
+    share_theme_css,
     status,
 )
 from .spec import (
@@ -100,6 +100,6 @@ __all__ = [
     "load_spec", "notebook_parameters", "parse_shard", "select_shard",
     # runner
     "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
-    "cpu_count", "execute_notebook", "export_html", "find_cell", "share_theme_css", "is_done", "is_trained", "read_status", "run_cell", "run_grid",
-    "run_summary", "status",
+    "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status", "run_cell",
+    "run_grid", "run_summary", "share_theme_css", "status",
 ]
