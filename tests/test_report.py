@@ -97,6 +97,21 @@ def test_matched_reward_table_uses_common_levels(fake_grid):
     assert row["cross_div_clip_mean"] == pytest.approx(expected, abs=0.005)
 
 
+def test_a_condition_that_never_improves_does_not_empty_the_matched_reward_table(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    flat = df["condition"] == "toy_300, full, λ=0"
+    base = float(df.loc[df["epoch"] == 0, "reward_mean"].mean())
+    df.loc[flat & (df["epoch"] > 0), "reward_mean"] = base - 0.1  # this condition only ever gets worse
+    assert report.reward_levels(df) == []  # no level common to all conditions ...
+    levels = report.reward_levels(df, improving_only=True)  # ... but common to the improving ones
+    best = df[~flat].groupby(["condition", "epoch"])["reward_mean"].mean().groupby(level=0).max().min()
+    assert levels == pytest.approx([base + f * (best - base) for f in report.MATCH_FRACTIONS])
+    table = report.matched_reward_table(df)
+    assert len(table) == 12 * 3
+    assert (table.loc[table["condition"] == "toy_300, full, λ=0", "runs_reaching"] == 0).all()
+    assert (table.loc[table["condition"] != "toy_300, full, λ=0", "runs_reaching"] == 3).all()
+
+
 def test_the_four_questions_are_answered_from_the_numbers(fake_grid):
     df = report.load_grid_results(fake_grid)
     q = report.questions_table(df).set_index("id")

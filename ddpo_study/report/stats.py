@@ -87,24 +87,27 @@ def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = 
 
 
 def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
-                  reward: str = "reward_mean") -> list[float]:
+                  reward: str = "reward_mean", improving_only: bool = False) -> list[float]:
     """Common reward levels of the conditions in ``df``: fractions of the way from the base reward to the lowest
-    of the conditions' best (seed-mean) rewards. Empty when some condition never improves on the base."""
+    of the conditions' best (seed-mean) rewards. Empty when some condition never improves on the base, unless
+    ``improving_only``: then the levels are common to the conditions that do improve (the others reach none)."""
     ev = eval_rows(df, reward)
     if ev.empty:
         return []
     base = float(ev[ev["epoch"] == 0][reward].mean())
-    curves = ev.groupby(["condition", "epoch"])[reward].mean()
-    top = float(curves.groupby(level=0).max().min())
+    best = ev.groupby(["condition", "epoch"])[reward].mean().groupby(level=0).max()
+    if improving_only:
+        best = best[best > base]
+    top = float(best.min()) if len(best) else math.nan
     if not np.isfinite(base) or not np.isfinite(top) or top <= base:
         return []
     return [base + f * (top - base) for f in fractions]
 
 
 def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Sequence[float] | None = None,
-                 fractions: Sequence[float] = MATCH_FRACTIONS) -> pd.DataFrame:
+                 fractions: Sequence[float] = MATCH_FRACTIONS, improving_only: bool = False) -> pd.DataFrame:
     """Per run and reward level: ``metric`` and the epoch at which the run first reaches that level."""
-    levels = list(levels) if levels is not None else reward_levels(df, fractions)
+    levels = list(levels) if levels is not None else reward_levels(df, fractions, improving_only=improving_only)
     fractions = list(fractions) if len(fractions) == len(levels) else [math.nan] * len(levels)
     ev = eval_rows(df)
     rows = []

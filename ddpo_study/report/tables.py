@@ -87,8 +87,12 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def matched_reward_table(df: pd.DataFrame, metric: str = "cross_div_clip",
                          fractions: Sequence[float] = MATCH_FRACTIONS) -> pd.DataFrame:
-    """Each condition's ``metric`` at common reward levels: mean, 95% CI over seeds, runs reaching the level."""
-    runs = matched_runs(df, metric, fractions=fractions)
+    """Each condition's ``metric`` at common reward levels: mean, 95% CI over seeds, runs reaching the level.
+
+    The levels are common to the conditions whose seed-mean reward improves on the base model; a condition
+    that never improves is listed with no runs reaching them (its row says so instead of emptying the table).
+    """
+    runs = matched_runs(df, metric, fractions=fractions, improving_only=True)
     cols = ["condition", "fraction", "reward_level", f"{metric}_mean", f"{metric}_low", f"{metric}_high",
             "epoch_reached_mean", "runs_reaching", "runs"]
     if runs.empty:
