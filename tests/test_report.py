@@ -86,30 +86,33 @@ def test_statistics():
     assert all(math.isnan(v) for v in report.value_at_reward(run, 2.0, "x"))
 
 
-def test_matched_reward_table_uses_common_levels(fake_grid):
+def test_reward_levels_common_and_best(fake_grid):
     df = report.load_grid_results(fake_grid)
     levels = report.reward_levels(df)
     assert len(levels) == 3 and 1.0 < levels[0] < levels[1] < levels[2] < 1.0 + min(GAIN.values()) - 0.2 + 0.01
-    table = report.matched_reward_table(df)
-    assert len(table) == 12 * 3 and (table["runs_reaching"] == 3).all()
-    row = table[(table["condition"] == "toy_30, lora, λ=0") & (table["fraction"] == 0.5)].iloc[0]
-    expected = 0.3 - COLLAPSE["lora"] * (row["reward_level"] - 1.0)
-    assert row["cross_div_clip_mean"] == pytest.approx(expected, abs=0.005)
+    best = report.reward_levels(df, top="best")
+    assert best[2] > levels[2] and best[2] < 1.0 + max(GAIN.values()) + 0.01
+    with pytest.raises(ValueError, match="top"):
+        report.reward_levels(df, top="max")
 
 
-def test_a_condition_that_never_improves_does_not_empty_the_matched_reward_table(fake_grid):
+def test_matched_reward_table_uses_the_best_conditions_levels(fake_grid):
     df = report.load_grid_results(fake_grid)
-    flat = df["condition"] == "toy_300, full, λ=0"
-    base = float(df.loc[df["epoch"] == 0, "reward_mean"].mean())
-    df.loc[flat & (df["epoch"] > 0), "reward_mean"] = base - 0.1  # this condition only ever gets worse
-    assert report.reward_levels(df) == []  # no level common to all conditions ...
-    levels = report.reward_levels(df, improving_only=True)  # ... but common to the improving ones
-    best = df[~flat].groupby(["condition", "epoch"])["reward_mean"].mean().groupby(level=0).max().min()
-    assert levels == pytest.approx([base + f * (best - base) for f in report.MATCH_FRACTIONS])
     table = report.matched_reward_table(df)
     assert len(table) == 12 * 3
+    assert set(table["reward_level"].round(9)) == set(np.round(report.reward_levels(df, top="best"), 9))
+    row = table[(table["condition"] == "toy_30, lora, λ=0") & (table["fraction"] == 0.25)].iloc[0]
+    assert row["runs_reaching"] == 3
+    expected = 0.3 - COLLAPSE["lora"] * (row["reward_level"] - 1.0)
+    assert row["cross_div_clip_mean"] == pytest.approx(expected, abs=0.005)
+    # a condition that only ever gets worse is listed with no runs reaching any level; the table stays
+    flat = df["condition"] == "toy_300, full, λ=0"
+    base = float(df.loc[df["epoch"] == 0, "reward_mean"].mean())
+    df.loc[flat & (df["epoch"] > 0), "reward_mean"] = base - 0.1
+    assert report.reward_levels(df) == []
+    table = report.matched_reward_table(df)
     assert (table.loc[table["condition"] == "toy_300, full, λ=0", "runs_reaching"] == 0).all()
-    assert (table.loc[table["condition"] != "toy_300, full, λ=0", "runs_reaching"] == 3).all()
+    assert table["runs_reaching"].max() == 3
 
 
 def test_the_four_questions_are_answered_from_the_numbers(fake_grid):

@@ -102,7 +102,7 @@ def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "
     axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
     styles = _cond_styles(df)
     ev = eval_rows(df)
-    levels = reward_levels(df, improving_only=True)  # the matched-reward table's levels
+    levels = reward_levels(df, top="best")  # the matched-reward table's levels
     for ax, metric in zip(axes, metrics):
         mean = ev.groupby(["condition", "epoch"], sort=False)[["reward_mean", metric]].mean().reset_index()
         for cond in conditions(df):

@@ -87,27 +87,30 @@ def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = 
 
 
 def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
-                  reward: str = "reward_mean", improving_only: bool = False) -> list[float]:
-    """Common reward levels of the conditions in ``df``: fractions of the way from the base reward to the lowest
-    of the conditions' best (seed-mean) rewards. Empty when some condition never improves on the base, unless
-    ``improving_only``: then the levels are common to the conditions that do improve (the others reach none)."""
+                  reward: str = "reward_mean", top: str = "common") -> list[float]:
+    """Reward levels for comparisons at matched reward: fractions of the way from the base reward to ``top``.
+
+    ``top="common"``: the lowest of the conditions' best (seed-mean) rewards, a level every condition reaches;
+    empty when some condition never improves on the base. ``top="best"``: the highest of them, so that a grid
+    whose conditions gain very unequally still gets informative levels (not every condition reaches them).
+    """
+    if top not in ("common", "best"):
+        raise ValueError(f"top must be 'common' or 'best', got {top!r}")
     ev = eval_rows(df, reward)
     if ev.empty:
         return []
     base = float(ev[ev["epoch"] == 0][reward].mean())
     best = ev.groupby(["condition", "epoch"])[reward].mean().groupby(level=0).max()
-    if improving_only:
-        best = best[best > base]
-    top = float(best.min()) if len(best) else math.nan
+    top = float(best.min() if top == "common" else best.max())
     if not np.isfinite(base) or not np.isfinite(top) or top <= base:
         return []
     return [base + f * (top - base) for f in fractions]
 
 
 def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Sequence[float] | None = None,
-                 fractions: Sequence[float] = MATCH_FRACTIONS, improving_only: bool = False) -> pd.DataFrame:
+                 fractions: Sequence[float] = MATCH_FRACTIONS, top: str = "common") -> pd.DataFrame:
     """Per run and reward level: ``metric`` and the epoch at which the run first reaches that level."""
-    levels = list(levels) if levels is not None else reward_levels(df, fractions, improving_only=improving_only)
+    levels = list(levels) if levels is not None else reward_levels(df, fractions, top=top)
     fractions = list(fractions) if len(fractions) == len(levels) else [math.nan] * len(levels)
     ev = eval_rows(df)
     rows = []
