@@ -183,7 +183,7 @@ def test_cells_order_quick_overrides_and_shards():
     with pytest.raises(grid.GridError, match="i/n"):
         grid.select_shard(cells, "1of4")
     hyp = grid.expand(grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml"))
-    assert len(hyp) == 27 and hyp[1].name == "lora-rank64-s0" and hyp[1].params["lora_rank"] == 64
+    assert len(hyp) == 30 and hyp[1].name == "lora-rank64-s0" and hyp[1].params["lora_rank"] == 64
 
 
 def test_cell_notebook_parameters_are_exactly_the_config_fields_and_notebooks_are_up_to_date():
