@@ -106,7 +106,7 @@ def main() -> None:
     rows.append(["total wall", f"{wall:.1f}", "100.0" if wall else "-", f"{wall / epochs:.2f}" if epochs else "-"])
     print(C.table(rows, ["part", "seconds", "% of wall", "s / epoch"]))
     # The verdict uses the runs that ran in one attempt: a resumed run's status covers its last attempt only.
-    whole = [r for r in with_status if r not in resumed]
+    whole = [r for r in with_status if (r["attempt"] or 1) == 1]
     status_wall = sum(r["seconds"] for r in whole)
     if status_wall > 0:
         frac = sum(r["overhead"] for r in whole) / status_wall

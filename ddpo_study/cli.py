@@ -125,12 +125,19 @@ def cmd_grid_status(args) -> int:
     return 0
 
 
+def _write_cell_config(cell, path) -> None:
+    """A grid cell's exact training config (its DDPOConfig fields, validated) as a file for ``train``."""
+    from .config import DDPOConfig, save_config
+
+    params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
+    save_config(DDPOConfig.from_dict(params), path)
+
+
 def cmd_grid_configs(args) -> int:
     """Cells as plain config files: for a GPU box without Jupyter, a cluster array job or ``accelerate launch``.
 
     A cell trained this way is finished (``DONE``), so ``grid run`` afterwards only renders its report.
     """
-    from .config import DDPOConfig, save_config
     from .grid import expand, is_trained, load_spec, select_shard
 
     spec = load_spec(args.spec, quick=args.quick)
@@ -138,8 +145,7 @@ def cmd_grid_configs(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cells = [c for c in select_shard(expand(spec), args.shard) if not is_trained(c)]
     for cell in cells:
-        params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
-        save_config(DDPOConfig.from_dict(params), out / f"{cell.name}.json")
+        _write_cell_config(cell, out / f"{cell.name}.json")
     print(f"wrote {len(cells)} config(s) to {out} (cells already trained are left out)")
     return 0
 
@@ -160,10 +166,7 @@ def cmd_cell(args) -> int:
     if args.write_config:
         # For launchers the notebook cannot host (accelerate launch, a cluster job): train from this file, then
         # run this command again without --write-config to render the report (training resumes as a no-op).
-        from .config import DDPOConfig, save_config
-
-        params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
-        save_config(DDPOConfig.from_dict(params), args.write_config)
+        _write_cell_config(cell, args.write_config)
         print(f"wrote {args.write_config} (output_dir {cell.params['output_dir']})")
         return 0
     result = run_grid(spec, only=[cell.name], summary=False)

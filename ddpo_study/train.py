@@ -304,7 +304,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     acc.wait_for_everyone()
     if is_finished(out, cfg.num_epochs):
         # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
-        # so rendering its report again, or training it headless first (`grid train`), never retrains.
+        # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains.
         return out
     torch.manual_seed(cfg.seed)
 

@@ -88,7 +88,7 @@ def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = 
 
 def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
                   reward: str = "reward_mean", top: str = "common") -> list[float]:
-    """Reward levels for comparisons at matched reward: fractions of the way from the base reward to ``top``.
+    """Reward levels for comparisons at matched reward: fractions of the way from the base reward to a target.
 
     ``top="common"``: the lowest of the conditions' best (seed-mean) rewards, a level every condition reaches;
     empty when some condition never improves on the base. ``top="best"``: the highest of them, so that a grid
@@ -101,10 +101,10 @@ def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS
         return []
     base = float(ev[ev["epoch"] == 0][reward].mean())
     best = ev.groupby(["condition", "epoch"])[reward].mean().groupby(level=0).max()
-    top = float(best.min() if top == "common" else best.max())
-    if not np.isfinite(base) or not np.isfinite(top) or top <= base:
+    target = float(best.min() if top == "common" else best.max())
+    if not np.isfinite(base) or not np.isfinite(target) or target <= base:
         return []
-    return [base + f * (top - base) for f in fractions]
+    return [base + f * (target - base) for f in fractions]
 
 
 def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Sequence[float] | None = None,
