@@ -31,6 +31,9 @@ MODES = ("lora", "full", "progressive")
 DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
 DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: Eval image ``j`` of every prompt is drawn with seed ``EVAL_SEED_BASE + j`` in every run, so evals of
+#: different runs and epochs compare image by image.
+EVAL_SEED_BASE = 10_000
 
 
 #: Config keys a fine-tuning mode never reads: runs differing only there are the same experiment.
@@ -73,7 +76,7 @@ class DDPOConfig:
     eval_num_prompts: int = 16
     """How many eval prompts (the first N of the set) are sampled at each evaluation."""
     eval_num_seeds: int = 4
-    """Fixed seeds per eval prompt (seeds 10_000 .. 10_000+N-1, the same in every run)."""
+    """Fixed seeds per eval prompt (seeds EVAL_SEED_BASE .. EVAL_SEED_BASE+N-1, the same in every run)."""
     eval_every: int = 5
     """Evaluate every N epochs (and always at epoch 0 and at the last epoch)."""
 

@@ -30,6 +30,13 @@ class ModelLoadError(RuntimeError):
     """A model folder or id that cannot be loaded; the message names it and the reason."""
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; any other name (``cpu``, ``cuda``, ``cuda:1``) as given."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve_model(name_or_path: str) -> str:
     """Registry name -> path or hub id; other strings are returned unchanged."""
     return MODEL_REGISTRY.get(name_or_path, name_or_path)
