@@ -93,11 +93,9 @@ def check_settings(s: dict[str, Any]) -> None:
 
 
 def resolve_device(name: str):
-    import torch
+    from ddpo_study.models import resolve_device as resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return resolve(name)
 
 
 def setup_threads(threads: int) -> None:
@@ -172,18 +170,16 @@ class OurEpoch:
             torch.backends.cuda.matmul.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.prompts = load_prompts(cfg.prompt_set)
-        self.pipe = load_pipeline(cfg.model, device=self.device, dtype=train._frozen_dtype(cfg, self.device))
+        self.pipe = load_pipeline(cfg.model, device=self.device, dtype=train.frozen_dtype(cfg, self.device))
         self.unet = self.pipe.unet
         self.params = finetune.prepare_unet(self.unet, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
-        self.optimizer = train._optimizer(cfg, self.params, cfg.learning_rate)
+        self.optimizer = train.make_optimizer(cfg, self.params, cfg.learning_rate)
         self.tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.reward = BENCH_REWARDS[s["reward"]]
         self.epoch = 0
 
     def run(self) -> dict[str, float]:
         """One epoch; returns wall seconds in total and per phase, and the mean reward."""
-        import inspect
-
         train, cfg, dev = self.train, self.cfg, self.device
         self.epoch += 1
         synchronize(dev)
@@ -194,11 +190,8 @@ class OurEpoch:
         rewards = self.reward(traj.images).numpy()
         advantages = train.compute_advantages(cfg, self.tracker, traj.prompts, rewards)
         t2 = time.perf_counter()
-        kwargs = {}
-        if "autocast" in inspect.signature(train.ppo_update).parameters:
-            kwargs["autocast"] = self.acc.autocast
         stats = train.ppo_update(cfg, self.pipe, self.unet, self.params, self.optimizer, traj, advantages,
-                                 self.epoch, **kwargs)
+                                 self.epoch, autocast=self.acc.autocast, measure_step_kl=False)
         synchronize(dev)
         t3 = time.perf_counter()
         return {"seconds": t3 - t0, "sample_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2,

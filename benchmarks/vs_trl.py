@@ -274,7 +274,7 @@ class TrlSide:
             with torch.no_grad():
                 for p, p0, z in zip(lora_b, start, noise):
                     p.copy_(p0 + scale * z)
-                lp = recompute_log_probs(unet, scheduler, traj, step_idx)
+                lp = recompute_log_probs(unet, scheduler, traj, step_idx).log_prob
                 _, st = clipped_surrogate_loss(lp, traj.log_probs.gather(1, step_idx.to(self.device)), adv)
             best = min(best, (abs(st["clipfrac"].item() - 0.5), scale))
             if st["clipfrac"].item() >= 0.5:
@@ -300,7 +300,7 @@ class TrlSide:
         trl_grads = [p.grad.detach().clone() for p in params]
         for p in params:
             p.grad = None
-        lp = recompute_log_probs(unet, scheduler, traj, step_idx)  # ours: all (sample, step) pairs in one call
+        lp = recompute_log_probs(unet, scheduler, traj, step_idx).log_prob  # ours: all (sample, step) pairs in one call
         our_loss, st = clipped_surrogate_loss(lp, traj.log_probs.gather(1, idx), adv, cfg.train_clip_range,
                                               cfg.train_adv_clip_max)
         our_loss.backward()

@@ -1,17 +1,20 @@
-"""Resumable training state in safetensors and JSON (nothing pickled), written atomically.
+"""Both kinds of checkpoint: resumable training state, and the diffusers-format exports of the trained weights.
 
-A checkpoint folder holds:
+Everything is safetensors and JSON (nothing pickled). A resume checkpoint (``checkpoints/latest``) holds:
 
 * ``unet.safetensors``: the trainable tensors (``lora``: the adapter weights only) or, once any full
   fine-tuning happened (``full``/``progressive``), the whole UNet state dict including adapters;
 * ``optimizer.safetensors``: AdamW's per-parameter tensors, its ``param_groups`` in the metadata;
 * ``state.json``: the epoch reached, the mode phase and the per-prompt reward buffers;
 * ``lora/`` (when an adapter exists): the same adapter in diffusers' ``save_lora_weights`` format, which a
-  stock ``pipe.load_lora_weights`` reads; ``unet/`` (full/progressive, final checkpoint only) a diffusers
-  UNet folder.
+  stock ``pipe.load_lora_weights`` reads.
 
 Writes go to a temporary sibling folder that is renamed over ``latest`` only when complete, so a kill at
 any moment leaves either the old or the new checkpoint, never half of one.
+
+At the end of a run :func:`export_final` writes ``final/``, the weights a user loads and that are kept after
+the resume checkpoints are deleted: ``final/lora/pytorch_lora_weights.safetensors`` (lora, progressive; tens
+of kB for the toy) and ``final/unet/`` (full, progressive: the UNet without the adapter, in fp16).
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME, convert_state_dict_to_diffusers
+from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .finetune import ADAPTER_NAME, has_lora
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -56,10 +65,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, path: Path) -> None
 
 
 def save_checkpoint(folder: Path, unet, optimizer, state: dict[str, Any], whole_unet: bool,
-                    export_lora: bool, export_unet: bool = False) -> Path:
-    """Write a checkpoint to ``folder`` atomically (see the module docstring)."""
-    from .finetune import save_full_unet, save_lora
-
+                    export_lora: bool) -> Path:
+    """Write a resume checkpoint to ``folder`` atomically (see the module docstring)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -74,15 +81,18 @@ def save_checkpoint(folder: Path, unet, optimizer, state: dict[str, Any], whole_
     (tmp / "state.json").write_text(json.dumps(state) + "\n")
     if export_lora:
         save_lora(unet, tmp / "lora")
-    if export_unet:
-        save_full_unet(unet, tmp / "unet")
+    _swap_in(tmp, folder)
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by the complete ``tmp`` with two renames (see :func:`load_checkpoint_state`)."""
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def load_checkpoint_state(folder: Path) -> dict[str, Any] | None:
@@ -108,3 +118,78 @@ def load_unet_tensors(unet, folder: Path) -> None:
     missing = [k for k in result.missing_keys if k in tensors]
     if missing:
         raise RuntimeError(f"checkpoint {folder}: could not load {missing[:3]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exports in diffusers format
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_lora(pipe_or_unet, out_dir: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:
+    """Write the UNet's LoRA as a diffusers LoRA file (``pytorch_lora_weights.safetensors``) in ``out_dir``.
+
+    The adapter's ``LoraConfig`` is stored as the file's metadata. This matters: without it
+    ``load_lora_weights`` infers the rank from the tensor shapes and assumes ``alpha == rank``, silently changing
+    the scale ``alpha / r`` of any adapter trained with ``alpha != rank``.
+    """
+    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    metadata = unet.peft_config[adapter_name].to_dict()
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir,
+        unet_lora_layers=state_dict,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=metadata,
+    )
+    return Path(out_dir)
+
+
+def base_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The UNet's own (non-LoRA) tensors under their plain diffusers names.
+
+    PEFT renames a wrapped layer's weights to ``<module>.base_layer.weight`` and adds ``lora_*`` tensors; undoing
+    that gives keys ``UNet2DConditionModel`` loads.
+    """
+    return {
+        name.replace(".base_layer.", "."): tensor
+        for name, tensor in unet.state_dict().items()
+        if "lora_" not in name
+    }
+
+
+def save_full_unet(unet: UNet2DConditionModel, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the UNet in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``).
+
+    With a LoRA attached (progressive mode after the switch) only the base weights are written, under their
+    plain names, so ``UNet2DConditionModel.from_pretrained`` loads them; the adapter goes through ``save_lora``.
+    ``dtype`` (e.g. ``torch.float16`` for a small export) casts the floating-point tensors on the way out.
+    """
+    out_dir = Path(out_dir)
+    # save_pretrained would write PEFT's renamed keys under an adapter; write the plain state dict ourselves.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unet.save_config(out_dir)
+    state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in base_state_dict(unet).items()}
+    save_file(state, out_dir / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
+    return out_dir
+
+
+def load_full_unet(path: str | Path, torch_dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+    """Load a ``save_full_unet`` checkpoint from a local folder."""
+    return UNet2DConditionModel.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True)
+
+
+
+def export_final(folder: Path, unet: UNet2DConditionModel, full_unet: bool) -> Path:
+    """Write the trained weights to ``folder`` (``final/``) atomically: ``lora/`` when an adapter exists, and with
+    ``full_unet`` (any full fine-tuning happened) ``unet/`` in fp16 (the toy UNet: a few MB)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if has_lora(unet):
+        save_lora(unet, tmp / "lora")
+    if full_unet:
+        save_full_unet(unet, tmp / "unet", dtype=torch.float16)
+    _swap_in(tmp, folder)
+    return folder

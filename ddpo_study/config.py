@@ -34,18 +34,33 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Eval image ``j`` of every prompt is drawn with seed ``EVAL_SEED_BASE + j`` in every run, so evals of
 #: different runs and epochs compare image by image.
 EVAL_SEED_BASE = 10_000
+#: LoRA's default targets: the attention projections of every self- and cross-attention block (TRL's choice).
+DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
 
 
 #: Config keys a fine-tuning mode never reads: runs differing only there are the same experiment.
 UNUSED_BY_MODE = {
     "lora": ("full_learning_rate", "progressive_switch_epoch"),
-    "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "progressive_switch_epoch"),
+    "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "lora_target_modules", "progressive_switch_epoch"),
     "progressive": (),
 }
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the field."""
+
+
+def check_diversity(diversity_lambda: float, diversity_form: str, diversity_feature: str) -> None:
+    """The one check of the diversity penalty's settings (:meth:`DDPOConfig.validate` and
+    :class:`~ddpo_study.rewards.DiversityPenalty` call it): a :class:`ConfigError` naming the field."""
+    for key, value, ok, msg in (
+        ("diversity_form", diversity_form, diversity_form in DIVERSITY_FORMS, f"must be one of {DIVERSITY_FORMS}"),
+        ("diversity_feature", diversity_feature, diversity_feature in DIVERSITY_FEATURES,
+         f"must be one of {DIVERSITY_FEATURES}"),
+        ("diversity_lambda", diversity_lambda, diversity_lambda >= 0, "must be >= 0"),
+    ):
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: {msg}")
 
 
 @dataclass
@@ -102,7 +117,9 @@ class DDPOConfig:
     progressive_switch_epoch: int = 5
     """Progressive mode: epochs of full fine-tuning before the switch to LoRA on the updated weights."""
     lora_rank: int = 4
-    """LoRA rank r on to_q, to_k, to_v, to_out.0."""
+    """LoRA rank r."""
+    lora_target_modules: str = DEFAULT_LORA_TARGETS
+    """Comma-separated UNet modules that get a LoRA (peft's suffix match: 'to_k' = every key projection, 'attn2.to_k' = cross-attention keys only)."""
     lora_alpha: float = 4.0
     """LoRA alpha (the update is scaled by alpha / r)."""
     lora_learning_rate: float = 3e-4
@@ -141,6 +158,8 @@ class DDPOConfig:
     """Per-prompt stat tracking: below this many rewards a prompt uses the batch mean/std."""
     kl_beta: float = 0.0
     """Weight of the KL-to-base penalty on the sampled transitions (DPOK-style); 0 disables it."""
+    target_kl: float = 0.0
+    """Step controller: adapt the lr so each optimizer step moves the policy by this KL (per latent dim, on a probe of the epoch's transitions); 0 = fixed lr."""
 
     # --- reward ----------------------------------------------------------------------------------------
     reward: str = "aesthetic"
@@ -155,6 +174,8 @@ class DDPOConfig:
     # --- checkpoints -----------------------------------------------------------------------------------
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N epochs (and at the end)."""
+    log_with: str = ""
+    """Also log each epoch's row to an accelerate tracker ('tensorboard', 'wandb', ...; '' = metrics.csv only)."""
 
     # ---------------------------------------------------------------------------------------------------
     @property
@@ -186,8 +207,7 @@ class DDPOConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
 
         need(self.mode in MODES, "mode", f"must be one of {MODES}")
-        need(self.diversity_form in DIVERSITY_FORMS, "diversity_form", f"must be one of {DIVERSITY_FORMS}")
-        need(self.diversity_feature in DIVERSITY_FEATURES, "diversity_feature", f"must be one of {DIVERSITY_FEATURES}")
+        check_diversity(self.diversity_lambda, self.diversity_form, self.diversity_feature)
         need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"must be one of {MIXED_PRECISION}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
         for key in ("num_steps", "samples_per_epoch", "sample_batch_size", "num_epochs", "train_batch_size",
@@ -198,13 +218,18 @@ class DDPOConfig:
         for key in ("lora_learning_rate", "full_learning_rate", "clip_range", "adv_clip_max", "max_grad_norm",
                     "lora_alpha", "adam_epsilon"):
             need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("train_timesteps_per_pass", "eta", "kl_beta", "diversity_lambda", "adam_weight_decay", "num_threads"):
+        for key in ("train_timesteps_per_pass", "eta", "kl_beta", "target_kl", "adam_weight_decay", "num_threads"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
         need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "betas must be in [0, 1)")
         need(self.samples_per_epoch % max(self.images_per_prompt, 1) == 0, "images_per_prompt",
              f"must divide samples_per_epoch={self.samples_per_epoch}")
+        need(self.samples_per_epoch % (self.train_batch_size * self.gradient_accumulation_steps) == 0,
+             "gradient_accumulation_steps", f"train_batch_size x gradient_accumulation_steps (the samples of one "
+             f"optimizer step) must divide samples_per_epoch={self.samples_per_epoch}")
+        need(all(t.strip() for t in self.lora_target_modules.split(",")), "lora_target_modules",
+             "must be comma-separated module names, e.g. 'to_q,to_k,to_v,to_out.0'")
         need(self.stat_min_count <= self.stat_buffer_size, "stat_min_count", "must be <= stat_buffer_size")
         need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",

@@ -1,8 +1,8 @@
-"""How the UNet is fine-tuned: LoRA, full, or progressive (full first, then LoRA on top), and checkpoints.
+"""How the UNet is fine-tuned: LoRA, full, or progressive (full first, then LoRA on top).
 
 * ``lora``: the base UNet is frozen; trainable low-rank adapters ``W + (alpha / r) * B @ A`` are injected into
   the attention projections through diffusers' own PEFT integration (``unet.add_adapter``), so checkpoints are
-  standard diffusers LoRA files that ``pipe.load_lora_weights`` reads.
+  standard diffusers LoRA files (``checkpoint.save_lora``) that ``pipe.load_lora_weights`` reads.
 * ``full``: every UNet weight is trainable, in float32.
 * ``progressive``: starts as ``full``; at a chosen epoch ``switch_to_lora`` freezes the full-tuned weights in
   place and adds a fresh LoRA on top of them.
@@ -14,27 +14,21 @@ modes are compared on one scale.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import SAFETENSORS_WEIGHTS_NAME, convert_state_dict_to_diffusers
+from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
 from torch import nn
 
-MODES = ("lora", "full", "progressive")
-#: The attention projections of every (self- and cross-) attention block, as in diffusers' LoRA examples.
-DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+from .config import DEFAULT_LORA_TARGETS, MODES
+
+#: The attention projections of every (self- and cross-) attention block, as in diffusers' LoRA examples and
+#: TRL's DDPOTrainer.
+DEFAULT_TARGET_MODULES = tuple(DEFAULT_LORA_TARGETS.split(","))
+#: peft's default adapter name: what `pipe.load_lora_weights` and our exports use.
 ADAPTER_NAME = "default"
-
-
-def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
-    """All LoRA parameters (``lora_A`` / ``lora_B`` of every adapter) of ``unet``."""
-    return [p for name, p in unet.named_parameters() if "lora_" in name]
 
 
 def has_lora(unet: nn.Module) -> bool:
@@ -56,6 +50,7 @@ def apply_lora(
     to their values early on and would round away in fp16 (PEFT casts activations to the adapter dtype).
     """
     unet.requires_grad_(False)
+    check_target_modules(unet, target_modules)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -72,8 +67,22 @@ def apply_lora(
     return params
 
 
+def check_target_modules(unet: nn.Module, target_modules: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming any target that matches no module of ``unet``.
+
+    A target matches a module whose dotted name equals it or ends with ``"." + target`` (peft's rule), so
+    ``to_k`` names every attention key projection and ``attn2.to_k`` only the cross-attention ones.
+    """
+    names = [name for name, _ in unet.named_modules()]
+    unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        raise ValueError(f"LoRA target module(s) {unmatched} match no module of the UNet "
+                         f"(e.g. {', '.join(n for n in names if 'attn1.to_q' in n)[:120]}...)")
+
+
 def prepare_unet(
-    unet: UNet2DConditionModel, mode: str, lora_rank: int = 4, lora_alpha: float = 4.0
+    unet: UNet2DConditionModel, mode: str, lora_rank: int = 4, lora_alpha: float = 4.0,
+    target_modules: str | Sequence[str] = DEFAULT_TARGET_MODULES,
 ) -> list[nn.Parameter]:
     """Set ``unet`` up for ``mode`` and return the parameters to optimise.
 
@@ -83,7 +92,8 @@ def prepare_unet(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "lora":
-        return apply_lora(unet, lora_rank, lora_alpha)
+        targets = target_modules.split(",") if isinstance(target_modules, str) else target_modules
+        return apply_lora(unet, lora_rank, lora_alpha, targets)
     unet.to(torch.float32)
     unet.requires_grad_(True)
     return list(unet.parameters())
@@ -96,12 +106,14 @@ def switch_to_lora(unet: UNet2DConditionModel, rank: int, alpha: float, **lora_k
     reset to the pretrained ones, and are frozen from now on); the adapter's ``B`` starts at zero (gaussian init),
     so the switch leaves the UNet's outputs unchanged. The returned LoRA parameters are the only trainable ones:
     the caller must build a NEW optimizer over them (the old one holds frozen tensors and their Adam moments).
-    A checkpoint after the switch is the full UNet (``save_full_unet``, which then writes the base only) plus the
-    LoRA (``save_lora``).
+    A checkpoint after the switch is the full UNet (``checkpoint.save_full_unet``, which then writes the base
+    only) plus the LoRA (``checkpoint.save_lora``).
     """
     if has_lora(unet):
         raise ValueError("the UNet already has a LoRA adapter; switch_to_lora is meant to be called once")
-    return apply_lora(unet, rank, alpha, init_lora_weights="gaussian", **lora_kwargs)
+    targets = lora_kwargs.pop("target_modules", DEFAULT_TARGET_MODULES)
+    targets = targets.split(",") if isinstance(targets, str) else targets
+    return apply_lora(unet, rank, alpha, targets, init_lora_weights="gaussian", **lora_kwargs)
 
 
 class AdaptersDisabled:
@@ -120,76 +132,6 @@ class AdaptersDisabled:
             return self.unet(*args, **kwargs)
         finally:
             self.unet.enable_adapters()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _unet_of(pipe_or_unet) -> UNet2DConditionModel:
-    return getattr(pipe_or_unet, "unet", pipe_or_unet)
-
-
-def save_lora(pipe_or_unet, out_dir: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:
-    """Write the UNet's LoRA as a diffusers LoRA file (``pytorch_lora_weights.safetensors``) in ``out_dir``.
-
-    The adapter's ``LoraConfig`` is stored as the file's metadata. This matters: without it
-    ``load_lora_weights`` infers the rank from the tensor shapes and assumes ``alpha == rank``, silently changing
-    the scale ``alpha / r`` of any adapter trained with ``alpha != rank``.
-    """
-    unet = _unet_of(pipe_or_unet)
-    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
-    metadata = unet.peft_config[adapter_name].to_dict()
-    StableDiffusionPipeline.save_lora_weights(
-        out_dir,
-        unet_lora_layers=state_dict,
-        safe_serialization=True,
-        unet_lora_adapter_metadata=metadata,
-    )
-    return Path(out_dir)
-
-
-def load_lora(pipe: StableDiffusionPipeline, lora_dir: str | Path, adapter_name: str | None = None):
-    """Load a ``save_lora`` checkpoint into ``pipe.unet`` with the stock ``pipe.load_lora_weights``; returns pipe."""
-    pipe.load_lora_weights(str(lora_dir), adapter_name=adapter_name)
-    return pipe
-
-
-def _base_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """The UNet's own (non-LoRA) tensors under their plain diffusers names.
-
-    PEFT renames a wrapped layer's weights to ``<module>.base_layer.weight`` and adds ``lora_*`` tensors; undoing
-    that gives keys ``UNet2DConditionModel`` loads.
-    """
-    return {
-        name.replace(".base_layer.", "."): tensor
-        for name, tensor in unet.state_dict().items()
-        if "lora_" not in name
-    }
-
-
-def save_full_unet(unet: UNet2DConditionModel, out_dir: str | Path) -> Path:
-    """Write the UNet in diffusers format (``config.json`` + ``diffusion_pytorch_model.safetensors``).
-
-    With a LoRA attached (progressive mode after the switch) only the base weights are written, under their
-    plain names, so ``UNet2DConditionModel.from_pretrained`` loads them; the adapter goes through ``save_lora``.
-    """
-    out_dir = Path(out_dir)
-    if not has_lora(unet):
-        unet.save_pretrained(out_dir, safe_serialization=True)
-        return out_dir
-    # save_pretrained would write PEFT's renamed keys; write the plain base state dict ourselves.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    unet.save_config(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in _base_state_dict(unet).items()}
-    save_file(state, out_dir / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
-    return out_dir
-
-
-def load_full_unet(path: str | Path, torch_dtype: torch.dtype | None = None) -> UNet2DConditionModel:
-    """Load a ``save_full_unet`` checkpoint from a local folder."""
-    return UNet2DConditionModel.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

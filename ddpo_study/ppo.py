@@ -76,3 +76,39 @@ def select_timesteps(
     if not 1 <= k <= num_steps:
         raise ValueError(f"int({num_steps} * {timestep_fraction}) = {k} steps; need between 1 and {num_steps}")
     return torch.stack([torch.randperm(num_steps, generator=generator)[:k] for _ in range(batch_size)])
+
+
+class StepController:
+    """A trust region on the policy step: adapt the learning rate so each optimizer step moves the policy by
+    about ``target_kl``.
+
+    After every optimizer step the caller measures ``KL(pi_before || pi_after)`` on a probe of the epoch's
+    sampled transitions (both policies are DDIM Gaussians with the same ``sigma_t``, so the KL is the closed
+    form of ``sampler.ddim_gaussian_kl``, a per-dimension mean like the log-probs) and passes it to
+    :meth:`update`. For small steps the KL grows with the square of the step, and an Adam step is roughly
+    proportional to the learning rate, so the correction is ``lr <- lr * sqrt(target_kl / kl)``, limited to a
+    factor ``max_factor`` per step so that one noisy measurement cannot throw the rate far. This makes LoRA and
+    full fine-tuning (whose good learning rates differ by ~100x) take steps of the same size in policy space.
+    The rate lives in the optimizer's ``param_groups``, so checkpoints restore it with the optimizer.
+    """
+
+    def __init__(self, target_kl: float, max_factor: float = 2.0):
+        if target_kl <= 0:
+            raise ValueError(f"target_kl must be > 0, got {target_kl}")
+        if max_factor <= 1:
+            raise ValueError(f"max_factor must be > 1, got {max_factor}")
+        self.target_kl = target_kl
+        self.max_factor = max_factor
+
+    def factor(self, kl: float) -> float:
+        """The learning-rate multiplier after a step that measured ``kl``."""
+        if not kl > 0:  # no measurable move (or NaN): grow as fast as allowed
+            return self.max_factor
+        return min(max((self.target_kl / kl) ** 0.5, 1 / self.max_factor), self.max_factor)
+
+    def update(self, optimizer: torch.optim.Optimizer, kl: float) -> float:
+        """Scale every param group's ``lr`` by :meth:`factor`; returns the new lr of the first group."""
+        f = self.factor(kl)
+        for group in optimizer.param_groups:
+            group["lr"] *= f
+        return optimizer.param_groups[0]["lr"]

@@ -467,30 +467,39 @@ def _as_step_index(step_indices: int | Sequence[int] | Tensor, batch_size: int) 
     return index, tuple(index.shape)
 
 
-def recompute_log_probs(
+@dataclass
+class LogProbOutput:
+    """What :func:`recompute_log_probs` returns (shaped like the step indices, see there)."""
+
+    log_prob: Tensor  #: log p_theta(x_{j+1} | x_j) under the current UNet, with gradients
+    kl: Tensor | None = None  #: KL(pi_theta || pi_ref) at the same states, when a reference UNet was given
+
+
+@dataclass
+class TransitionOutputs:
+    """The guided UNet output at stored transitions, with the inputs needed to turn it into a DDIM step."""
+
+    noise_pred: Tensor  #: (B*K, C, h, w) guided model output at x_j
+    sample: Tensor  #: (B*K, C, h, w) x_j
+    prev_sample: Tensor  #: (B*K, C, h, w) x_{j+1}, the action that was taken
+    timesteps: Tensor  #: (B*K,) UNet timestep of each transition
+    shape: tuple[int, ...]  #: shape of per-transition results: (B,) for an int step index, else (B, K)
+
+
+def transition_outputs(
     unet,
     scheduler: DDIMScheduler,
     trajectory: Trajectory,
     step_indices: int | Sequence[int] | Tensor,
     guidance_scale: float | None = None,
-    eta: float | None = None,
-    reference_unet=None,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """``log p_theta(x_{j+1} | x_j)`` under the *current* UNet, with gradients, for the chosen steps.
+) -> TransitionOutputs:
+    """Run ``unet`` (with guidance) on the chosen stored transitions of ``trajectory``, all in ONE call.
 
-    ``step_indices`` is an int (one step for all samples; result ``(B,)``), a ``(K,)`` sequence shared by all
-    samples, or a ``(B, K)`` tensor of per-sample steps (results ``(B, K)``, aligned with ``step_indices``). All
-    ``B*K`` (sample, step) pairs go through ONE UNet call (two-fold with guidance) by flattening them and
-    passing per-sample timesteps. The matching old log-probs are
-    ``trajectory.log_probs.gather(1, index)``. ``guidance_scale``/``eta`` default to the sampling ones; with
-    unchanged weights the result reproduces ``trajectory.log_probs`` (PPO ratio 1).
-
-    With ``reference_unet`` (e.g. the frozen base model) it also returns the per-step
-    ``KL(pi_theta || pi_ref)`` at the same states (:func:`ddim_gaussian_kl`), shaped like the log-probs; the
-    reference runs without gradients.
+    ``step_indices`` is an int (one step for all samples), a ``(K,)`` sequence shared by all samples, or a
+    ``(B, K)`` tensor of per-sample steps. The ``B*K`` (sample, step) pairs are flattened and scored with
+    per-sample timesteps. Gradients flow if the caller allows them.
     """
     guidance_scale = trajectory.guidance_scale if guidance_scale is None else guidance_scale
-    eta = trajectory.eta if eta is None else eta
     num_steps = trajectory.num_steps
     device = trajectory.latents.device
     if scheduler.num_inference_steps != num_steps:
@@ -506,21 +515,41 @@ def recompute_log_probs(
         raise IndexError(f"step indices must lie in [0, {num_steps})")
 
     sample = trajectory.latents[rows, steps]  # x_j
-    prev_sample = trajectory.latents[rows, steps + 1]  # x_{j+1}, the action to score
     timesteps = trajectory.timesteps.to(device)[steps]
-    noise_pred = guided_noise_pred(
-        unet,
-        sample,
-        timesteps,
-        trajectory.prompt_embeds[rows],
-        trajectory.negative_prompt_embeds[rows],
-        guidance_scale,
-    )
-    _, log_prob = ddim_step_with_logprob(scheduler, noise_pred, timesteps, sample, eta=eta, prev_sample=prev_sample)
+    noise_pred = guided_noise_pred(unet, sample, timesteps, trajectory.prompt_embeds[rows],
+                                   trajectory.negative_prompt_embeds[rows], guidance_scale)
+    return TransitionOutputs(noise_pred=noise_pred, sample=sample, prev_sample=trajectory.latents[rows, steps + 1],
+                             timesteps=timesteps, shape=out_shape)
+
+
+def recompute_log_probs(
+    unet,
+    scheduler: DDIMScheduler,
+    trajectory: Trajectory,
+    step_indices: int | Sequence[int] | Tensor,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
+    reference_unet=None,
+) -> LogProbOutput:
+    """``log p_theta(x_{j+1} | x_j)`` under the *current* UNet, with gradients, for the chosen steps.
+
+    ``step_indices`` as in :func:`transition_outputs`; results are ``(B,)`` for an int, else ``(B, K)``
+    aligned with ``step_indices``. All ``B*K`` (sample, step) pairs go through ONE UNet call (two-fold with
+    guidance). The matching old log-probs are ``trajectory.log_probs.gather(1, index)``.
+    ``guidance_scale``/``eta`` default to the sampling ones; with unchanged weights the result reproduces
+    ``trajectory.log_probs`` (PPO ratio 1).
+
+    With ``reference_unet`` (e.g. the frozen base model) ``kl`` holds the per-step ``KL(pi_theta || pi_ref)``
+    at the same states (:func:`ddim_gaussian_kl`); the reference runs without gradients.
+    """
+    eta = trajectory.eta if eta is None else eta
+    guidance_scale = trajectory.guidance_scale if guidance_scale is None else guidance_scale
+    tr = transition_outputs(unet, scheduler, trajectory, step_indices, guidance_scale)
+    _, log_prob = ddim_step_with_logprob(scheduler, tr.noise_pred, tr.timesteps, tr.sample, eta=eta,
+                                         prev_sample=tr.prev_sample)
     if reference_unet is None:
-        return log_prob.reshape(out_shape)
+        return LogProbOutput(log_prob.reshape(tr.shape))
     with torch.no_grad():
-        reference_pred = guided_noise_pred(reference_unet, sample, timesteps, trajectory.prompt_embeds[rows],
-                                           trajectory.negative_prompt_embeds[rows], guidance_scale)
-    kl = ddim_gaussian_kl(scheduler, noise_pred, reference_pred, timesteps, sample, eta=eta)
-    return log_prob.reshape(out_shape), kl.reshape(out_shape)
+        reference = transition_outputs(reference_unet, scheduler, trajectory, step_indices, guidance_scale)
+    kl = ddim_gaussian_kl(scheduler, tr.noise_pred, reference.noise_pred, tr.timesteps, tr.sample, eta=eta)
+    return LogProbOutput(log_prob.reshape(tr.shape), kl.reshape(tr.shape))

@@ -1,13 +1,15 @@
 """The DDPO training loop (Black et al. 2023, Algorithm 1 with PPO), one run = one grid cell.
 
-    for epoch in 1..N:
-        1. sample  : trajectories x_T..x_0 of the current policy, with per-step log-probs
-        2. reward  : r(x_0, prompt), optionally minus a diversity penalty
-        3. advantage: rewards normalised per prompt (or per batch)
-        4. PPO     : inner epochs over random minibatches and random timestep subsets, clipped surrogate
-                     (+ optional KL to the base model on the same transitions)
-        5. evaluate: fixed eval prompts x fixed seeds -> images, reward, diversity, retrieval (every k epochs)
-        6. log + checkpoint (atomic); a re-run resumes from the last checkpoint
+    setup     : pipeline, policy parameters (lora / full / progressive), optimizer, stat tracker, rewards
+    for epoch in 1..N:  train_epoch
+        1. sample     : trajectories x_T..x_0 of the current policy, with per-step log-probs
+        2. reward     : r(x_0, prompt), optionally minus a diversity penalty, gathered over processes
+        3. advantages : rewards normalised per prompt (or per batch)
+        4. PPO        : optimizer steps over minibatches and random timestep subsets, clipped surrogate
+                        (+ optional KL to the base model); after each step the step controller measures the
+                        policy's move (KL before -> after) and adapts the learning rate toward ``target_kl``
+        5. phase      : progressive mode switches from full fine-tuning to LoRA at its switch epoch
+    driver    : evaluate every k epochs, checkpoint (atomic), log; a re-run resumes from the last checkpoint
 
 Every random draw of epoch ``e`` (prompts, sampling seeds, minibatch order, timestep subsets) is derived
 from ``(seed, e)``, so a resumed run continues exactly as an uninterrupted one would. ``metrics.csv`` has
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +34,44 @@ import torch
 from tqdm.auto import tqdm
 
 from . import finetune
-from .checkpoint import load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
+from .checkpoint import (export_final, load_checkpoint_state, load_unet_tensors, optimizer_from_tensors,
+                         save_checkpoint)
 from .config import UNUSED_BY_MODE, DDPOConfig, save_config
-from .ppo import clipped_surrogate_loss, select_timesteps
+from .evaluation import evaluate, load_eval_images, save_eval_images
+from .ppo import StepController, clipped_surrogate_loss, select_timesteps
 from .prompts import load_prompts
-from .sampler import recompute_log_probs, sample_trajectories
+from .sampler import ddim_gaussian_kl, recompute_log_probs, sample_trajectories, transition_outputs
 from .stat_tracking import PerPromptStatTracker, global_advantages
 
-EVAL_SEED_BASE = 10_000
 METRICS_FILE = "metrics.csv"
 
 
 # ----------------------------------------------------------------------------------------------- setup
-def _device(cfg: DDPOConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def _frozen_dtype(cfg: DDPOConfig, device: torch.device) -> torch.dtype:
+def frozen_dtype(cfg: DDPOConfig, device: torch.device) -> torch.dtype:
+    """The dtype of the frozen weights: fp32 on the CPU, else ``cfg.mixed_precision``."""
     if device.type == "cpu" or cfg.mixed_precision == "no":
         return torch.float32
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+
+
+def make_optimizer(cfg: DDPOConfig, params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def optimizer_steps_per_epoch(cfg: DDPOConfig, world: int = 1) -> int:
+    """Optimizer steps in one epoch; raises ``ValueError`` unless the epoch splits evenly.
+
+    One step consumes ``train_batch_size x gradient_accumulation_steps`` samples of the epoch, counted over
+    all processes together, so the steps (and their gradients) are the same whatever the process count.
+    """
+    per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    if cfg.samples_per_epoch % world:
+        raise ValueError(f"samples_per_epoch={cfg.samples_per_epoch} must divide evenly over {world} processes")
+    if cfg.samples_per_epoch % per_step:
+        raise ValueError(f"samples_per_epoch={cfg.samples_per_epoch} must be a multiple of train_batch_size x "
+                         f"gradient_accumulation_steps = {per_step} (the samples of one optimizer step)")
+    return cfg.inner_epochs * cfg.samples_per_epoch // per_step
 
 
 def _epoch_rng(cfg: DDPOConfig, epoch: int, stream: int) -> np.random.Generator:
@@ -68,9 +87,11 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
         old = json.loads(cfg_file.read_text())
         new = cfg.to_dict()
         # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
-        # num_threads/device change speed, not results, and keys the mode never reads change nothing.
-        ignored = {"num_epochs", "num_threads", "device", *UNUSED_BY_MODE.get(cfg.mode, ())}
-        diff = {k for k in set(old) | set(new) if old.get(k) != new.get(k)} - ignored
+        # num_threads/device/log_with change speed or logging, not results, and keys the mode never reads change
+        # nothing. A key missing from an older config.json counts as its default.
+        defaults = DDPOConfig().to_dict()
+        ignored = {"num_epochs", "num_threads", "device", "log_with", *UNUSED_BY_MODE.get(cfg.mode, ())}
+        diff = {k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k)} - ignored
         if diff:
             raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
                              "use a new output_dir or delete the old one")
@@ -80,8 +101,8 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
 
 def load_scorers(cfg: DDPOConfig, device: torch.device):
     """The CLIP scorer, aesthetic MLP and (if available) LPIPS used by rewards and metrics."""
-    from .models import load_aesthetic, load_clip, resolve_model
     from .metrics import maybe_load_lpips
+    from .models import load_aesthetic, load_clip, resolve_model
 
     model_dir = Path(resolve_model(cfg.model))
     clip_path = cfg.clip_model or (str(model_dir / "clip") if (model_dir / "clip").is_dir()
@@ -93,7 +114,149 @@ def load_scorers(cfg: DDPOConfig, device: torch.device):
     return clip, aesthetic, lpips_model, lpips_warning
 
 
-# ----------------------------------------------------------------------------------------------- steps
+@dataclass
+class RunState:
+    """Everything a run holds across epochs: built once by :func:`setup`, advanced by :func:`train_epoch`."""
+
+    cfg: DDPOConfig
+    acc: Any  #: the accelerate.Accelerator (device, processes, gather/reduce, trackers)
+    out: Path
+    pipe: Any
+    params: list  #: the trainable tensors of the current phase
+    optimizer: torch.optim.Optimizer
+    tracker: PerPromptStatTracker
+    reference: Any  #: the frozen base policy for the KL penalty, or None
+    reward_fn: Any  #: the training reward (task reward minus any diversity penalty)
+    task_reward_fn: Any  #: the plain task reward, for evaluation
+    clip: Any
+    lpips: Any
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    base_state: dict  #: the starting UNet's effective weights, for param_distance_from_base
+    controller: StepController | None
+    start_epoch: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    base_images: torch.Tensor | None = None  #: epoch-0 eval images, for the distance-from-base metrics
+    base_embeds: torch.Tensor | None = None  #: their CLIP embeddings, computed once per run
+
+    def set_base_images(self, images: torch.Tensor | None) -> None:
+        from .metrics import grid_embeds
+
+        self.base_images = images
+        self.base_embeds = None if images is None else grid_embeds(images, self.clip)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def rank_world(self) -> tuple[int, int]:
+        return self.acc.process_index, self.acc.num_processes
+
+
+def _policy_optimizer(cfg: DDPOConfig, unet, phase: str):
+    """Make ``unet`` trainable for ``phase`` ('lora' or 'full') and return (params, optimizer)."""
+    if phase == "lora" and cfg.mode == "progressive":
+        params = finetune.switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha, target_modules=cfg.lora_target_modules)
+    else:
+        params = finetune.prepare_unet(unet, phase, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    lr = cfg.lora_learning_rate if phase == "lora" else cfg.full_learning_rate
+    return params, make_optimizer(cfg, params, lr)
+
+
+def phase_of(cfg: DDPOConfig, epochs_done: int) -> str:
+    """'lora' or 'full': which weights train after ``epochs_done`` epochs (progressive switches once)."""
+    if cfg.mode == "progressive":
+        return "lora" if epochs_done >= cfg.progressive_switch_epoch else "full"
+    return cfg.mode
+
+
+def setup(cfg: DDPOConfig) -> RunState:
+    """Load models, rewards and prompts, build the policy and optimizer, and resume from a checkpoint."""
+    from accelerate import Accelerator
+
+    from .models import load_pipeline, resolve_device
+    from .rewards import RewardContext, make_reward
+
+    want = resolve_device(cfg.device)
+    acc = Accelerator(cpu=want.type == "cpu", mixed_precision=cfg.mixed_precision if want.type == "cuda" else "no",
+                      log_with=cfg.log_with or None, project_dir=cfg.output_dir)
+    steps = optimizer_steps_per_epoch(cfg, acc.num_processes)
+    acc.print(f"DDPO {cfg.mode}: {cfg.samples_per_epoch} samples/epoch over {acc.num_processes} process(es), "
+              f"{steps} optimizer step(s)/epoch of {cfg.train_batch_size * cfg.gradient_accumulation_steps} samples "
+              f"(train_batch_size {cfg.train_batch_size} x gradient_accumulation_steps "
+              f"{cfg.gradient_accumulation_steps}) x inner_epochs {cfg.inner_epochs}"
+              + (f"; step controller target_kl {cfg.target_kl:g}" if cfg.target_kl else ""))
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    train_prompts = load_prompts(cfg.prompt_set)
+    eval_prompts = load_prompts(cfg.eval_prompt_set)[: cfg.eval_num_prompts]
+    pipe = load_pipeline(cfg.model, device=acc.device, dtype=frozen_dtype(cfg, acc.device))
+    clip, aesthetic, lpips_model, lpips_warning = load_scorers(cfg, acc.device)
+    ctx = RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=acc.device)
+    reward_fn = make_reward(cfg.reward, ctx, diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
+                            diversity_feature=cfg.diversity_feature)
+    if acc.is_main_process:
+        _prepare_output_dir(cfg)
+        if lpips_warning:
+            (out / "warnings.txt").write_text(lpips_warning + "\n")
+        if cfg.log_with:
+            acc.init_trackers(out.name, config=cfg.to_dict())
+    acc.wait_for_everyone()
+
+    unet = pipe.unet
+    base_state = finetune.snapshot_base_state(unet)
+    reference = None
+    if cfg.kl_beta > 0 and cfg.mode != "lora":
+        reference = _frozen_copy(unet)  # full fine-tuning changes the base weights: keep a frozen copy
+    ckpt_dir = out / "checkpoints" / "latest"
+    # The main process reads first: reading may repair a checkpoint killed between its two renames.
+    ckpt = load_checkpoint_state(ckpt_dir) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    ckpt = load_checkpoint_state(ckpt_dir) if not acc.is_main_process else ckpt
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    if cfg.mode == "progressive":
+        finetune.prepare_unet(unet, "full")  # the full phase's weights exist (and load) before any switch
+    params, optimizer = _policy_optimizer(cfg, unet, phase_of(cfg, start_epoch))
+    if cfg.kl_beta > 0 and cfg.mode == "lora":
+        reference = finetune.AdaptersDisabled(unet)  # LoRA keeps the base weights: switch the adapter off
+    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+    if ckpt is not None:
+        load_unet_tensors(unet, ckpt_dir)
+        optimizer_from_tensors(optimizer, ckpt_dir / "optimizer.safetensors")
+        tracker.load_state_dict(ckpt.get("stat_buffers", {}))
+    state = RunState(cfg=cfg, acc=acc, out=out, pipe=pipe, params=params, optimizer=optimizer, tracker=tracker,
+                     reference=reference, reward_fn=reward_fn, task_reward_fn=make_reward(cfg.reward, ctx),
+                     clip=clip, lpips=lpips_model, train_prompts=train_prompts, eval_prompts=eval_prompts,
+                     base_state=base_state, controller=StepController(cfg.target_kl) if cfg.target_kl else None,
+                     start_epoch=start_epoch, rows=read_metrics(out, start_epoch))
+    state.set_base_images(load_eval_images(out, 0))
+    return state
+
+
+# ----------------------------------------------------------------------------------------------- one epoch
+def train_epoch(s: RunState, epoch: int) -> dict[str, Any]:
+    """One epoch of DDPO's Algorithm 1 on ``s`` (weights, optimizer and tracker change); returns its row."""
+    row: dict[str, Any] = {"epoch": epoch}
+    rank, world = s.rank_world
+    with _timed(row, "sample"):
+        traj = sample_epoch(s.cfg, s.pipe, s.unet, s.train_prompts, epoch, shard=(rank, world))    # 1. sample
+    with _timed(row, "reward"):
+        rewards, prompts, info = epoch_rewards(s, traj, epoch)                                     # 2. reward
+    advantages = compute_advantages(s.cfg, s.tracker, prompts, rewards)                           # 3. advantages
+    local = advantages[rank::world]  # this process's samples, in its trajectory's order
+    with _timed(row, "train"):
+        row.update(ppo_update(s.cfg, s.pipe, s.unet, s.params, s.optimizer, traj, local, epoch,  # 4. PPO
+                              s.reference, rank=rank, world=world, sync=s.acc.reduce if world > 1 else None,
+                              autocast=s.acc.autocast, controller=s.controller))
+    if phase_of(s.cfg, epoch) != phase_of(s.cfg, epoch - 1):                                     # 5. phase switch
+        s.params, s.optimizer = _policy_optimizer(s.cfg, s.unet, phase_of(s.cfg, epoch))
+    row.update(_reward_columns(rewards, prompts, info))
+    row["param_dist"] = finetune.param_distance_from_base(s.unet, s.base_state)
+    row["phase"] = "lora" if finetune.has_lora(s.unet) else "full"
+    return row
+
+
 def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
     """The epoch's (prompt, seed) pairs, from ``(run seed, epoch)`` alone.
 
@@ -124,11 +287,24 @@ def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
 
 
 def sample_epoch(cfg, pipe, unet, prompts_all, epoch, shard=(0, 1), progress=False):
-    """Step 1: this process's share of the epoch's (prompt, seed) pairs, sampled as trajectories."""
+    """Step 1: this process's share of the epoch's (prompt, seed) pairs (every ``world``-th), as trajectories."""
     pairs = epoch_prompts(cfg, prompts_all, epoch)[shard[0]::shard[1]]
     return sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
                                guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
                                batch_size=cfg.sample_batch_size, progress=progress)
+
+
+def epoch_rewards(s: RunState, traj, epoch: int) -> tuple[np.ndarray, list[str], dict]:
+    """Step 2: reward this process's images, then gather every process's rewards in the epoch's order.
+
+    Process ``k`` holds samples ``k, k + world, ...`` of the epoch (``sample_epoch``); ``gather`` concatenates
+    process blocks, so the blocks are interleaved back: the result is aligned with ``epoch_prompts``.
+    """
+    rewards, info = s.reward_fn(traj.images, traj.prompts, batch_index=epoch)
+    _, world = s.rank_world
+    blocks = s.acc.gather(rewards.to(s.acc.device).float()).cpu().numpy().reshape(world, -1)
+    prompts = [p for p, _ in epoch_prompts(s.cfg, s.train_prompts, epoch)]
+    return blocks.T.reshape(-1), prompts, info
 
 
 def compute_advantages(cfg, tracker, prompts, rewards: np.ndarray) -> np.ndarray:
@@ -138,112 +314,176 @@ def compute_advantages(cfg, tracker, prompts, rewards: np.ndarray) -> np.ndarray
     return global_advantages(rewards)
 
 
-def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None, sync=None,
-               autocast=contextlib.nullcontext) -> dict[str, float]:
-    """Step 4: inner epochs of clipped-surrogate PPO over random minibatches and timestep subsets.
+def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference=None, rank=0, world=1,
+               sync=None, autocast=contextlib.nullcontext, controller: StepController | None = None,
+               measure_step_kl: bool = True) -> dict[str, float]:
+    """Step 4: PPO's optimizer steps on the epoch's samples; ``traj`` / ``advantages`` are this process's share.
 
-    Each minibatch's (sample, timestep) pairs are scored in one batched UNet call, or in chunks of
-    ``train_timesteps_per_pass`` timesteps whose losses are weighted by their share so the gradient is the
-    same (memory, not math). ``sync`` (multi-process runs) averages each gradient across processes before the
-    optimizer step; ``autocast`` is the mixed-precision context for the forward passes.
+    Each inner epoch draws one permutation of the whole epoch's samples and one timestep subset per sample
+    (the same on every process), and cuts the permutation into optimizer steps of ``train_batch_size x
+    gradient_accumulation_steps`` samples. A process scores the samples of a step that it holds, in
+    minibatches of at most ``train_batch_size``, each minibatch's (sample, timestep) pairs in one batched UNet
+    call (or in chunks of ``train_timesteps_per_pass`` timesteps, weighted so the gradient is the same). Each
+    minibatch's mean loss is weighted by its share of the step's samples, and ``sync`` sums the processes'
+    gradients, so a step's gradient is the mean over its samples whatever the process count. After each step
+    the policy's move ``KL(pi_before || pi_after)`` is measured on a fixed probe of the epoch's transitions
+    (``train_step_kl``), and ``controller`` (if any) adapts the learning rate from it. ``measure_step_kl=False``
+    (benchmarks only; needs ``controller=None``) skips the probe's extra forward passes.
     """
-    n = len(traj)
-    adv = torch.as_tensor(advantages, dtype=torch.float32, device=traj.latents.device)
-    stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl_to_base": [], "grad_norm": []}
-    unet.train()
-    accum = 0
+    if controller is not None and not measure_step_kl:
+        raise ValueError("the step controller needs the step KL: measure_step_kl must be True")
+    n_local = len(traj)
+    n = n_local * world
+    per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    device = traj.latents.device
+    adv = torch.as_tensor(advantages, dtype=torch.float32, device=device)
+    stats: dict[str, list[float]] = {k: [] for k in ("loss", "approx_kl", "clipfrac", "kl_to_base", "grad_norm",
+                                                     "step_kl", "lr")}
+    # The probe for the step KL: one selected timestep of (up to) 32 of this process's samples.
+    probe_g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 99).integers(2**62)))
+    probe_rows = torch.randperm(n_local, generator=probe_g)[:max(1, 32 // world)]
+    probe = traj[probe_rows]
+    probe_steps = torch.randint(0, cfg.num_steps, (len(probe), 1), generator=probe_g)
+    before = _probe_outputs(unet, pipe, probe, probe_steps) if measure_step_kl else None
     for inner in range(cfg.inner_epochs):
         g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))  # same on all processes
         order = torch.randperm(n, generator=g)
-        steps = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K)
+        steps = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K), by global index
         k_total = steps.shape[1]
         chunk = cfg.train_timesteps_per_pass or k_total
-        for start in range(0, n, cfg.train_batch_size):
-            idx = order[start:start + cfg.train_batch_size]
-            mb = traj[idx]
-            mb_adv = adv[idx.to(adv.device)]
-            for c0 in range(0, k_total, chunk):
-                step_idx = steps[idx, c0:c0 + chunk]
-                weight = step_idx.shape[1] / k_total
-                with autocast():
-                    out = recompute_log_probs(unet, pipe.scheduler, mb, step_idx, reference_unet=reference)
-                log_prob, kl = out if reference is not None else (out, None)
-                old_log_prob = mb.log_probs.gather(1, step_idx.to(mb.log_probs.device))
-                loss, s = clipped_surrogate_loss(log_prob, old_log_prob, mb_adv, cfg.clip_range, cfg.adv_clip_max)
-                if kl is not None:
-                    loss = loss + cfg.kl_beta * kl.mean()
-                    stats["kl_to_base"].append(kl.mean().item())
-                (loss * weight / cfg.gradient_accumulation_steps).backward()
-                stats["loss"].append(loss.item())
-                stats["approx_kl"].append(s["approx_kl"].item())
-                stats["clipfrac"].append(s["clipfrac"].item())
-            accum += 1
-            if accum % cfg.gradient_accumulation_steps == 0 or start + cfg.train_batch_size >= n:
-                if sync is not None:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad.copy_(sync(p.grad, "mean"))
-                stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                accum = 0
+        for s0 in range(0, n, per_step):
+            step_samples = order[s0:s0 + per_step]
+            mine = step_samples[step_samples % world == rank]  # global index i lives on process i % world
+            for m0 in range(0, len(mine), cfg.train_batch_size):
+                global_idx = mine[m0:m0 + cfg.train_batch_size]
+                idx = global_idx // world  # position in this process's trajectory
+                mb, mb_adv = traj[idx], adv[idx.to(device)]
+                share = len(global_idx) / len(step_samples)
+                for c0 in range(0, k_total, chunk):
+                    step_idx = steps[global_idx, c0:c0 + chunk]
+                    with autocast():
+                        out = recompute_log_probs(unet, pipe.scheduler, mb, step_idx, reference_unet=reference)
+                    old_log_prob = mb.log_probs.gather(1, step_idx.to(mb.log_probs.device))
+                    loss, st = clipped_surrogate_loss(out.log_prob, old_log_prob, mb_adv, cfg.clip_range,
+                                                      cfg.adv_clip_max)
+                    if out.kl is not None:
+                        loss = loss + cfg.kl_beta * out.kl.mean()
+                        stats["kl_to_base"].append(out.kl.mean().item())
+                    (loss * (step_idx.shape[1] / k_total) * share).backward()
+                    stats["loss"].append(loss.item())
+                    stats["approx_kl"].append(st["approx_kl"].item())
+                    stats["clipfrac"].append(st["clipfrac"].item())
+            if sync is not None:
+                for p in params:  # a process may hold none of a step's samples: it still joins the sum
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+                    p.grad.copy_(sync(p.grad, "sum"))
+            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+            stats["lr"].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if measure_step_kl:
+                after = _probe_outputs(unet, pipe, probe, probe_steps)
+                stats["step_kl"].append(_probe_kl(pipe, probe, probe_steps, before, after, sync))
+                if controller is not None:
+                    controller.update(optimizer, stats["step_kl"][-1])
+                before = after
     unet.eval()
-    return {f"train_{k}": float(np.mean(v)) for k, v in stats.items() if v}
+    row = {f"train_{k}": float(np.mean(v)) for k, v in stats.items() if v}
+    row["train_optimizer_steps"] = len(stats["grad_norm"])
+    row["learning_rate"] = optimizer.param_groups[0]["lr"]  # the rate the next epoch starts with
+    return row
 
 
-def evaluate(cfg, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images=None):
-    """Step 5: fixed eval prompts x fixed seeds; returns (images (P,S,3,H,W) in [0,1], metrics, rewards (P,S))."""
-    from .metrics import compute_eval_metrics, image_rewards
-
-    seeds = [EVAL_SEED_BASE + s for s in range(cfg.eval_num_seeds)]
-    pairs = [(p, s) for p in eval_prompts for s in seeds]
-    traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
-                               guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
-                               batch_size=cfg.sample_batch_size)
-    images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
-    rewards = image_rewards(images, eval_prompts, reward_fn)
-    metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, rewards=rewards,
-                                   lpips=lpips_model)
-    metrics.update(judge_metrics(images, eval_prompts))
-    return images, metrics, rewards
+@torch.no_grad()
+def _probe_outputs(unet, pipe, probe, probe_steps):
+    unet.eval()
+    out = transition_outputs(unet, pipe.scheduler, probe, probe_steps).noise_pred.float()
+    unet.train()
+    return out
 
 
-def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """Toy world only: the geometric judge's attribute accuracy (``judge_<attr>``), a CLIP-free referee.
+def _probe_kl(pipe, probe, probe_steps, before, after, sync) -> float:
+    """Mean KL(pi_before || pi_after) per dimension over the probe's transitions (all processes)."""
+    rows = torch.arange(len(probe)).unsqueeze(1).expand_as(probe_steps).reshape(-1)
+    sample = probe.latents[rows, probe_steps.reshape(-1)]
+    timesteps = probe.timesteps.to(sample.device)[probe_steps.reshape(-1)]
+    kl = ddim_gaussian_kl(pipe.scheduler, before, after, timesteps, sample, eta=probe.eta).mean()
+    return float(sync(kl, "mean") if sync is not None else kl)
 
-    Empty for prompts outside the toy grammar (Stable Diffusion runs).
+
+def _reward_columns(rewards: np.ndarray, prompts: list[str], info: dict) -> dict[str, float]:
+    row = dict(train_reward_mean=float(rewards.mean()), train_reward_std=float(rewards.std()),
+               train_unique_prompts=len(set(prompts)), train_samples=len(rewards))
+    if "base_reward" in info:  # the penalty was on: log the unpenalised reward and the similarity too
+        row["train_base_reward_mean"] = float(np.mean(np.asarray(info["base_reward"])))
+        row["train_similarity_mean"] = float(np.mean(np.asarray(info["similarity"])))
+    return row
+
+
+@contextlib.contextmanager
+def _timed(row: dict, name: str):
+    t0 = time.time()
+    yield
+    row[f"time_{name}_s"] = time.time() - t0
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
+    """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder.
+
+    Under ``accelerate launch`` every process samples and rewards its share of the epoch's samples
+    (``samples_per_epoch`` is the total), rewards are gathered so advantages see the whole epoch, and the
+    gradients of each optimizer step are summed over processes (see :func:`ppo_update`). The main process
+    evaluates and writes files.
     """
-    from .toy import world
-    from .toy.judge import attribute_accuracy
+    cfg = cfg if isinstance(cfg, DDPOConfig) else DDPOConfig.from_dict(cfg)
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if is_finished(cfg.output_dir, cfg.num_epochs):
+        # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
+        # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains.
+        _prepare_output_dir(cfg)
+        return Path(cfg.output_dir)
+    s = setup(cfg)
+    main = s.acc.is_main_process
+    if main and s.start_epoch == 0 and not any(r.get("epoch") == 0 for r in s.rows):
+        s.rows = [{"epoch": 0, **_evaluate(s, 0), "param_dist": 0.0}]
+        write_metrics(s.out, s.rows)
+    bar = tqdm(range(s.start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
+               disable=not (progress and main), initial=s.start_epoch, total=cfg.num_epochs)
+    for epoch in bar:
+        row = train_epoch(s, epoch)
+        if main:
+            if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
+                row.update(_evaluate(s, epoch))
+            s.rows = [r for r in s.rows if r["epoch"] < epoch] + [row]
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
+                save_checkpoint(s.out / "checkpoints" / "latest", s.unet, s.optimizer,
+                                {"epoch": epoch, "stat_buffers": s.tracker.state_dict()},
+                                whole_unet=cfg.mode != "lora", export_lora=finetune.has_lora(s.unet))
+            write_metrics(s.out, s.rows)  # after the checkpoint: a row never exists without its state
+            if cfg.log_with:
+                s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+        s.acc.wait_for_everyone()
+        bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", step_kl=f"{row.get('train_step_kl', 0):.1e}")
+    if main:
+        export_final(s.out / "final", s.unet, full_unet=cfg.mode != "lora")  # the trained weights, kept after the checkpoints are deleted
+        (s.out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
+    if cfg.log_with:
+        s.acc.end_training()
+    return s.out
 
-    try:
-        attrs = world.parse_many(prompts)
-    except world.PromptError:
-        return {}
-    accuracy = attribute_accuracy(images.flatten(0, 1), attrs.repeat_interleave(images.shape[1]))
-    return {f"judge_{k}": v for k, v in accuracy.items()}
 
-
-def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str],
-                     rewards: torch.Tensor | None = None) -> None:
-    """``eval/epoch_XXXX.npz`` and a PNG grid (rows = seeds).
-
-    The npz holds ``images`` (uint8 prompts x seeds x H x W x 3), ``prompts`` and, when given, ``rewards``
-    (float64 prompts x seeds: the task reward of each image, for paired before/after comparisons).
-    """
-    from diffusers.utils import make_image_grid
-    from PIL import Image
-
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
-    tmp = out / "eval" / f"epoch_{epoch:04d}.tmp.npz"
-    extra = {} if rewards is None else {"rewards": torch.as_tensor(rewards).double().numpy()}
-    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
-    os.replace(tmp, out / "eval" / f"epoch_{epoch:04d}.npz")
-    p, s = arr.shape[:2]
-    tiles = [Image.fromarray(arr[j, i]) for i in range(s) for j in range(p)]  # row i = seed i, column = prompt
-    grid = make_image_grid(tiles, rows=s, cols=p)
-    grid = grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST) if arr.shape[2] <= 64 else grid
-    grid.save(out / "eval" / f"epoch_{epoch:04d}.png")
+def _evaluate(s: RunState, epoch: int) -> dict[str, Any]:
+    """Evaluate the current policy, save ``eval/epoch_XXXX.*`` and return the metrics (with the eval time)."""
+    t0 = time.time()
+    images, metrics, rewards = evaluate(s.cfg, s.pipe, s.unet, s.eval_prompts, s.task_reward_fn, s.clip, s.lpips,
+                                        s.base_images, s.base_embeds)
+    save_eval_images(s.out, epoch, images, s.eval_prompts, rewards)
+    if epoch == 0:
+        s.set_base_images(load_eval_images(s.out, 0))  # the saved (uint8) images, as a resumed run sees them
+    return {**metrics, "time_eval_s": time.time() - t0}
 
 
 def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -263,7 +503,6 @@ def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
             for row in df.to_dict("records")]
 
 
-# ----------------------------------------------------------------------------------------------- run
 def is_finished(out: str | Path, num_epochs: int) -> bool:
     """Whether ``out`` holds a run trained to ``num_epochs`` (``DONE`` for that count and its metrics row)."""
     out = Path(out)
@@ -276,165 +515,7 @@ def is_finished(out: str | Path, num_epochs: int) -> bool:
     return bool((pd.read_csv(out / METRICS_FILE)["epoch"] == num_epochs).any())
 
 
-def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
-    """Train one DDPO run to ``cfg.output_dir`` (resuming if a checkpoint is there); returns that folder.
-
-    Under ``accelerate launch`` every process samples and rewards its share of the epoch's samples
-    (``samples_per_epoch`` is the total), rewards are gathered so advantages see the whole epoch, and
-    gradients are averaged across processes before each optimizer step. The main process evaluates and
-    writes files.
-    """
-    from accelerate import Accelerator
-
-    from .models import load_pipeline
-    from .rewards import RewardContext, make_reward
-
-    cfg = cfg if isinstance(cfg, DDPOConfig) else DDPOConfig.from_dict(cfg)
-    cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    want = _device(cfg)
-    acc = Accelerator(cpu=want.type == "cpu", mixed_precision=cfg.mixed_precision if want.type == "cuda" else "no")
-    device, rank, world = acc.device, acc.process_index, acc.num_processes
-    if cfg.samples_per_epoch % world:
-        raise ValueError(f"samples_per_epoch={cfg.samples_per_epoch} must divide evenly over {world} processes")
-    out = Path(cfg.output_dir)
-    if acc.is_main_process:
-        _prepare_output_dir(cfg)
-    acc.wait_for_everyone()
-    if is_finished(out, cfg.num_epochs):
-        # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
-        # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains.
-        return out
-    torch.manual_seed(cfg.seed)
-
-    train_prompts = load_prompts(cfg.prompt_set)
-    eval_prompts = load_prompts(cfg.eval_prompt_set)[: cfg.eval_num_prompts]
-    pipe = load_pipeline(cfg.model, device=device, dtype=_frozen_dtype(cfg, device))
-    clip, aesthetic, lpips_model, lpips_warning = load_scorers(cfg, device)
-    reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=device),
-                            diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
-                            diversity_feature=cfg.diversity_feature)
-    # Eval reports the plain task reward: a penalised eval reward would depend on how eval images are batched
-    # and would blur "what did diversity cost in reward" (training logs both: train_reward_mean is penalised,
-    # train_base_reward_mean is not).
-    task_reward_fn = make_reward(cfg.reward, RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model,
-                                                           device=device))
-    if lpips_warning and acc.is_main_process:
-        (out / "warnings.txt").write_text(lpips_warning + "\n")
-
-    # The policy: which weights train. Progressive starts full and switches to LoRA at the switch epoch.
-    unet = pipe.unet
-    base_state = finetune.snapshot_base_state(unet)
-    reference = None
-    if cfg.kl_beta > 0 and cfg.mode != "lora":
-        reference = _frozen_copy(unet)  # full fine-tuning changes the base weights: keep a frozen copy
-    params = finetune.prepare_unet(unet, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
-    if cfg.kl_beta > 0 and cfg.mode == "lora":
-        reference = finetune.AdaptersDisabled(unet)  # LoRA keeps the base weights: switch the adapter off
-    optimizer = _optimizer(cfg, params, cfg.learning_rate)
-    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
-
-    # Resume.
-    ckpt_dir = out / "checkpoints" / "latest"
-    # The main process reads first: reading may repair a checkpoint killed between its two renames.
-    state = load_checkpoint_state(ckpt_dir) if acc.is_main_process else None
-    acc.wait_for_everyone()
-    state = load_checkpoint_state(ckpt_dir) if not acc.is_main_process else state
-    start_epoch = 0
-    if state is not None:
-        if cfg.mode == "progressive" and state["epoch"] >= cfg.progressive_switch_epoch:
-            params = finetune.switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha)
-            optimizer = _optimizer(cfg, params, cfg.lora_learning_rate)
-        load_unet_tensors(unet, ckpt_dir)
-        optimizer_from_tensors(optimizer, ckpt_dir / "optimizer.safetensors")
-        tracker.load_state_dict(state.get("stat_buffers", {}))
-        start_epoch = state["epoch"]
-    rows = read_metrics(out, start_epoch)
-    base_images = _load_eval_images(out, 0)
-
-    if acc.is_main_process and start_epoch == 0 and not any(r.get("epoch") == 0 for r in rows):
-        t0 = time.time()
-        images, metrics, rewards = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model, None)
-        save_eval_images(out, 0, images, eval_prompts, rewards)
-        base_images = _load_eval_images(out, 0)  # the saved (uint8) images, exactly as a resumed run sees them
-        rows = [{"epoch": 0, **metrics, "param_dist": 0.0, "time_eval_s": time.time() - t0}]
-        write_metrics(out, rows)
-
-    bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
-               disable=not (progress and acc.is_main_process), initial=start_epoch, total=cfg.num_epochs)
-    for epoch in bar:
-        row: dict[str, Any] = {"epoch": epoch}
-        t0 = time.time()
-        # 1. sample (this process's share of the epoch)
-        traj = sample_epoch(cfg, pipe, unet, train_prompts, epoch, shard=(rank, world))
-        row["time_sample_s"] = time.time() - t0
-        # 2. reward, gathered over processes (process-major order)
-        t0 = time.time()
-        rewards, info = reward_fn(traj.images, traj.prompts, batch_index=epoch)
-        all_rewards = acc.gather(rewards.to(device).float()).cpu().numpy()
-        pairs = epoch_prompts(cfg, train_prompts, epoch)
-        all_prompts = [p for k in range(world) for p, _ in pairs[k::world]]  # the order gather() uses
-        row.update(train_reward_mean=float(all_rewards.mean()), train_reward_std=float(all_rewards.std()),
-                   train_unique_prompts=len(set(all_prompts)), train_samples=len(all_rewards))
-        if "base_reward" in info:
-            row["train_base_reward_mean"] = float(np.mean(np.asarray(info["base_reward"])))
-            row["train_similarity_mean"] = float(np.mean(np.asarray(info["similarity"])))
-        row["time_reward_s"] = time.time() - t0
-        # 3. advantages over the whole epoch; keep this process's block
-        advantages = compute_advantages(cfg, tracker, all_prompts, all_rewards)
-        local = len(traj)
-        advantages = advantages[rank * local:(rank + 1) * local]
-        # 4. PPO
-        t0 = time.time()
-        row.update(ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, reference,
-                              sync=acc.reduce if world > 1 else None, autocast=acc.autocast))
-        row["time_train_s"] = time.time() - t0
-        row["learning_rate"] = optimizer.param_groups[0]["lr"]
-        del traj
-        # progressive: after `progressive_switch_epoch` full epochs, freeze and continue with a fresh LoRA.
-        if cfg.mode == "progressive" and epoch == cfg.progressive_switch_epoch:
-            params = finetune.switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha)
-            optimizer = _optimizer(cfg, params, cfg.lora_learning_rate)
-        row["param_dist"] = finetune.param_distance_from_base(unet, base_state)
-        row["phase"] = "lora" if finetune.has_lora(unet) else "full"
-        # 5. evaluate, 6. log + checkpoint (main process)
-        if acc.is_main_process:
-            if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
-                t0 = time.time()
-                images, metrics, rewards = evaluate(cfg, pipe, unet, eval_prompts, task_reward_fn, clip, lpips_model,
-                                                    base_images)
-                save_eval_images(out, epoch, images, eval_prompts, rewards)
-                row.update(metrics)
-                row["time_eval_s"] = time.time() - t0
-            rows = [r for r in rows if r["epoch"] < epoch] + [row]
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
-                whole = cfg.mode != "lora"
-                save_checkpoint(ckpt_dir, unet, optimizer, {"epoch": epoch, "stat_buffers": tracker.state_dict()},
-                                whole_unet=whole, export_lora=finetune.has_lora(unet),
-                                export_unet=whole and epoch == cfg.num_epochs)
-            write_metrics(out, rows)  # after the checkpoint: a row never exists without its state
-        acc.wait_for_everyone()
-        bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", kl=f"{row.get('train_approx_kl', 0):.2e}")
-    if acc.is_main_process:
-        (out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
-    return out
-
-
-def _optimizer(cfg: DDPOConfig, params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-
-
 def _frozen_copy(unet):
     import copy
 
     return copy.deepcopy(unet).requires_grad_(False).eval()
-
-
-def _load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
-    path = out / "eval" / f"epoch_{epoch:04d}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as data:
-        return torch.from_numpy(data["images"]).permute(0, 1, 4, 2, 3).float() / 255

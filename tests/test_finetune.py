@@ -7,15 +7,12 @@ import math
 import pytest
 import torch
 
+from ddpo_study.checkpoint import load_full_unet, save_full_unet, save_lora
 from ddpo_study.finetune import (
     apply_lora,
-    lora_parameters,
-    load_full_unet,
-    load_lora,
+    check_target_modules,
     param_distance_from_base,
     prepare_unet,
-    save_full_unet,
-    save_lora,
     snapshot_base_state,
     switch_to_lora,
 )
@@ -72,7 +69,7 @@ def test_progressive_switch_keeps_outputs_then_trains_only_lora(tiny_pipe, tiny_
     params = switch_to_lora(unet, rank=2, alpha=4.0)
     with torch.no_grad():
         torch.testing.assert_close(unet_out(unet), before, rtol=0, atol=1e-6)  # B = 0: no change
-    assert {id(p) for p in params} == {id(p) for p in lora_parameters(unet)}
+    assert {id(p) for p in params} == {id(p) for n, p in unet.named_parameters() if "lora_" in n}
     assert {id(p) for p in unet.parameters() if p.requires_grad} == {id(p) for p in params}
 
     train_step(unet, params)  # new optimizer over the LoRA only
@@ -92,7 +89,7 @@ def test_progressive_switch_keeps_outputs_then_trains_only_lora(tiny_pipe, tiny_
     fresh.unet = load_full_unet(tmp_path / "unet")
     with torch.no_grad():
         torch.testing.assert_close(unet_out(fresh.unet), before, rtol=0, atol=1e-6)  # the base alone
-    load_lora(fresh, tmp_path / "lora")
+    fresh.load_lora_weights(str(tmp_path / "lora"))
     with torch.no_grad():
         torch.testing.assert_close(unet_out(fresh.unet), after, rtol=0, atol=1e-6)
 

@@ -17,13 +17,13 @@ def test_positive_advantage_transitions_gain_log_probability(tiny_pipe):
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     steps = torch.arange(4)
     for _ in range(5):
-        log_prob = recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps)
+        log_prob = recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps).log_prob
         # a wide clip range: this checks the direction of the gradient, not the trust region
         loss, _ = clipped_surrogate_loss(log_prob, traj.log_probs, adv, clip_range=10.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        delta = (recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps) - traj.log_probs).mean(dim=1)
+        delta = (recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps).log_prob - traj.log_probs).mean(dim=1)
     assert delta[:2].min() > delta[2:].max(), delta
     assert delta[:2].mean() > 0 > delta[2:].mean(), delta

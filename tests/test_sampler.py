@@ -209,16 +209,16 @@ def test_recomputed_log_probs_reproduce_sampling(tiny_pipe, mode, guidance_scale
 
     # All steps of every sample, in a different random order per sample, in ONE UNet call.
     index = select_timesteps(num_steps, 1.0, len(traj), torch.Generator().manual_seed(0))
-    log_prob = recompute_log_probs(unet, tiny_pipe.scheduler, traj, index)
+    log_prob = recompute_log_probs(unet, tiny_pipe.scheduler, traj, index).log_prob
     old = traj.log_probs.gather(1, index)
     assert log_prob.shape == index.shape and log_prob.requires_grad
     torch.testing.assert_close(torch.exp(log_prob - old), torch.ones_like(old), rtol=0, atol=1e-5)
 
     # The other index forms: one int for all samples, and a shared (K,) list.
     scheduler = tiny_pipe.scheduler
-    torch.testing.assert_close(recompute_log_probs(unet, scheduler, traj, 2), traj.log_probs[:, 2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(recompute_log_probs(unet, scheduler, traj, 2).log_prob, traj.log_probs[:, 2], rtol=0, atol=1e-5)
     torch.testing.assert_close(
-        recompute_log_probs(unet, scheduler, traj, [3, 0]), traj.log_probs[:, [3, 0]], rtol=0, atol=1e-5
+        recompute_log_probs(unet, scheduler, traj, [3, 0]).log_prob, traj.log_probs[:, [3, 0]], rtol=0, atol=1e-5
     )
 
     # Gradients reach the trainable parameters.
@@ -228,7 +228,7 @@ def test_recomputed_log_probs_reproduce_sampling(tiny_pipe, mode, guidance_scale
     # Guard: after a weight change the ratio is no longer 1, so the check above can fail.
     _perturb(params, scale=0.05, seed=1)
     with torch.no_grad():
-        moved = recompute_log_probs(unet, tiny_pipe.scheduler, traj, index)
+        moved = recompute_log_probs(unet, tiny_pipe.scheduler, traj, index).log_prob
     assert (moved - old).abs().max() > 1e-4
 
 

@@ -1,0 +1,97 @@
+"""The eval protocol: fixed held-out prompts x fixed seeds -> images, metrics, and the saved ``eval/`` files.
+
+Every run evaluates the same ``eval_num_prompts`` prompts at seeds ``EVAL_SEED_BASE + j``, so two runs (or two
+epochs of one run) compare image by image. The task reward is scored without any diversity penalty: a penalised
+eval reward would depend on how eval images are batched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import EVAL_SEED_BASE, DDPOConfig
+from .images import from_uint8, to_uint8
+from .sampler import sample_trajectories
+
+
+def eval_seeds(num_seeds: int) -> list[int]:
+    """The fixed eval seeds ``EVAL_SEED_BASE .. EVAL_SEED_BASE + num_seeds - 1``."""
+    return [EVAL_SEED_BASE + j for j in range(num_seeds)]
+
+
+def evaluate(cfg: DDPOConfig, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images=None,
+             base_embeds=None):
+    """Returns (images (P, S, 3, H, W) in [0, 1], metrics, rewards (P, S)).
+
+    ``base_images`` / ``base_embeds`` (the epoch-0 images or their CLIP embeddings) enable the
+    distance-from-base metrics.
+    """
+    from .metrics import compute_eval_metrics, image_rewards
+
+    seeds = eval_seeds(cfg.eval_num_seeds)
+    pairs = [(p, s) for p in eval_prompts for s in seeds]
+    traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
+                               guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
+                               batch_size=cfg.sample_batch_size)
+    images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
+    rewards = image_rewards(images, eval_prompts, reward_fn)
+    metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, rewards=rewards,
+                                   lpips=lpips_model, base_embeds=base_embeds)
+    metrics.update(judge_metrics(images, eval_prompts))
+    return images, metrics, rewards
+
+
+def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """Toy world only: the geometric judge's attribute accuracy (``judge_<attr>``), a CLIP-free referee.
+
+    Empty for prompts outside the toy grammar (Stable Diffusion runs).
+    """
+    from .toy import world
+    from .toy.judge import attribute_accuracy
+
+    try:
+        attrs = world.parse_many(prompts)
+    except world.PromptError:
+        return {}
+    accuracy = attribute_accuracy(images.flatten(0, 1), attrs.repeat_interleave(images.shape[1]))
+    return {f"judge_{k}": v for k, v in accuracy.items()}
+
+
+def eval_file(out: Path, epoch: int) -> Path:
+    return Path(out) / "eval" / f"epoch_{epoch:04d}.npz"
+
+
+def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str],
+                     rewards: torch.Tensor | None = None) -> None:
+    """``eval/epoch_XXXX.npz`` and a PNG grid (rows = seeds).
+
+    The npz holds ``images`` (uint8 prompts x seeds x H x W x 3), ``prompts`` and, when given, ``rewards``
+    (float64 prompts x seeds: the task reward of each image, for paired before/after comparisons).
+    """
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    arr = to_uint8(images)
+    path = eval_file(out, epoch)
+    tmp = path.with_suffix(".tmp.npz")
+    extra = {} if rewards is None else {"rewards": torch.as_tensor(rewards).double().numpy()}
+    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
+    os.replace(tmp, path)
+    p, s = arr.shape[:2]
+    tiles = [Image.fromarray(arr[j, i]) for i in range(s) for j in range(p)]  # row i = seed i, column = prompt
+    grid = make_image_grid(tiles, rows=s, cols=p)
+    grid = grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST) if arr.shape[2] <= 64 else grid
+    grid.save(path.with_suffix(".png"))
+
+
+def load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
+    """The saved eval images of ``epoch`` as floats (P, S, 3, H, W), exactly as saved; None if absent."""
+    path = eval_file(out, epoch)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return from_uint8(data["images"])
