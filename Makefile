@@ -24,6 +24,7 @@ study-quick: $(STAMP)
 	$(BIN)/python -m ddpo_study study --quick
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 toy-model: $(STAMP)

@@ -210,8 +210,12 @@ class TrlSide:
         from trl.models.modeling_sd_base import scheduler_step as trl_scheduler_step
 
         from ddpo_study.ppo import clipped_surrogate_loss, select_timesteps
-        from ddpo_study.sampler import (ddim_step_with_logprob, guided_noise_pred, recompute_log_probs,
-                                        sample_trajectories)
+        from ddpo_study.sampler import (
+            ddim_step_with_logprob,
+            guided_noise_pred,
+            recompute_log_probs,
+            sample_trajectories,
+        )
 
         s, pipe, trainer = self.s, self.pipe, self.trainer
         sd, unet, scheduler = pipe.sd_pipeline, pipe.unet, pipe.scheduler

@@ -56,10 +56,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import torch
     from diffusers.utils import make_image_grid
     from PIL import Image
 
+    from .images import to_uint8
     from .models import load_pipeline
     from .prompts import load_prompts
     from .sampler import sample_trajectories
@@ -70,8 +70,7 @@ def cmd_demo(args) -> int:
     pairs = [(p, s) for s in seeds for p in prompts]  # row = seed, column = prompt
     traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=20,
                                guidance_scale=args.guidance, eta=1.0, progress=True)
-    arr = (traj.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    grid = make_image_grid([Image.fromarray(a) for a in arr], rows=len(seeds), cols=len(prompts))
+    grid = make_image_grid([Image.fromarray(a) for a in to_uint8(traj.images)], rows=len(seeds), cols=len(prompts))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST).save(out / "demo_grid.png")

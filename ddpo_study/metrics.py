@@ -165,6 +165,18 @@ def _embed(clip, flat: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def grid_embeds(images, clip, batch_size: int = 64) -> torch.Tensor:
+    """CLIP image embeddings (P, S, D) float32 on the CPU of an eval grid (``images`` as in
+    :func:`compute_eval_metrics`).
+
+    The base model's grid does not change during a run: embed it once with this function and pass the result
+    as ``compute_eval_metrics(..., base_images=base, base_embeds=...)`` at every eval (same ``batch_size``
+    gives the same numbers as letting :func:`compute_eval_metrics` embed ``base_images`` itself).
+    """
+    x = as_image_grid(images)
+    return _embed(clip, x.flatten(0, 1), batch_size).reshape(*x.shape[:2], -1)
+
+
 def distance_from_base(images, base_images, clip=None, *, embeds: torch.Tensor | None = None,
                        base_embeds: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, float]:
     """How far the fine-tuned images moved from the base model's (same prompt, same seed), averaged.
@@ -241,13 +253,16 @@ def image_rewards(images, prompts: list[str], reward_fn, batch_size: int = 64) -
 
 
 def compute_eval_metrics(images, prompts: list[str], clip, base_images=None, reward_fn=None, lpips=None,
-                         batch_size: int = 64, rewards: torch.Tensor | None = None) -> dict[str, float]:
+                         batch_size: int = 64, rewards: torch.Tensor | None = None,
+                         base_embeds: torch.Tensor | None = None) -> dict[str, float]:
     """Every metric of an eval grid, as a flat dict of floats (one row of ``metrics.csv``).
 
     ``images``: (P, S, 3, H, W) float [0, 1] (or the ``.npz`` uint8 layout); ``prompts``: the P prompts;
     ``clip``: a :class:`~ddpo_study.models.ClipScorer`; ``base_images``: the base model's grid for the same
     prompts and seeds; ``reward_fn(images (B,3,H,W), prompts) -> (rewards, info)``; ``lpips``: an LPIPS model;
-    ``rewards``: per-image rewards already computed by :func:`image_rewards` (then ``reward_fn`` is not called).
+    ``rewards``: per-image rewards already computed by :func:`image_rewards` (then ``reward_fn`` is not called);
+    ``base_embeds``: :func:`grid_embeds` of ``base_images``, computed once per run (then ``base_images`` is not
+    re-embedded; it is still needed for the pixel distance).
 
     Keys: ``reward_mean``/``reward_std`` (population std), ``within_div_{clip,pixel[,lpips]}``,
     ``cross_div_{clip,pixel[,lpips]}`` (CLIP cosine distance; pixel RMS in 0..255; LPIPS),
@@ -259,7 +274,6 @@ def compute_eval_metrics(images, prompts: list[str], clip, base_images=None, rew
     if len(prompts) != p:
         raise ValueError(f"{len(prompts)} prompts for an image grid of {p} prompts")
     flat = x.flatten(0, 1)  # prompt-major: image k is prompt k // S, seed k % S
-    flat_prompts = [pr for pr in prompts for _ in range(s)]
     out: dict[str, float] = {}
 
     if rewards is None and reward_fn is not None:
@@ -286,7 +300,11 @@ def compute_eval_metrics(images, prompts: list[str], clip, base_images=None, rew
     out["vendi_clip"] = vendi_score(embeds.flatten(0, 1))
     if base_images is not None:
         base = as_image_grid(base_images)
-        base_embeds = _embed(clip, base.flatten(0, 1), batch_size).reshape(p, s, -1)
+        if base_embeds is None:
+            base_embeds = grid_embeds(base, clip, batch_size)
+        elif tuple(base_embeds.shape[:2]) != (p, s):
+            raise ValueError(f"base_embeds {tuple(base_embeds.shape)} do not match the image grid ({p}, {s})")
+        base_embeds = base_embeds.float().cpu().reshape(p, s, -1)
         dist = distance_from_base(x, base, embeds=embeds, base_embeds=base_embeds)
         out["dist_base_pixel"], out["dist_base_clip"] = dist["pixel"], dist["clip"]
     return out

@@ -18,17 +18,16 @@ import io
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
+from .config import check_diversity
+from .images import to_uint8
 from .metrics import cosine_distance, lpips_distance, rms_distance
 
 RewardFn = Callable[[torch.Tensor, list[str]], tuple[torch.Tensor, dict]]
 #: JPEG quality of the compressibility rewards (DDPO's setting).
 JPEG_QUALITY = 95
-DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
-DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
 
 
 class RewardError(ValueError):
@@ -63,15 +62,11 @@ def check_finite(rewards: torch.Tensor, reward_name: str, batch_index: int | Non
     return rewards
 
 
-def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    # As DDPO: round to 8 bits first, so the reward is the size of the image a user would actually save.
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def jpeg_sizes_kb(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
     """JPEG file size of each image (B, 3, H, W) in [0, 1], in kB (1000 bytes), encoded by PIL at ``quality``."""
     sizes = []
-    for arr in _to_uint8_hwc(images):
+    # As DDPO: round to 8 bits first, so the reward is the size of the image a user would actually save.
+    for arr in to_uint8(images):
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
         sizes.append(buf.tell() / 1000)
@@ -150,12 +145,7 @@ class DiversityPenalty:
 
     def __init__(self, base: RewardFn, lam: float, form: str = "cross_prompt", feature: str = "clip",
                  ctx: RewardContext | None = None):
-        if form not in DIVERSITY_FORMS:
-            raise ValueError(f"diversity form {form!r} not in {DIVERSITY_FORMS}")
-        if feature not in DIVERSITY_FEATURES:
-            raise ValueError(f"diversity feature {feature!r} not in {DIVERSITY_FEATURES}")
-        if not lam >= 0:
-            raise ValueError(f"diversity lambda must be >= 0, got {lam}")
+        check_diversity(lam, form, feature)  # a ConfigError (a ValueError) naming the bad setting
         ctx = ctx or RewardContext()
         if feature in ("clip", "lpips"):
             _require(ctx, f"diversity penalty ({feature} feature)", feature)
@@ -226,9 +216,7 @@ def make_reward(name: str, ctx: RewardContext | None = None, diversity_lambda: f
     ctx = ctx or RewardContext()
     fn = REWARDS[name](ctx, **kwargs)
     label = name
-    if diversity_lambda > 0:
+    if diversity_lambda != 0:  # DiversityPenalty refuses a negative (or NaN) lambda: config.check_diversity
         fn = DiversityPenalty(fn, diversity_lambda, diversity_form, diversity_feature, ctx)
         label = f"{name}-{diversity_lambda:g}*{diversity_form}_{diversity_feature}_similarity"
-    elif diversity_lambda < 0:
-        raise ValueError(f"diversity_lambda must be >= 0, got {diversity_lambda}")
     return Reward(label, fn, ctx.device)

@@ -61,13 +61,6 @@ class PerPromptStatTracker:
             advantages[mask] = (rewards[mask] - mean) / (std + EPS)
         return advantages
 
-    def get_stats(self) -> dict[str, dict[str, float]]:
-        """``{prompt: {"count", "mean", "std"}}`` of each prompt's current buffer."""
-        return {
-            prompt: {"count": len(buf), "mean": float(np.mean(buf)), "std": float(np.std(buf))}
-            for prompt, buf in self.buffers.items()
-        }
-
     def state_dict(self) -> dict[str, list[float]]:
         """The buffers as plain lists (JSON-serialisable, for checkpoints)."""
         return {prompt: list(buf) for prompt, buf in self.buffers.items()}
@@ -75,7 +68,3 @@ class PerPromptStatTracker:
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
         """Restore buffers written by :meth:`state_dict` (replacing the current ones)."""
         self.buffers = {p: deque((float(v) for v in values), maxlen=self.buffer_size) for p, values in state.items()}
-
-    def clear(self) -> None:
-        """Forget all buffers."""
-        self.buffers.clear()

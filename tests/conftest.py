@@ -173,6 +173,23 @@ def make_tiny_model_dir(path, seed: int = 0):
     return path
 
 
+def tiny_config(model_dir, prompt_files, out, **overrides):
+    """A validated ``DDPOConfig`` of a 2-epoch run on the tiny model (``make_tiny_model_dir``) and the prompt
+    files of ``tiny_prompt_files``, writing to ``out``; ``overrides`` replace any field."""
+    from ddpo_study.config import DDPOConfig
+
+    train_prompts, eval_prompts = prompt_files
+    values = dict(
+        output_dir=str(out), model=str(model_dir), prompt_set=train_prompts, eval_prompt_set=eval_prompts,
+        eval_num_prompts=3, eval_num_seeds=2, eval_every=1, num_steps=4, guidance_scale=2.0,
+        samples_per_epoch=8, sample_batch_size=8, train_batch_size=4, num_epochs=2, timestep_fraction=0.5,
+        images_per_prompt=2, stat_min_count=2, stat_buffer_size=8, reward="jpeg_compressibility", lora_rank=2,
+        lora_alpha=2.0, lora_learning_rate=1e-2, full_learning_rate=1e-3, progressive_switch_epoch=1, num_threads=1,
+    )
+    values.update(overrides)
+    return DDPOConfig.from_dict(values)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))

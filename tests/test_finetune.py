@@ -10,7 +10,6 @@ import torch
 from ddpo_study.checkpoint import load_full_unet, save_full_unet, save_lora
 from ddpo_study.finetune import (
     apply_lora,
-    check_target_modules,
     param_distance_from_base,
     prepare_unet,
     snapshot_base_state,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddpo_study.images import to_uint8
 from ddpo_study.metrics import (
     ALEXNET_CHECKPOINT,
     LpipsUnavailable,
@@ -19,6 +20,7 @@ from ddpo_study.metrics import (
     cosine_distance,
     cross_prompt_diversity,
     distance_from_base,
+    grid_embeds,
     load_lpips,
     maybe_load_lpips,
     prompt_retrieval_accuracy,
@@ -137,7 +139,7 @@ def test_distinct_grid_metrics_and_keys(clip):
     assert m["reward_mean"] == pytest.approx(float(direct.mean()))
     assert m["reward_std"] == pytest.approx(float(direct.std(unbiased=False)))
     # The same metrics from the saved .npz layout (P, S, H, W, 3) uint8.
-    u8 = (images * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    u8 = to_uint8(images)
     torch.testing.assert_close(as_image_grid(u8), images, atol=1 / 255, rtol=0)
     with pytest.raises(ValueError, match="2 prompts"):
         compute_eval_metrics(images, PROMPTS[:2], clip)
@@ -148,8 +150,31 @@ def test_distance_from_base_by_hand(clip):
     moved = base + 0.1
     d = distance_from_base(moved, base, clip)
     assert d["pixel"] == pytest.approx(25.5, rel=1e-5)
-    assert d["clip"] >= 0
+    # Every image of a grid is the same constant image: the distance is 1 - cos of one pair of embeddings.
+    a, b = clip.image_embeds(moved[0, :1]).double(), clip.image_embeds(base[0, :1]).double()
+    expected = 1 - float(torch.nn.functional.cosine_similarity(a, b)[0])
+    assert expected > 1e-4 and d["clip"] == pytest.approx(expected, rel=1e-4)
     assert distance_from_base(base, base)["pixel"] == 0.0 and "clip" not in distance_from_base(base, base)
+
+
+def test_precomputed_base_embeds_replace_embedding_the_base_images(clip):
+    images, other = grid(3), grid(3).flip(0)  # `other`: the same renders, prompts in reverse order
+    base_embeds = grid_embeds(other, clip, batch_size=4)
+    assert base_embeds.shape == (3, 3, 16) and base_embeds.dtype == torch.float32
+    direct = clip.image_embeds(other.flatten(0, 1)).float()
+    torch.testing.assert_close(base_embeds.flatten(0, 1), direct, atol=1e-5, rtol=1e-5)
+    # Same base both ways: the same metrics as embedding base_images inside.
+    inside = compute_eval_metrics(images, PROMPTS, clip, base_images=other, batch_size=4)
+    given = compute_eval_metrics(images, PROMPTS, clip, base_images=other, batch_size=4, base_embeds=base_embeds)
+    assert given == inside
+    # The embeddings are used instead of base_images' own: here they disagree, and the CLIP distance follows them.
+    m = compute_eval_metrics(images, PROMPTS, clip, base_images=images, base_embeds=base_embeds)
+    expected = 1 - torch.nn.functional.cosine_similarity(clip.image_embeds(images.flatten(0, 1)).double(),
+                                                         direct.double()).mean()
+    assert m["dist_base_pixel"] == 0.0 and float(expected) > 0.01
+    assert m["dist_base_clip"] == pytest.approx(float(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="base_embeds"):
+        compute_eval_metrics(images, PROMPTS, clip, base_images=images, base_embeds=base_embeds[:2])
 
 
 # ----------------------------------------------------------------------------------------- LPIPS

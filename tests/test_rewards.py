@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ddpo_study.aesthetic import AestheticMLP
+from ddpo_study.images import to_uint8
 from ddpo_study.rewards import (
     REWARDS,
     DiversityPenalty,
@@ -44,8 +45,7 @@ def constant_images(values, size=8):
 def test_jpeg_sizes_match_direct_pil_encoding():
     images = renders(PROMPTS)
     expected = []
-    for img in images:
-        arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    for arr in to_uint8(images):
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=95)
         expected.append(len(buf.getvalue()) / 1000)
@@ -158,6 +158,8 @@ def test_bad_penalty_arguments():
         DiversityPenalty(zero, 1.0, feature="sift")
     with pytest.raises(ValueError, match="lambda"):
         make_reward("jpeg_compressibility", diversity_lambda=-1.0)
+    with pytest.raises(ValueError, match="lambda"):
+        make_reward("jpeg_compressibility", diversity_lambda=float("nan"))
 
 
 # ----------------------------------------------------------------------------------------- checks, registry
@@ -169,8 +171,10 @@ def test_nan_reward_raises_naming_reward_and_batch(monkeypatch):
     reward = make_reward("broken")
     with pytest.raises(RewardError, match=r"'broken'.*2 NaN and 1 inf.*batch 7"):
         reward(constant_images([0.1] * 4), list("abcd"), batch_index=7)
-    assert isinstance(RewardError("x"), ValueError)
-    assert check_finite(torch.ones(3), "fine", 0) is not None
+    fine = torch.ones(3)
+    assert check_finite(fine, "fine", 0) is fine  # finite rewards pass through, not copied
+    with pytest.raises(RewardError, match=r"'direct' returned 0 NaN and 1 inf.*index not given.*indices \[1\]"):
+        check_finite(torch.tensor([0.0, float("inf")]), "direct")
 
 
 def test_unknown_reward_lists_known_names():

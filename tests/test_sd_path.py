@@ -6,7 +6,7 @@ import pandas as pd
 
 from ddpo_study import train
 from ddpo_study.models import OPENAI_CLIP_NORM, load_clip
-from tests.test_train import tiny_config
+from tests.conftest import tiny_config
 
 
 def test_clip_at_224_px_uses_openai_preprocessing(tiny_sd_layout):

@@ -31,11 +31,7 @@ def test_per_prompt_tracking_by_hand():
     adv = tracker.update(["a"], [9.0])
     np.testing.assert_allclose(adv, [3 / (math.sqrt(5) + EPS)], rtol=1e-12)
 
-    stats = tracker.get_stats()
-    assert stats["a"] == {"count": 4, "mean": 6.0, "std": pytest.approx(math.sqrt(5))}
-    assert stats["b"] == {"count": 2, "mean": 3.0, "std": 2.0}
-    tracker.clear()
-    assert tracker.get_stats() == {}
+    assert tracker.state_dict() == {"a": [3.0, 5.0, 7.0, 9.0], "b": [5.0, 1.0]}
 
 
 def test_single_batch_fallback_uses_all_rewards_of_the_batch():

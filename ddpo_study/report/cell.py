@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..config import DDPOConfig
+from ..config import EVAL_SEED_BASE, DDPOConfig
 from .figures import _image_axis, _wrap, tile
 from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
 from .plotting import _figure, _styled
@@ -98,7 +98,7 @@ def fig_cell_images(cell_dir: str | Path, epochs: Sequence[int] | None = None, m
     axes = fig.subplots(len(epochs), 1, squeeze=False).ravel()
     for k, (ax, epoch, (imgs, prompts)) in enumerate(zip(axes, epochs, grids)):
         _image_axis(ax, tile(imgs[:p].transpose(1, 0, 2, 3, 4)), s, p, h, w)
-        ax.set_yticklabels([f"seed {10_000 + i}" for i in range(s)], fontsize=7)
+        ax.set_yticklabels([f"seed {EVAL_SEED_BASE + i}" for i in range(s)], fontsize=7)
         if k == len(epochs) - 1:
             ax.set_xticklabels([_wrap(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=6)
         else:

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import EVAL_SEED_BASE
 from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, load_eval_images
 from .stats import aggregate, mean_ci, reward_levels
 from .plotting import _figure, _styled
@@ -221,6 +222,6 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
     _image_axis(ax, tile(stack), len(labels), p, h, w)
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_xticklabels([_wrap(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=5)
-    ax.set_title(f"final-epoch eval images at eval seed {10_000 + eval_seed}\n"
+    ax.set_title(f"final-epoch eval images at eval seed {EVAL_SEED_BASE + eval_seed}\n"
                  "columns: eval prompts; rows: base model, then each condition (its first seed)", fontsize=9)
     return fig

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from . import world
 from ..prompts import load_prompts
+from . import world
 from .judge import attribute_accuracy
 
 THRESHOLDS = {"bg": 0.95, "color": 0.90, "position": 0.85, "size": 0.80, "shape": 0.70}

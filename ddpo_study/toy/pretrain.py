@@ -210,8 +210,6 @@ def train_clip(clip, tokenizer, steps, batch, device, g):
 @torch.no_grad()
 def clip_zero_shot(clip, tokenizer, n, device, g) -> dict[str, float]:
     """Per attribute: among captions that differ from the truth in that attribute only, is the truth ranked first?"""
-    from .world import Attributes
-
     attrs = world.random_attributes(n, g)
     images = world.render(attrs, RESOLUTION, g).to(device)
     img = F.normalize(_pooled(clip.get_image_features(pixel_values=_images_for_clip(images))), dim=-1)
@@ -356,6 +354,7 @@ def main(argv=None) -> dict:
     from transformers import CLIPTextModel
 
     from ..aesthetic import AestheticMLP
+    from ..models import resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="data/toy-model", help="output folder (a diffusers pipeline)")
@@ -364,8 +363,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count (tests use ~0.01)")
     args = ap.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -1,4 +1,4 @@
-"""Deterministic toy prompt sets: ``python -m ddpo_study.toy.prompts`` writes ``data/prompts/toy_*.txt``.
+"""Deterministic toy prompt sets: ``python -m ddpo_study.toy.prompt_sets`` writes ``data/prompts/toy_*.txt``.
 
 All 2646 captions of the grammar are shuffled with a fixed seed. The first 64 become the held-out
 evaluation set ``toy_eval``; the next 300 are ``toy_300`` and its first 30 are ``toy_30`` (so the small set

@@ -255,8 +255,3 @@ def render_prompts(
 ) -> torch.Tensor:
     """:func:`render` for prompts of the grammar (raises :class:`PromptError` on others)."""
     return render(parse_many(prompts), resolution=resolution, generator=generator, noise=noise)
-
-
-def to_uint8(images: torch.Tensor) -> "numpy.ndarray":  # noqa: F821 - numpy imported lazily by torch
-    """(B,3,H,W) floats in [0,1] -> (B,H,W,3) uint8 numpy, the layout saved in eval ``.npz`` files."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -25,4 +25,8 @@ def test_pretrain_writes_a_stock_loadable_pipeline(tmp_path, one_thread):
     clip = load_clip(out / "clip")
     scores = load_aesthetic(out / "aesthetic")(clip.image_embeds(torch.rand(2, 3, 32, 32)))
     assert scores.shape == (2,) and torch.isfinite(scores).all()
-    assert json.loads((out / "pretrain_report.json").read_text())["steps"]["unet"] >= 2
+    saved = json.loads((out / "pretrain_report.json").read_text())
+    assert (saved["device"], saved["scale"]) == ("cpu", 0.001)
+    # --scale multiplies every stage's steps, floored at 2: here clip/unet are scaled (3), vae/aesthetic floored.
+    assert saved["steps"] == {k: max(2, int(v * 0.001)) for k, v in pretrain.STEPS.items()}
+    assert sorted(saved["steps"].values()) == [2, 2, 3, 3]

@@ -5,7 +5,7 @@ import torch
 
 from ddpo_study.prompts import PromptSetError, load_prompts
 from ddpo_study.toy import world
-from ddpo_study.toy.prompts import make_prompt_sets
+from ddpo_study.toy.prompt_sets import make_prompt_sets
 from ddpo_study.toy.tokenizer import build_tokenizer
 
 
@@ -70,7 +70,8 @@ def test_prompt_sets_are_deterministic_disjoint_and_committed():
     assert not set(sets["toy_eval"]) & set(sets["toy_300"])
     assert set(sets["toy_30"]) <= set(sets["toy_300"])
     for name, prompts in sets.items():
-        assert load_prompts(name) == prompts, f"data/prompts/{name}.txt is stale: rerun python -m ddpo_study.toy.prompts"
+        stale = f"data/prompts/{name}.txt is stale: rerun python -m ddpo_study.toy.prompt_sets"
+        assert load_prompts(name) == prompts, stale
     assert len(load_prompts("sd_animals_30")) == 30 and len(load_prompts("sd_animals_400")) >= 300
 
 
