@@ -339,11 +339,8 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
     adv = torch.as_tensor(advantages, dtype=torch.float32, device=device)
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "approx_kl", "clipfrac", "kl_to_base", "grad_norm",
                                                      "step_kl", "lr")}
-    # The probe for the step KL: one selected timestep of (up to) 32 of this process's samples.
-    probe_g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 99).integers(2**62)))
-    probe_rows = torch.randperm(n_local, generator=probe_g)[:max(1, 32 // world)]
+    probe_rows, probe_steps = step_kl_probe(cfg, epoch, rank, world)
     probe = traj[probe_rows]
-    probe_steps = torch.randint(0, cfg.num_steps, (len(probe), 1), generator=probe_g)
     before = _probe_outputs(unet, pipe, probe, probe_steps) if measure_step_kl else None
     for inner in range(cfg.inner_epochs):
         g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 1 + inner).integers(2**62)))  # same on all processes
@@ -388,14 +385,39 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
                     controller.update(optimizer, stats["step_kl"][-1])
                 before = after
     unet.eval()
-    row = {f"train_{k}": float(np.mean(v)) for k, v in stats.items() if v}
+    row = {f"train_{k}": _mean_over_processes(v, sync) for k, v in stats.items() if v}
     row["train_optimizer_steps"] = len(stats["grad_norm"])
     row["learning_rate"] = optimizer.param_groups[0]["lr"]  # the rate the next epoch starts with
     return row
 
 
+def _mean_over_processes(values: list[float], sync) -> float:
+    """The mean of every process's ``values`` together (processes may hold different numbers of minibatches)."""
+    if sync is None:
+        return float(np.mean(values))
+    total = sync(torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64), "sum")
+    return float(total[0] / total[1])
+
+
+def step_kl_probe(cfg: DDPOConfig, epoch: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transitions on which the step KL is measured: (rows of this process's trajectory, ``(R, 1)`` steps).
+
+    Up to 32 of the epoch's samples, each at one random step, drawn from ``(seed, epoch)`` over the whole
+    epoch (the same whatever the process count); a process gets those it holds. A probe is enough: the KL is a
+    mean over latent dimensions and transitions, and it costs two no-grad forward passes of 32 transitions per
+    optimizer step instead of passes over the whole batch.
+    """
+    g = torch.Generator().manual_seed(int(_epoch_rng(cfg, epoch, 99).integers(2**62)))
+    chosen = torch.randperm(cfg.samples_per_epoch, generator=g)[:32]
+    steps = torch.randint(0, cfg.num_steps, (len(chosen), 1), generator=g)
+    mine = chosen % world == rank  # global sample i lives on process i % world, at row i // world
+    return chosen[mine] // world, steps[mine]
+
+
 @torch.no_grad()
 def _probe_outputs(unet, pipe, probe, probe_steps):
+    if len(probe) == 0:  # this process holds none of the probe's samples
+        return None
     unet.eval()
     out = transition_outputs(unet, pipe.scheduler, probe, probe_steps).noise_pred.float()
     unet.train()
@@ -403,12 +425,14 @@ def _probe_outputs(unet, pipe, probe, probe_steps):
 
 
 def _probe_kl(pipe, probe, probe_steps, before, after, sync) -> float:
-    """Mean KL(pi_before || pi_after) per dimension over the probe's transitions (all processes)."""
+    """Mean KL(pi_before || pi_after) per dimension over the probe's transitions (of all processes)."""
+    if before is None:
+        return _mean_over_processes([], sync)
     rows = torch.arange(len(probe)).unsqueeze(1).expand_as(probe_steps).reshape(-1)
     sample = probe.latents[rows, probe_steps.reshape(-1)]
     timesteps = probe.timesteps.to(sample.device)[probe_steps.reshape(-1)]
-    kl = ddim_gaussian_kl(pipe.scheduler, before, after, timesteps, sample, eta=probe.eta).mean()
-    return float(sync(kl, "mean") if sync is not None else kl)
+    kl = ddim_gaussian_kl(pipe.scheduler, before, after, timesteps, sample, eta=probe.eta)
+    return _mean_over_processes(kl.double().cpu().tolist(), sync)
 
 
 def _reward_columns(rewards: np.ndarray, prompts: list[str], info: dict) -> dict[str, float]:

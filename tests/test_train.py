@@ -28,6 +28,10 @@ def test_lora_run_writes_metrics_eval_images_and_a_stock_loadable_lora(tiny_mode
         assert data["rewards"].mean() == pytest.approx(df.loc[2, "reward_mean"], rel=1e-9)
     assert (out / "eval" / "epoch_0000.png").is_file()
     assert (out / "checkpoints" / "latest" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()  # kept after training
+    assert not (out / "final" / "unet").exists()
+    assert df["train_optimizer_steps"].iloc[1:].eq(cfg.samples_per_epoch // cfg.train_batch_size).all()
+    assert (df["train_step_kl"].iloc[1:] > 0).all()
     assert json.loads((out / "config.json").read_text())["mode"] == "lora"
     assert (out / "DONE").is_file()
 
@@ -47,24 +51,25 @@ def test_full_and_progressive_modes_train(mode, tiny_model_dir, tiny_prompt_file
     assert "train_kl_to_base" in df.columns and df["train_kl_to_base"].iloc[1:].notna().all()
     phases = df["phase"].iloc[1:].tolist()
     assert phases == (["lora", "lora"] if mode == "progressive" else ["full", "full"])
-    assert (out / "checkpoints" / "latest" / "unet" / "config.json").is_file()
+    assert (out / "final" / "unet" / "config.json").is_file()
+    assert (out / "final" / "lora").is_dir() == (mode == "progressive")
 
 
 def test_crash_and_resume_equals_an_uninterrupted_run(tiny_model_dir, tiny_prompt_files, tmp_path, monkeypatch):
     ref = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "ref", num_epochs=3), progress=False)
     cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "crash", num_epochs=3)
-    real_update = train.ppo_update
+    real_epoch = train.train_epoch
 
-    def crash_at_epoch_3(*args, **kwargs):
-        if args[7] == 3:
+    def crash_at_epoch_3(state, epoch):
+        if epoch == 3:
             raise KeyboardInterrupt("simulated kill")
-        return real_update(*args, **kwargs)
+        return real_epoch(state, epoch)
 
-    monkeypatch.setattr(train, "ppo_update", crash_at_epoch_3)
+    monkeypatch.setattr(train, "train_epoch", crash_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, progress=False)
     assert pd.read_csv(cfg.output_dir + "/metrics.csv")["epoch"].tolist() == [0, 1, 2]
-    monkeypatch.setattr(train, "ppo_update", real_update)
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
     train.run(cfg, progress=False)
     a = pd.read_csv(ref / "metrics.csv").drop(columns=[c for c in pd.read_csv(ref / "metrics.csv") if c.startswith("time_")])
     b = pd.read_csv(tmp_path / "crash" / "metrics.csv")[a.columns]
@@ -117,21 +122,6 @@ def test_bad_inputs_fail_with_clear_messages(tiny_model_dir, tiny_prompt_files, 
         train.run(tiny_config(str(tmp_path / "no-model"), tiny_prompt_files, tmp_path / "b"))
 
 
-def test_judge_metrics_score_toy_prompts_and_skip_others():
-    import torch
-
-    from ddpo_study.toy import world
-
-    prompts = ["a large red square in the center on a blue background", "a small white circle on the left on a black background"]
-    g = torch.Generator().manual_seed(0)
-    images = torch.stack([world.render_prompts(prompts, 32, g) for _ in range(3)], dim=1)  # (P, S, 3, H, W)
-    metrics = train.judge_metrics(images, prompts)
-    assert metrics["judge_all"] == 1.0
-    swapped = train.judge_metrics(images.flip(0), prompts)
-    assert swapped["judge_color"] == 0.0
-    assert train.judge_metrics(images, ["a red circle", "a blue square"]) == {}
-
-
 def test_chunking_timesteps_changes_memory_not_math(tiny_model_dir, tiny_prompt_files, tmp_path):
     a = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "a", num_epochs=1, num_steps=6), progress=False)
     b = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "b", num_epochs=1, num_steps=6,
@@ -162,3 +152,72 @@ def test_epoch_prompts_draws_groups_of_one_prompt_with_distinct_seeds(n_prompts,
 def test_images_per_prompt_must_divide_the_epoch():
     with pytest.raises(ConfigError, match="images_per_prompt"):
         DDPOConfig(samples_per_epoch=64, images_per_prompt=6).validate()
+
+
+def test_optimizer_steps_per_epoch_counts_steps_over_all_processes():
+    cfg = DDPOConfig(samples_per_epoch=64, train_batch_size=16, gradient_accumulation_steps=4, inner_epochs=2)
+    assert train.optimizer_steps_per_epoch(cfg) == 2
+    assert train.optimizer_steps_per_epoch(cfg, world=2) == 2  # the step is over samples, not processes
+    cfg = DDPOConfig(samples_per_epoch=64, train_batch_size=16, gradient_accumulation_steps=1)
+    assert train.optimizer_steps_per_epoch(cfg, world=4) == 4
+    with pytest.raises(ValueError, match="divide evenly over 3 processes"):
+        train.optimizer_steps_per_epoch(cfg, world=3)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
+        DDPOConfig(samples_per_epoch=64, train_batch_size=16, gradient_accumulation_steps=3).validate()
+
+
+def test_the_step_controller_brings_the_step_kl_to_its_target(tiny_model_dir, tiny_prompt_files, tmp_path):
+    """Started 10x too fast (a step KL ~100x the target), the controller settles within a factor 2.5 of it."""
+    fixed = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "fixed", num_epochs=1,
+                                  eval_every=1), progress=False)
+    kl_fixed = pd.read_csv(fixed / "metrics.csv")["train_step_kl"].iloc[1]
+    target = kl_fixed / 100
+    out = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "ctl", num_epochs=8, eval_every=8,
+                                target_kl=target), progress=False)
+    df = pd.read_csv(out / "metrics.csv").iloc[1:]
+    assert df["learning_rate"].iloc[0] < 1e-2  # the first steps overshot: the rate came down at once
+    late = df["train_step_kl"].iloc[-4:]
+    assert abs(np.log(late.median() / target)) < np.log(3), (target, late.tolist())  # within 3x of the target
+    assert abs(np.log(df["train_step_kl"].iloc[0] / target)) > np.log(10)  # ... from more than 10x above it
+
+
+def test_the_logged_step_kl_equals_an_independent_computation(tiny_model_dir, tiny_prompt_files, tmp_path):
+    """``train_step_kl`` against KL computed from two diffusers ``DDIMScheduler.step`` calls with shared noise:
+    for Gaussians with the same sigma, KL = mean((x_a - x_b)^2) / (2 sigma^2) when x = mu + sigma z."""
+    import copy
+
+    import torch
+
+    from ddpo_study import finetune
+    from ddpo_study.models import load_pipeline
+    from ddpo_study.prompts import load_prompts
+    from ddpo_study.sampler import guided_noise_pred
+    from ddpo_study.stat_tracking import PerPromptStatTracker
+
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", train_batch_size=8)  # one step
+    pipe = load_pipeline(cfg.model)
+    params = finetune.prepare_unet(pipe.unet, "lora", cfg.lora_rank, cfg.lora_alpha)
+    opt = train.make_optimizer(cfg, params, cfg.lora_learning_rate)
+    prompts = load_prompts(cfg.prompt_set)
+    traj = train.sample_epoch(cfg, pipe, pipe.unet, prompts, epoch=1)
+    adv = train.compute_advantages(cfg, PerPromptStatTracker(8, 2), traj.prompts, torch.randn(len(traj)).numpy())
+    before = copy.deepcopy(pipe.unet)
+    row = train.ppo_update(cfg, pipe, pipe.unet, params, opt, traj, adv, epoch=1)
+    assert row["train_optimizer_steps"] == 1
+
+    rows, steps = train.step_kl_probe(cfg, epoch=1)
+    sched = pipe.scheduler
+    kls = []
+    with torch.no_grad():
+        for r, j in zip(rows.tolist(), steps.reshape(-1).tolist()):
+            x, t = traj.latents[r:r + 1, j], traj.timesteps[j]
+            emb, neg = traj.prompt_embeds[r:r + 1], traj.negative_prompt_embeds[r:r + 1]
+            outs = []
+            for unet in (before, pipe.unet):
+                eps = guided_noise_pred(unet, x, t, emb, neg, cfg.guidance_scale)
+                outs.append(sched.step(eps, t, x, eta=cfg.eta, generator=torch.Generator().manual_seed(r)).prev_sample)
+            prev_t = t - sched.config.num_train_timesteps // sched.num_inference_steps
+            var = sched._get_variance(t, prev_t)
+            kls.append(float(((outs[0] - outs[1]) ** 2).mean() / (2 * cfg.eta**2 * var)) if var > 0 else 0.0)
+    assert row["train_step_kl"] == pytest.approx(float(np.mean(kls)), rel=1e-3)
+    assert row["train_step_kl"] > 0

@@ -1,0 +1,37 @@
+"""The eval protocol: fixed seeds, the judge's metrics, and eval files that reload exactly."""
+
+import numpy as np
+import torch
+
+from ddpo_study.config import EVAL_SEED_BASE
+from ddpo_study.evaluation import eval_seeds, judge_metrics, load_eval_images, save_eval_images
+from ddpo_study.toy import world
+
+
+def test_eval_seeds_are_the_same_fixed_block_in_every_run():
+    assert eval_seeds(3) == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1, EVAL_SEED_BASE + 2]
+
+
+def test_saved_eval_images_reload_as_saved(tmp_path):
+    (tmp_path / "eval").mkdir()
+    images = torch.rand(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    save_eval_images(tmp_path, 4, images, ["a", "b"], rewards=torch.tensor([[1.0, 2, 3], [4, 5, 6]]))
+    back = load_eval_images(tmp_path, 4)
+    assert back.shape == images.shape
+    assert (back - images).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
+    with np.load(tmp_path / "eval" / "epoch_0004.npz") as data:
+        assert data["rewards"][1, 2] == 6 and list(data["prompts"]) == ["a", "b"]
+    assert (tmp_path / "eval" / "epoch_0004.png").is_file()
+    assert load_eval_images(tmp_path, 5) is None
+
+
+def test_judge_metrics_score_toy_prompts_and_skip_others():
+    prompts = ["a large red square in the center on a blue background",
+               "a small white circle on the left on a black background"]
+    g = torch.Generator().manual_seed(0)
+    images = torch.stack([world.render_prompts(prompts, 32, g) for _ in range(3)], dim=1)  # (P, S, 3, H, W)
+    metrics = judge_metrics(images, prompts)
+    assert metrics["judge_all"] == 1.0
+    swapped = judge_metrics(images.flip(0), prompts)
+    assert swapped["judge_color"] == 0.0
+    assert judge_metrics(images, ["a red circle", "a blue square"]) == {}
