@@ -290,3 +290,79 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
                                 capture_output=True, text=True, check=True).stdout.split()
         assert sorted(listed) == [".gitignore", "eval/epoch_0000.npz", "eval/epoch_0000.png",
                                   "eval/epoch_0020.npz", "eval/epoch_0020.png"]
+
+
+# ----------------------------------------------------------------------------------------------- questions
+def questions_spec(questions, **extra) -> dict:
+    return {"name": "q", "notebook": "notebooks/cell.ipynb", "output_root": "results/q",
+            "fixed": {"model": "toy"}, "axes": {"seed": [0, 1, 2], "prompt_set": ["toy_30", "toy_300"],
+                                                "mode": ["lora", "full"]},
+            "quick": {"seed": [0], "mode": "lora", "output_root": "results/q_quick"}, "questions": questions, **extra}
+
+
+Q_OK = {"id": "Q1", "text": "LoRA vs full?", "a": {"mode": "lora"}, "b": {"mode": "full"},
+        "where": {"prompt_set": "toy_30"}, "primary": True, "fractions": [0.5]}
+
+
+def test_spec_questions_are_parsed_with_their_defaults():
+    spec = grid.load_spec(questions_spec([Q_OK, {"id": "Q2", "text": "prompts?", "a": {"prompt_set": "toy_300"},
+                                                 "b": {"prompt_set": "toy_30"}, "where": {"mode": "lora"},
+                                                 "at": "final", "metrics": "judge_distinct"}]))
+    q1, q2 = spec.questions
+    assert (q1.id, q1.a, q1.b, q1.where, q1.at, q1.fractions, q1.primary, q1.min_seeds) == (
+        "Q1", {"mode": "lora"}, {"mode": "full"}, {"prompt_set": "toy_30"}, "matched", (0.5,), True, 3)
+    assert q1.metrics == ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct")
+    assert (q2.at, q2.metrics, q2.primary) == ("final", ("judge_distinct",), False)
+    quick = grid.load_spec(questions_spec([Q_OK]), quick=True)  # validated against the full grid, kept
+    assert quick.questions == spec.questions[:1]
+    for name in ("toy_study", "toy_long", "toy_hypotheses"):  # specs without the section still load
+        assert grid.load_spec(REPO / "configs" / f"{name}.yaml").questions is None
+    variants = grid.load_spec({"notebook": "notebooks/cell.ipynb", "output_root": "results/v", "axes": {"seed": [0]},
+                               "variants": [{"variant": "base"}, {"variant": "rank64", "lora_rank": 64}],
+                               "questions": [{"id": "V", "text": "rank?", "a": {"variant": "rank64"},
+                                              "b": {"variant": "base"}}]})
+    assert variants.questions[0].a == {"variant": "rank64"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"a": {"mode": "lora"}, "b": {"mode": "ful"}}, r"question 'Q1': b: mode='ful' is not a value of axis 'mode'"),
+    ({"metrics": ["cross_div_clip", "judge_distinc"]}, r"question 'Q1': unknown metric\(s\) \['judge_distinc'\]"),
+    ({"a": {"lora_rank": 4}, "b": {"lora_rank": 8}}, r"'lora_rank' is not an axis of this grid"),
+    ({"where": {}}, r"axis/axes \['prompt_set'\] have several values: set them in 'where'"),
+    ({"b": {"mode": "lora"}}, r"'a' and 'b' are the same condition"),
+    ({"b": {"prompt_set": "toy_300"}}, r"'a' and 'b' must name the same keys"),
+    ({"a": {"seed": 0}, "b": {"seed": 1}}, r"'seed' is the replicate"),
+    ({"at": "final"}, r"'fractions' is for at: matched only"),
+    ({"at": "epoch 5"}, r"'at' must be one of \['matched', 'final'\]"),
+    ({"fractions": [0, 0.5]}, r"'fractions' must be a non-empty list of numbers in \(0, 1\]"),
+    ({"min_seeds": 6}, r"primary with min_seeds 6, but the grid has 3 seed\(s\)"),
+    ({"primary": "yes"}, r"'primary' must be true or false"),
+    ({"hypothesis": "x"}, r"unknown key\(s\) \['hypothesis'\]"),
+    ({"text": ""}, r"needs a 'text'"),
+    ({"where": {"prompt_set": "toy_30", "mode": "lora"}}, r"\['mode'\] both in 'a'/'b' and in 'where'"),
+])
+def test_a_bad_question_fails_with_one_clear_line(change, message):
+    with pytest.raises(grid.GridError, match=message) as err:
+        grid.load_spec(questions_spec([{**Q_OK, **change}]))
+    assert "\n" not in str(err.value)
+
+
+def test_question_list_errors():
+    with pytest.raises(grid.GridError, match="'questions' must be a list"):
+        grid.load_spec(questions_spec({"Q1": Q_OK}))
+    with pytest.raises(grid.GridError, match="question 'Q1': duplicate id"):
+        grid.load_spec(questions_spec([Q_OK, Q_OK]))
+    with pytest.raises(grid.GridError, match="question #0: needs an 'id'"):
+        grid.load_spec(questions_spec([{**Q_OK, "id": ""}]))
+
+
+def test_find_spec_maps_a_results_folder_to_its_spec(tmp_path):
+    from ddpo_study.grid.spec import find_spec
+
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(questions_spec([Q_OK])))
+    (tmp_path / "broken.yaml").write_text("a: [")
+    spec = find_spec(REPO / "results" / "q", configs=tmp_path)
+    assert spec.name == "q" and not spec.is_quick and spec.questions[0].id == "Q1"
+    assert find_spec("results/q_quick", configs=tmp_path).is_quick
+    assert find_spec(tmp_path / "elsewhere", configs=tmp_path) is None
+    assert find_spec("results/toy_long").name == "toy_long"  # the repository's configs/

@@ -21,6 +21,21 @@ Spec format (``configs/*.yaml``)::
       num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
       seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)
       output_root: results/toy_study_quick  # output_root, cell_name and variants may be overridden too
+    questions:                              # optional: the contrasts the summary answers, written before the run
+      - id: Q1
+        text: Does LoRA lose more diversity than full fine-tuning at matched reward?
+        a: {mode: lora}                     # the two conditions, as axis values (or {variant: name})
+        b: {mode: full}
+        where: {prompt_set: toy_30}         # every other axis with several values, seed excepted
+        metrics: [cross_div_clip, retrieval_acc, judge_all, judge_distinct]
+        at: matched                         # matched (reward levels) | final (last epoch)
+        fractions: [0.5]                    # matched levels: fractions of the smaller of the two mean gains
+        primary: true                       # Holm over the primary rows; else exploratory
+        min_seeds: 6                        # fewer common seeds: "not answered"
+
+Questions: see :func:`ddpo_study.grid.spec.parse_questions` (validated when the spec is loaded, against the
+full grid) and :mod:`ddpo_study.report.questions` (how they are answered). Without ``questions:`` the summary
+asks its default exploratory questions.
 
 Cells. The cells are the cartesian product of the ``axes`` in the order written (the first axis varies
 slowest, so put ``seed`` first to get every condition's first seed early), times the ``variants`` (innermost)
@@ -79,6 +94,7 @@ from .runner import (
     status,
 )
 from .spec import (
+    QUESTION_METRICS,
     QUICK_SPECIAL,
     REPO_ROOT,
     RUNNER_KEYS,
@@ -87,7 +103,9 @@ from .spec import (
     Cell,
     GridError,
     GridSpec,
+    Question,
     expand,
+    find_spec,
     load_spec,
     notebook_parameters,
     parse_shard,
@@ -96,8 +114,8 @@ from .spec import (
 
 __all__ = [
     # spec
-    "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridError", "GridSpec", "expand",
-    "load_spec", "notebook_parameters", "parse_shard", "select_shard",
+    "QUESTION_METRICS", "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridError",
+    "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_shard",
     # runner
     "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
     "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status", "run_cell",

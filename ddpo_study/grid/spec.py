@@ -1,12 +1,15 @@
-"""A grid spec: reading and validating it (:func:`load_spec`), its cells (:func:`expand`) and ``--shard``.
+"""A grid spec: reading and validating it (:func:`load_spec`), its cells (:func:`expand`), ``--shard`` and its
+pre-registered questions (:class:`Question`, :func:`parse_questions`, :func:`find_spec`).
 
-The spec format and the rules for cells are in the :mod:`ddpo_study.grid` docstring.
+The spec format and the rules for cells are in the :mod:`ddpo_study.grid` docstring; the ``questions:``
+section is described at :func:`parse_questions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +22,8 @@ from ..config import ConfigError, DDPOConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick")
+SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
+             "questions")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -45,6 +49,7 @@ class GridSpec:
     description: str = ""
     source: Path | None = None
     is_quick: bool = False
+    questions: list["Question"] | None = None  # None: the spec has no ``questions:`` section
 
 
 @dataclass
@@ -103,6 +108,9 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     both = sorted(set(fixed) & set(axes))
     if both:
         raise GridError(f"key(s) {both} are both in 'fixed' and in 'axes'")
+    questions = None  # validated against the full grid, before --quick pins axes
+    if "questions" in data:
+        questions = parse_questions(data["questions"], axes, _variant_labels(variants), fixed.get("seed"))
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -127,7 +135,8 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     return GridSpec(name=str(data.get("name") or (source.stem if source else "grid")),
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
-                    description=str(data.get("description") or ""), source=source, is_quick=quick)
+                    description=str(data.get("description") or ""), source=source, is_quick=quick,
+                    questions=questions)
 
 
 def _as_axis(key: str, values: Any) -> list[Any]:
@@ -262,3 +271,171 @@ def select_shard(cells: list[Cell], shard: str | tuple[int, int] | None) -> list
         return list(cells)
     i, n = parsed
     return [c for c in cells if c.index % n == i]
+
+
+# ----------------------------------------------------------------------------------------------- questions
+#: Metrics a question may compare (columns of metrics.csv).
+QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct", "judge_distinct_frac",
+                    "reward_mean", "within_div_clip", "cross_div_pixel", "within_div_pixel", "vendi_clip",
+                    "clip_score", "dist_base_clip", "dist_base_pixel", "param_dist")
+#: The study's diversity metrics: cross-prompt CLIP distance, prompt retrieval, the judge's all-correct rate and
+#: its number of distinct readings across prompts at one seed.
+DEFAULT_QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct")
+QUESTION_KEYS = ("id", "text", "a", "b", "where", "metrics", "at", "fractions", "primary", "min_seeds")
+QUESTION_AT = ("matched", "final")
+SEED_KEY = "seed"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A pre-registered contrast: condition ``a`` vs condition ``b`` (config/axis values, ``where`` shared by both),
+    read on ``metrics`` at matched reward levels (``fractions`` of the smaller gain) or at the final epoch."""
+
+    id: str
+    text: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    where: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[str, ...] = DEFAULT_QUESTION_METRICS
+    at: str = "matched"
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    primary: bool = False
+    min_seeds: int = 3
+
+
+def same_value(x: Any, y: Any) -> bool:
+    """Axis / config values are equal: as numbers when both read as numbers (YAML's 0 vs 0.0 vs "0.0"),
+    else as strings."""
+    if isinstance(x, bool) or isinstance(y, bool):
+        return str(x).lower() == str(y).lower()
+    try:
+        return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        return str(x) == str(y)
+
+
+def _variant_labels(variants: Any) -> list[str]:
+    if not isinstance(variants, list):
+        return []
+    return [_variant_label(v) for v in variants if isinstance(v, dict)]
+
+
+def parse_questions(raw: Any, axes: dict[str, list[Any]], variants: list[str] | None = None,
+                    fixed_seed: Any = None) -> list[Question]:
+    """The ``questions:`` section of a spec, validated against the grid's axes (before ``--quick``).
+
+    A list of mappings, written before the grid runs::
+
+        questions:
+          - id: Q1                                   # unique
+            text: Does LoRA lose more cross-prompt diversity than full fine-tuning at matched reward?
+            a: {mode: lora}                          # the two conditions: axis values (or {variant: name})
+            b: {mode: full}
+            where: {prompt_set: toy_30, diversity_lambda: 0.0}   # values both share
+            metrics: [cross_div_clip, retrieval_acc, judge_all, judge_distinct]   # default: these four
+            at: matched                              # matched (reward levels) | final (last epoch)
+            fractions: [0.5]                         # matched only; default [0.25, 0.5, 0.75]
+            primary: true                            # Holm over all primary rows; default false (exploratory)
+            min_seeds: 6                             # fewer common seeds: "not answered"; default 3
+
+    ``a`` and ``b`` name the same keys with different values; every axis with several values (seed excepted)
+    must be named in ``a``/``b`` or ``where``, so a question never pools settings silently. A primary question
+    needs at least ``min_seeds`` seeds in the grid. One :class:`GridError` line names the question and the fault.
+    """
+    if not isinstance(raw, list):
+        raise GridError("'questions' must be a list of mappings (id, text, a, b, where, metrics, at, ...)")
+    variants = list(variants or [])
+    known = {k: list(v) for k, v in axes.items() if k != SEED_KEY}
+    if variants:
+        known["variant"] = variants
+    seeds = axes.get(SEED_KEY, [fixed_seed] if fixed_seed is not None else [DDPOConfig.seed])
+    out: list[Question] = []
+    for i, q in enumerate(raw):
+        if not isinstance(q, dict):
+            raise GridError(f"question #{i}: must be a mapping, got {q!r}")
+        qid = str(q.get("id") or "").strip()
+        where_msg = f"question {qid!r}" if qid else f"question #{i}"
+
+        def fail(msg: str) -> GridError:
+            return GridError(f"{where_msg}: {msg}")
+
+        unknown = [k for k in q if k not in QUESTION_KEYS]
+        if unknown:
+            raise fail(f"unknown key(s) {unknown} (allowed: {list(QUESTION_KEYS)})")
+        if not qid:
+            raise fail("needs an 'id'")
+        if qid in {x.id for x in out}:
+            raise fail("duplicate id")
+        if not str(q.get("text") or "").strip():
+            raise fail("needs a 'text' (the question, in words)")
+        conds = {}
+        for side in ("a", "b", "where"):
+            value = q.get(side, {} if side == "where" else None)
+            if not isinstance(value, dict) or (side != "where" and not value):
+                raise fail(f"{side!r} must be a{' non-empty' if side != 'where' else ''} mapping of axis -> value")
+            for key, v in value.items():
+                if key == SEED_KEY:
+                    raise fail(f"{side}: 'seed' is the replicate, not a condition")
+                if key not in known:
+                    raise fail(f"{side}: {key!r} is not an axis of this grid (axes: {sorted(known)})")
+                if not any(same_value(v, allowed) for allowed in known[key]):
+                    raise fail(f"{side}: {key}={v!r} is not a value of axis {key!r} ({known[key]})")
+            conds[side] = dict(value)
+        if set(conds["a"]) != set(conds["b"]):
+            raise fail(f"'a' and 'b' must name the same keys ({sorted(conds['a'])} vs {sorted(conds['b'])})")
+        if all(same_value(conds["a"][k], conds["b"][k]) for k in conds["a"]):
+            raise fail("'a' and 'b' are the same condition")
+        both = sorted(set(conds["a"]) & set(conds["where"]))
+        if both:
+            raise fail(f"{both} both in 'a'/'b' and in 'where'")
+        loose = [k for k, v in known.items() if len(v) > 1 and k not in conds["a"] and k not in conds["where"]]
+        if loose:
+            raise fail(f"axis/axes {loose} have several values: set them in 'where' (or in 'a'/'b')")
+        metrics = q.get("metrics", list(DEFAULT_QUESTION_METRICS))
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        if not isinstance(metrics, list) or not metrics:
+            raise fail("'metrics' must be a non-empty list")
+        bad = [m for m in metrics if m not in QUESTION_METRICS]
+        if bad:
+            raise fail(f"unknown metric(s) {bad} (known: {list(QUESTION_METRICS)})")
+        at = q.get("at", "matched")
+        if at not in QUESTION_AT:
+            raise fail(f"'at' must be one of {list(QUESTION_AT)}, got {at!r}")
+        fractions = q.get("fractions", list(Question.fractions))
+        if at == "final" and "fractions" in q:
+            raise fail("'fractions' is for at: matched only")
+        if not isinstance(fractions, list) or not fractions or not all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
+            raise fail(f"'fractions' must be a non-empty list of numbers in (0, 1], got {fractions!r}")
+        primary = q.get("primary", False)
+        if not isinstance(primary, bool):
+            raise fail(f"'primary' must be true or false, got {primary!r}")
+        min_seeds = q.get("min_seeds", Question.min_seeds)
+        if not isinstance(min_seeds, int) or isinstance(min_seeds, bool) or min_seeds < 2:
+            raise fail(f"'min_seeds' must be an integer >= 2, got {min_seeds!r}")
+        if primary and len(seeds) < min_seeds:
+            raise fail(f"primary with min_seeds {min_seeds}, but the grid has {len(seeds)} seed(s)")
+        out.append(Question(id=qid, text=str(q["text"]).strip(), a=conds["a"], b=conds["b"], where=conds["where"],
+                            metrics=tuple(metrics), at=at, fractions=tuple(float(f) for f in fractions),
+                            primary=primary, min_seeds=min_seeds))
+    return out
+
+
+def find_spec(root: str | Path, configs: str | Path | None = None) -> GridSpec | None:
+    """The spec (``configs/*.yaml``, plain or ``--quick``) whose output_root is ``root``; None if none is.
+
+    The summary uses it to read a grid's pre-registered questions from its results folder alone."""
+    root = _resolve(root).resolve()
+    for path in sorted(Path(configs or REPO_ROOT / "configs").glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        quick = data.get("quick") if isinstance(data.get("quick"), dict) else {}
+        for is_quick, out in ((False, data.get("output_root")), (True, quick.get("output_root"))):
+            if out and _resolve(out).resolve() == root:
+                return load_spec(path, quick=is_quick)
+    return None

@@ -10,17 +10,17 @@ so nothing is shown or kept alive behind the caller's back) or pandas ``DataFram
 * A grid: :func:`load_grid_results` (all cells' metric rows with their config columns and a ``condition``
   label built from the config keys that vary, seed excepted), summary figures (:func:`fig_reward_curves`,
   :func:`fig_diversity_curves`, :func:`fig_frontier`, :func:`fig_final_bars`, :func:`fig_montage`) and tables
-  (:func:`final_table`, :func:`matched_reward_table`, :func:`questions_table`, :func:`contrasts_table`,
-  :func:`learning_table`: each run's paired reward gain over the base model, in standard errors), and
-  :func:`write_summary`, which saves them all under ``<root>/summary/`` reproducibly (same inputs, same bytes).
+  (:func:`final_table`, :func:`matched_reward_table`, :func:`learning_table`: each run's paired reward gain over
+  the base model in standard errors clustered by prompt), the questions (:func:`questions_table`: the spec's
+  pre-registered contrasts, paired by seed, Holm over the primaries, a verdict each), and :func:`write_summary`,
+  which saves them all under ``<root>/summary/`` reproducibly (same inputs, same bytes).
 
-Statistics (means over seeds with 95% t-intervals, Welch's interval for differences, "matched reward"): see
-:mod:`ddpo_study.report.stats`.
-
-Modules: ``results`` (reading run folders, condition labels, eval rows and images), ``stats`` (intervals,
-matched reward), ``tables`` (grid tables and the four questions), ``plotting`` (style, reproducible saving),
-``figures`` (grid figures, image layout), ``cell`` (one run's figures and tables), ``summary`` (writing
-``<root>/summary/``, Markdown, notebook setup). Everything is re-exported here: use ``report.<name>``.
+Modules: ``results`` (reading run folders, condition labels, eval rows and images), ``stats`` (intervals over
+seeds, paired-by-seed contrasts, the clustered SE of a paired gain, Holm), ``levels`` (matched-reward levels,
+per reward, after both conditions moved), ``questions`` (the spec's questions and their verdicts), ``tables``
+(grid tables), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
+(one run's figures and tables), ``summary`` (writing ``<root>/summary/``, Markdown, notebook setup). Everything
+is re-exported here: use ``report.<name>``.
 """
 
 from .cell import (
@@ -43,8 +43,37 @@ from .figures import (
     fig_reward_curves,
     tile,
 )
-from .plotting import PDF_METADATA, PNG_METADATA, save_figure, style
-from .plotting import _figure as _figure, _styled as _styled  # used by ddpo_study.explore
+from .levels import (
+    MATCH_FRACTIONS,
+    ConditionGain,
+    Level,
+    MatchedLevels,
+    condition_gain,
+    crossing,
+    levels_by_reward,
+    matched_levels,
+    matched_runs,
+    reward_levels,
+    start_epoch,
+    value_at_reward,
+)
+from .plotting import (  # _figure, _styled: used by ddpo_study.explore
+    PDF_METADATA,
+    PNG_METADATA,
+    _figure as _figure,
+    _styled as _styled,
+    save_figure,
+    style,
+)
+from .questions import (
+    ALPHA,
+    DEFAULTS,
+    default_questions,
+    evaluate_question,
+    questions_for,
+    questions_table,
+    select_runs,
+)
 from .results import (
     FINAL_METRICS,
     LABELS,
@@ -62,37 +91,33 @@ from .results import (
     read_cell,
 )
 from .stats import (
-    MATCH_FRACTIONS,
     aggregate,
-    matched_runs,
+    clustered_mean_se,
+    holm,
     mean_ci,
-    reward_levels,
+    one_sided_gain_p,
+    paired_gain,
+    paired_seed_ci,
     t_quantile,
-    value_at_reward,
     welch_ci,
 )
 from .summary import Summary, notebook_setup, summary_figures, summary_tables, to_markdown, write_summary
-from .tables import (
-    QUESTIONS,
-    cells_table,
-    contrasts_table,
-    final_table,
-    learning_table,
-    matched_reward_table,
-    paired_reward_gain,
-    questions_table,
-)
+from .tables import cells_table, final_table, learning_table, matched_reward_table, paired_reward_gain
 
 __all__ = [
     # results
     "FINAL_METRICS", "LABELS", "NON_FACTORS", "SHORT", "VALUE_ONLY", "condition_factors", "conditions",
     "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_eval_images", "load_grid_results", "read_cell",
     # stats
-    "MATCH_FRACTIONS", "aggregate", "matched_runs", "mean_ci", "reward_levels", "t_quantile", "value_at_reward",
-    "welch_ci",
+    "aggregate", "clustered_mean_se", "holm", "mean_ci", "one_sided_gain_p", "paired_gain", "paired_seed_ci",
+    "t_quantile", "welch_ci",
+    # levels
+    "MATCH_FRACTIONS", "ConditionGain", "Level", "MatchedLevels", "condition_gain", "crossing", "levels_by_reward",
+    "matched_levels", "matched_runs", "reward_levels", "start_epoch", "value_at_reward",
+    # questions
+    "ALPHA", "DEFAULTS", "default_questions", "evaluate_question", "questions_for", "questions_table", "select_runs",
     # tables
-    "QUESTIONS", "cells_table", "contrasts_table", "final_table", "learning_table", "matched_reward_table",
-    "paired_reward_gain", "questions_table",
+    "cells_table", "final_table", "learning_table", "matched_reward_table", "paired_reward_gain",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "save_figure", "style",
     # figures

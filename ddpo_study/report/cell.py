@@ -12,8 +12,8 @@ import pandas as pd
 
 from ..config import EVAL_SEED_BASE, DDPOConfig
 from .figures import _image_axis, _wrap, tile
-from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
 from .plotting import _figure, _styled
+from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
 
 
 # ================================================================================================ one cell
@@ -126,8 +126,8 @@ def cell_figures(cell_dir: str | Path) -> dict[str, Any]:
 
 
 CELL_TABLE_METRICS = ("reward_mean", "cross_div_clip", "within_div_clip", "cross_div_pixel", "within_div_pixel",
-                      "retrieval_acc", "retrieval_chance", "clip_score", "judge_all", "vendi_clip", "dist_base_clip",
-                      "dist_base_pixel", "param_dist")
+                      "retrieval_acc", "retrieval_chance", "clip_score", "judge_all", "judge_distinct",
+                      "judge_distinct_frac", "vendi_clip", "dist_base_clip", "dist_base_pixel", "param_dist")
 
 
 def cell_table(cell_dir: str | Path) -> pd.DataFrame:

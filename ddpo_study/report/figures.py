@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import EVAL_SEED_BASE
-from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, load_eval_images
-from .stats import aggregate, mean_ci, reward_levels
+from .levels import reward_levels, reward_names
 from .plotting import _figure, _styled
+from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, load_eval_images
+from .stats import aggregate, mean_ci
 
 
 # ================================================================================================ figures: grid
@@ -80,8 +81,9 @@ def fig_reward_curves(df: pd.DataFrame):
 @_styled
 def fig_diversity_curves(df: pd.DataFrame):
     """Within- and cross-prompt diversity (CLIP, pixel), prompt-retrieval accuracy and (toy world) the judge's
-    prompt-following accuracy vs epoch, per condition."""
-    metrics = ["within_div_clip", "cross_div_clip", "cross_div_pixel", "retrieval_acc", "judge_all"]
+    prompt-following accuracy and distinct readings across prompts vs epoch, per condition."""
+    metrics = ["within_div_clip", "cross_div_clip", "cross_div_pixel", "retrieval_acc", "judge_all",
+               "judge_distinct_frac"]
     present = [m for m in metrics if m in df and df[m].notna().any()]
     fig = _figure(11, 3.2 * max(1, math.ceil(len(present) / 2)))
     return _curves(fig, df, present, ncols=2)
@@ -91,8 +93,8 @@ def fig_diversity_curves(df: pd.DataFrame):
 def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "retrieval_acc")):
     """The reward-diversity frontier: seed-mean trajectories (one per condition) in (eval reward, metric).
 
-    Circles mark epoch 0 (the base model), stars the last epoch; dotted lines are the common reward levels of
-    :func:`matched_reward_table`, where conditions are compared at matched reward rather than matched epoch.
+    Circles mark epoch 0 (the base model), stars the last epoch; dotted lines are the reward levels of
+    :func:`matched_reward_table` (drawn when the grid has one reward: levels are per reward).
     """
     metrics = [m for m in metrics if m in df]
     fig = _figure(5.2 * max(1, len(metrics)) + 2.5, 4.2)
@@ -103,7 +105,7 @@ def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "
     axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
     styles = _cond_styles(df)
     ev = eval_rows(df)
-    levels = reward_levels(df, top="best")  # the matched-reward table's levels
+    levels = reward_levels(df, top="best") if len(reward_names(df)) == 1 else []  # matched-reward table levels
     for ax, metric in zip(axes, metrics):
         mean = ev.groupby(["condition", "epoch"], sort=False)[["reward_mean", metric]].mean().reset_index()
         for cond in conditions(df):

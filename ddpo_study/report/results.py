@@ -44,9 +44,11 @@ LABELS = {
     "train_kl_to_base": "KL to base (sampled transitions)",
     "train_loss": "PPO loss",
     "judge_all": "judge: all 5 attributes right (toy)",
+    "judge_distinct": "judge: distinct readings across prompts, one seed (toy)",
+    "judge_distinct_frac": "judge: distinct readings / distinct prompts (toy)",
 }
-FINAL_METRICS = ("reward_mean", "cross_div_clip", "within_div_clip", "retrieval_acc", "judge_all", "dist_base_clip",
-                 "param_dist")
+FINAL_METRICS = ("reward_mean", "cross_div_clip", "within_div_clip", "retrieval_acc", "judge_all", "judge_distinct",
+                 "dist_base_clip", "param_dist")
 
 
 # ================================================================================================ loading

@@ -1,10 +1,15 @@
-"""Statistics over seeds, and values at matched reward.
+"""Statistics of the study: intervals over seeds, paired gains clustered by prompt, paired-by-seed contrasts, Holm.
 
-Means over seeds with 95% t-intervals (``mean +- t_{0.975, n-1} s / sqrt(n)``; none for n < 2).
-Differences between two conditions use Welch's interval, seeds treated as independent runs. "Matched reward"
-compares conditions where each run *first reaches* a common eval-reward level (linear interpolation between
-eval epochs), the levels lying between the base model's reward and the lowest best reward of the conditions
-compared, so that a condition that trains faster or slower is not mistaken for one that collapses more.
+* Over seeds (runs are the replicates): ``mean +- t_{0.975, n-1} s / sqrt(n)`` (:func:`mean_ci`; none for n < 2),
+  Welch's interval for two independent sets of runs (:func:`welch_ci`), and, when two conditions share their
+  seeds, the paired interval over the seed-wise differences (:func:`paired_seed_ci`: a paired t-test, which
+  removes what a seed does to both conditions, e.g. its prompt draws).
+* Within one run (eval images are prompts x seeds, the same ones at every eval): the per-image gain
+  ``d = after - before`` and its standard error *clustered by prompt* (:func:`clustered_mean_se`), because
+  the images of one prompt are not independent of each other.
+* Multiplicity: Holm's step-down adjustment (:func:`holm`) over the pre-registered primary contrasts.
+
+Matched-reward levels are in :mod:`ddpo_study.report.levels`.
 """
 
 from __future__ import annotations
@@ -15,12 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .results import _factors, eval_rows
 
-MATCH_FRACTIONS = (0.25, 0.5, 0.75)
-
-
-# ================================================================================================ statistics
+# ================================================================================================ over seeds
 def t_quantile(df: float, q: float = 0.975) -> float:
     from scipy.stats import t
 
@@ -58,6 +59,46 @@ def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, floa
     return diff, diff - half, diff + half
 
 
+def paired_seed_ci(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str, float]:
+    """Paired-by-seed contrast of two conditions: ``a`` and ``b`` map seed -> one run's value.
+
+    Only seeds present (and finite) on both sides count. Returns ``n`` (common seeds), ``mean_a``, ``mean_b``,
+    ``difference`` (mean of the seed-wise differences a - b), its ``level`` t-interval ``low``/``high``
+    (``mean +- t_{n-1} sd / sqrt(n)``; NaN for n < 2) and the two-sided paired t-test ``p`` (NaN for n < 2;
+    0 or 1 when every difference is the same).
+    """
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    seeds = sorted(set(a.index) & set(b.index))
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    n = len(d)
+    out = {"n": n, "mean_a": float(a[seeds].mean()) if n else math.nan,
+           "mean_b": float(b[seeds].mean()) if n else math.nan, "difference": float(d.mean()) if n else math.nan,
+           "low": math.nan, "high": math.nan, "p": math.nan}
+    if n < 2:
+        return out
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se <= 1e-12 * max(1.0, float(np.abs(d).max())):  # every difference the same (up to float rounding)
+        return {**out, "low": out["difference"], "high": out["difference"], "p": 1.0 if out["difference"] == 0 else 0.0}
+    from scipy.stats import t
+
+    half = t_quantile(n - 1, 0.5 + level / 2) * se
+    p = float(2 * t.sf(abs(out["difference"]) / se, n - 1))
+    return {**out, "low": out["difference"] - half, "high": out["difference"] + half, "p": p}
+
+
+def one_sided_gain_p(gains: Sequence[float]) -> float:
+    """One-sided t-test p-value of ``mean(gains) > 0`` over runs (NaN for fewer than 2 finite values)."""
+    x = np.asarray([g for g in gains if np.isfinite(g)], dtype=float)
+    if len(x) < 2:
+        return math.nan
+    se = float(x.std(ddof=1)) / math.sqrt(len(x))
+    if se <= 1e-12 * max(1.0, float(np.abs(x).max())):
+        return 0.0 if x.mean() > 0 else 1.0
+    from scipy.stats import t
+
+    return float(t.sf(x.mean() / se, len(x) - 1))
+
+
 def aggregate(df: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
     """Mean and 95% CI of ``metric`` over the rows of each ``by`` group (seeds, usually)."""
     rows = []
@@ -69,56 +110,66 @@ def aggregate(df: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*by, "mean", "low", "high", "n"])
 
 
-# ================================================================================================ matched reward
-def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = "reward_mean") -> tuple[float, float]:
-    """(metric, epoch) where one run's eval reward first reaches ``level``, linearly interpolated.
+# ================================================================================================ within a run
+def clustered_mean_se(values: np.ndarray) -> tuple[float, float, int]:
+    """(mean, cluster-robust SE, clusters) of ``values`` shaped (clusters, members), e.g. prompts x seeds.
 
-    NaN, NaN if the run never reaches it. ``run``: that run's eval rows.
+    The CR1 (Liang-Zeger with the small-sample factor G / (G - 1)) standard error of a mean, NaN entries left out:
+
+        mean = sum_i x_i / N,   u_g = sum_{i in g} (x_i - mean),   SE^2 = G / (G - 1) * sum_g u_g^2 / N^2
+
+    over the G clusters with at least one value and the N values. With equal cluster sizes it equals the
+    standard error of the G cluster means, ``sd(cluster means) / sqrt(G)``. NaN SE for G < 2.
     """
-    r = run.dropna(subset=[reward, metric]).sort_values("epoch")
-    rew, val, ep = r[reward].to_numpy(float), r[metric].to_numpy(float), r["epoch"].to_numpy(float)
-    for j in range(len(rew)):
-        if rew[j] >= level:
-            if j == 0:
-                return float(val[0]), float(ep[0])
-            t = (level - rew[j - 1]) / (rew[j] - rew[j - 1])
-            return float(val[j - 1] + t * (val[j] - val[j - 1])), float(ep[j - 1] + t * (ep[j] - ep[j - 1]))
-    return math.nan, math.nan
+    x = np.asarray(values, dtype=float)
+    x = x.reshape(len(x), -1)
+    finite = np.isfinite(x)
+    n = int(finite.sum())
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(x[finite].mean())
+    used = finite.any(axis=1)
+    g = int(used.sum())
+    if g < 2:
+        return mean, math.nan, g
+    u = np.where(finite, x - mean, 0.0).sum(axis=1)[used]
+    se = math.sqrt(g / (g - 1) * float((u**2).sum()) / n**2)
+    return mean, se, g
 
 
-def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
-                  reward: str = "reward_mean", top: str = "common") -> list[float]:
-    """Reward levels for comparisons at matched reward: fractions of the way from the base reward to a target.
+def paired_gain(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """Per-image paired gain ``after - before`` (both prompts x seeds): mean, SE clustered by prompt
+    (:func:`clustered_mean_se`) and ``z = gain / SE``, plus the SE and z that treat every image as independent
+    (``gain_se_iid = sd(d) / sqrt(n)``, ``z_iid``), which overstate the evidence when a prompt's images move
+    together."""
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if before.shape != after.shape:
+        raise ValueError(f"before {before.shape} and after {after.shape} must have the same shape")
+    d = (after - before).reshape(len(after), -1)
+    gain, se, clusters = clustered_mean_se(d)
+    flat = d[np.isfinite(d)]
+    se_iid = float(flat.std(ddof=1) / math.sqrt(len(flat))) if len(flat) > 1 else math.nan
 
-    ``top="common"``: the lowest of the conditions' best (seed-mean) rewards, a level every condition reaches;
-    empty when some condition never improves on the base. ``top="best"``: the highest of them, so that a grid
-    whose conditions gain very unequally still gets informative levels (not every condition reaches them).
+    def z(s: float) -> float:
+        return gain / s if np.isfinite(s) and s > 0 else math.nan
+
+    return {"gain": gain, "gain_se": se, "z": z(se), "gain_se_iid": se_iid, "z_iid": z(se_iid),
+            "n_prompts": clusters, "n_images": len(flat)}
+
+
+# ================================================================================================ multiplicity
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (NaN stays NaN and is not counted).
+
+    With the m finite p-values sorted, ``p_(1) <= ... <= p_(m)``: ``adj_(k) = max_{j <= k} min(1, (m - j + 1) p_(j))``.
+    Rejecting where ``adj < alpha`` controls the family-wise error rate at ``alpha``.
     """
-    if top not in ("common", "best"):
-        raise ValueError(f"top must be 'common' or 'best', got {top!r}")
-    ev = eval_rows(df, reward)
-    if ev.empty:
-        return []
-    base = float(ev[ev["epoch"] == 0][reward].mean())
-    best = ev.groupby(["condition", "epoch"])[reward].mean().groupby(level=0).max()
-    target = float(best.min() if top == "common" else best.max())
-    if not np.isfinite(base) or not np.isfinite(target) or target <= base:
-        return []
-    return [base + f * (target - base) for f in fractions]
-
-
-def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Sequence[float] | None = None,
-                 fractions: Sequence[float] = MATCH_FRACTIONS, top: str = "common") -> pd.DataFrame:
-    """Per run and reward level: ``metric`` and the epoch at which the run first reaches that level."""
-    levels = list(levels) if levels is not None else reward_levels(df, fractions, top=top)
-    fractions = list(fractions) if len(fractions) == len(levels) else [math.nan] * len(levels)
-    ev = eval_rows(df)
-    rows = []
-    for cell, run in ev.groupby("cell", sort=False):
-        first = run.iloc[0]
-        for frac, level in zip(fractions, levels):
-            value, epoch = value_at_reward(run, level, metric)
-            rows.append({"cell": cell, "condition": first["condition"], "condition_order": first["condition_order"],
-                         "seed": first.get("seed"), "fraction": frac, "reward_level": level, metric: value,
-                         "epoch_reached": epoch, **{k: first[k] for k in _factors(df)}})
-    return pd.DataFrame(rows)
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), math.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda k: (p[k], k))):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()

@@ -11,9 +11,13 @@ import numpy as np
 import pandas as pd
 
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
-from .results import _factors, load_grid_results
 from .plotting import _write_bytes, save_figure
-from .tables import cells_table, contrasts_table, final_table, learning_table, matched_reward_table, questions_table
+from .questions import questions_for, questions_table
+from .results import _factors, load_grid_results
+from .tables import cells_table, final_table, learning_table, matched_reward_table
+
+#: Fixed float format of the tables' CSV files (re-running the summary gives the same bytes).
+CSV_FLOAT_FORMAT = "%.6g"
 
 
 # ================================================================================================ writing
@@ -43,17 +47,19 @@ def summary_figures(df: pd.DataFrame) -> dict[str, Any]:
             "frontier": fig_frontier(df), "final_bars": fig_final_bars(df), "montage": fig_montage(df)}
 
 
-def summary_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    contrasts = contrasts_table(df)
-    return {"questions": questions_table(df), "final": final_table(df), "matched_reward": matched_reward_table(df),
-            "contrasts": contrasts[[c for c in contrasts if not c.startswith("_")]], "learning": learning_table(df),
-            "cells": cells_table(df)}
+def summary_tables(df: pd.DataFrame, questions=None) -> dict[str, pd.DataFrame]:
+    """The summary's tables; ``questions``: the spec's pre-registered ones (None: the default questions)."""
+    return {"questions": questions_table(df, questions), "final": final_table(df),
+            "matched_reward": matched_reward_table(df), "learning": learning_table(df), "cells": cells_table(df)}
 
 
-def write_summary(root: str | Path, out_dir: str | Path | None = None) -> Summary:
+def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:
     """Every summary figure (PNG + PDF) and table (CSV + Markdown) of the grid under ``root``, written to
     ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
-    ``grid_results.csv`` (the tidy data). Re-running on the same results gives byte-identical files."""
+    ``grid_results.csv`` (the tidy data). Re-running on the same results gives byte-identical files.
+
+    The questions are the ``questions:`` of ``spec`` (a path, dict or GridSpec), or else of the spec in
+    ``configs/`` whose output_root is ``root``; without one, the default exploratory questions."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root / "summary"
     out.mkdir(parents=True, exist_ok=True)
@@ -61,15 +67,16 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None) -> Summar
     summary = Summary(out_dir=out)
     if df.empty:
         return summary
+    questions, source = questions_for(root, spec)
     summary.figures = summary_figures(df)
-    summary.tables = summary_tables(df)
+    summary.tables = summary_tables(df, questions)
     for name, fig in summary.figures.items():
         summary.files += save_figure(fig, out / name)
     md = [f"# Summary of {root.name}\n", f"{df['cell'].nunique()} cells, conditions varying in: "
-          f"{', '.join(_factors(df)) or '(none)'}; mean and 95% CI over seeds.\n"]
+          f"{', '.join(_factors(df)) or '(none)'}; mean and 95% CI over seeds. Questions: {source}.\n"]
     for name, table in summary.tables.items():
         csv = out / f"{name}.csv"
-        _write_bytes(csv, table.to_csv(index=False).encode())
+        _write_bytes(csv, table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
         _write_bytes(out / f"{name}.md", to_markdown(table).encode())
         summary.files += [csv, out / f"{name}.md"]
         md += [f"## {name}\n", to_markdown(table)]

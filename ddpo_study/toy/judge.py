@@ -113,3 +113,30 @@ def attribute_accuracy(images: torch.Tensor, target: Attributes) -> dict[str, fl
         every &= ok
     out["all"] = every.float().mean().item()
     return out
+
+
+def distinct_readings(images: torch.Tensor, target: Attributes) -> dict[str, float]:
+    """How many different things the judge reads across prompts at one seed (the #2113 symptom, CLIP-free).
+
+    ``images``: float (P, S, 3, H, W) in [0, 1], P prompts x S seeds (the eval layout); ``target``: the P
+    prompts' parsed attributes. For each seed the judge reads the five attributes of the P images and the distinct
+    5-tuples are counted (every image where no shape is visible counts as one reading, "no shape"); returns
+
+    * ``distinct``: that count averaged over the seeds (P when every prompt reads differently, 1 when every prompt
+      gives the same image);
+    * ``distinct_frac``: ``distinct`` divided by the number of distinct true 5-tuples among the P prompts (1.0 for
+      a model that keeps prompts as distinguishable as they are).
+    """
+    if images.ndim != 5:
+        raise ValueError(f"images must be (prompts, seeds, 3, H, W), got shape {tuple(images.shape)}")
+    p, s = images.shape[:2]
+    if len(target) != p:
+        raise ValueError(f"{len(target)} target attribute rows for {p} prompts")
+    reading = judge(images.flatten(0, 1))
+    codes = torch.stack([getattr(reading.attrs, f) for f in Attributes.FIELDS], dim=1)  # (P*S, 5)
+    codes = torch.where(reading.found[:, None], codes, torch.full_like(codes, -1)).view(p, s, -1)
+    counts = [len({tuple(row) for row in codes[:, j].tolist()}) for j in range(s)]
+    truth = torch.stack([getattr(target, f) for f in Attributes.FIELDS], dim=1)
+    n_true = len({tuple(row) for row in truth.tolist()})
+    distinct = sum(counts) / len(counts)
+    return {"distinct": float(distinct), "distinct_frac": float(distinct / n_true)}

@@ -1,5 +1,6 @@
 """The geometric judge reads renders back (it is the referee, so it must be near perfect on them)."""
 
+import pytest
 import torch
 
 from ddpo_study.toy import world
@@ -38,3 +39,21 @@ def test_taste_prefers_its_documented_optimum_and_ignores_the_prompt():
     lo = taste(worst, world.sample_layout(worst, g))
     assert TASTE_RANGE[0] <= lo < hi <= TASTE_RANGE[1]
     assert hi > 8.5 and lo < 3.0
+
+
+def test_distinct_readings_count_what_the_judge_tells_apart_across_prompts_at_one_seed():
+    from ddpo_study.toy.judge import distinct_readings
+
+    g = torch.Generator().manual_seed(1)
+    attrs = world.all_attribute_combinations()[torch.randperm(2646, generator=g)[:12]]  # 12 distinct prompts
+    images = torch.stack([world.render(attrs, 32, g) for _ in range(3)], dim=1)  # (P, S, 3, H, W)
+    got = distinct_readings(images, attrs)
+    assert got["distinct"] >= 11.5 and got["distinct_frac"] >= 11.5 / 12
+    same = images[:1].expand(12, -1, -1, -1, -1)  # every prompt gives the same image (per seed)
+    assert distinct_readings(same, attrs) == {"distinct": 1.0, "distinct_frac": 1 / 12}
+    twice = attrs[torch.arange(12) % 6]  # 6 distinct true tuples, each twice: the fraction is of those 6
+    assert distinct_readings(world.render(twice, 32, g)[:, None], twice)["distinct_frac"] == pytest.approx(1.0, abs=0.2)
+    blank = torch.full((4, 2, 3, 32, 32), 0.5)  # no shape anywhere: one reading, "no shape"
+    assert distinct_readings(blank, attrs[:4])["distinct"] == 1.0
+    with pytest.raises(ValueError, match="prompts, seeds"):
+        distinct_readings(images[:, 0], attrs)

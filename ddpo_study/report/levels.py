@@ -1,0 +1,241 @@
+"""Matched reward: reading a metric where runs first reach a common eval-reward level, per reward.
+
+Comparing conditions at equal epochs mistakes a condition that trains faster for one that collapses more; so
+conditions are compared where each run *first reaches* a reward level (linear interpolation between evals,
+:func:`crossing`). Levels only mean something within one reward (a JPEG level is no aesthetic level), so every
+function here works per value of the config key ``reward``.
+
+Two kinds of levels:
+
+* descriptive (:func:`reward_levels`, :func:`matched_runs`): fractions of the way from the base model's reward
+  to the lowest (``top="common"``) or highest (``top="best"``) of the conditions' best seed-mean rewards;
+* for a contrast of two conditions (:func:`matched_levels`), levels inside the range both reach *after both have
+  moved*: each condition's mean gain is the highest seed-mean gain over the base at its evals after its start
+  epoch (0; for progressive its ``progressive_switch_epoch``, since it is full fine-tuning until then), and must
+  be significantly > 0 (one-sided t-test over its runs at that eval, ``alpha``), else no level is read. The
+  levels are ``base + f * (the smaller of the two mean gains)``; a level is *refused* when some run of either
+  condition first reaches it no later than its first eval after its start epoch, i.e. when the reading would be
+  interpolated between the base model (or, for progressive, the full-fine-tuning phase) and the first eval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .results import _factors, eval_rows
+from .stats import one_sided_gain_p
+
+MATCH_FRACTIONS = (0.25, 0.5, 0.75)
+REWARD_KEY = "reward"  # the config key naming a run's reward
+
+
+# ================================================================================================ one run
+def start_epoch(run: pd.DataFrame | pd.Series) -> int:
+    """The epoch after which a run is read: 0, or ``progressive_switch_epoch`` for progressive runs."""
+    row = run.iloc[0] if isinstance(run, pd.DataFrame) else run
+    if row.get("mode") == "progressive" and pd.notna(row.get("progressive_switch_epoch")):
+        return int(row["progressive_switch_epoch"])
+    return 0
+
+
+def crossing(run: pd.DataFrame, level: float, metric: str, reward: str = "reward_mean") -> tuple[float, float, float]:
+    """(metric, epoch, lower_epoch) where one run's eval reward first reaches ``level``, linearly interpolated
+    between the eval before (at ``lower_epoch``) and the first eval at or above the level. At the first eval
+    ``lower_epoch`` is that eval's epoch. All NaN if the run never reaches it. ``run``: that run's eval rows."""
+    r = run.dropna(subset=[reward, metric]).sort_values("epoch")
+    rew, val, ep = r[reward].to_numpy(float), r[metric].to_numpy(float), r["epoch"].to_numpy(float)
+    for j in range(len(rew)):
+        if rew[j] >= level:
+            if j == 0:
+                return float(val[0]), float(ep[0]), float(ep[0])
+            t = (level - rew[j - 1]) / (rew[j] - rew[j - 1])
+            return (float(val[j - 1] + t * (val[j] - val[j - 1])), float(ep[j - 1] + t * (ep[j] - ep[j - 1])),
+                    float(ep[j - 1]))
+    return math.nan, math.nan, math.nan
+
+
+def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = "reward_mean") -> tuple[float, float]:
+    """(metric, epoch) of :func:`crossing`."""
+    value, epoch, _ = crossing(run, level, metric, reward)
+    return value, epoch
+
+
+# ================================================================================================ descriptive levels
+def reward_names(df: pd.DataFrame) -> list[str]:
+    """The rewards of the runs in ``df`` (config key ``reward``), sorted; [""] when the column is absent."""
+    if REWARD_KEY not in df or df.empty:
+        return [""]
+    return sorted(df[REWARD_KEY].astype(str).unique())
+
+
+def by_reward(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``df`` split by reward (see :func:`reward_names`), attrs kept."""
+    if REWARD_KEY not in df or df.empty:
+        return {"": df}
+    out = {}
+    for name in reward_names(df):
+        part = df[df[REWARD_KEY].astype(str) == name]
+        part.attrs = df.attrs
+        out[name] = part
+    return out
+
+
+def reward_levels(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
+                  reward: str = "reward_mean", top: str = "common") -> list[float]:
+    """Reward levels of one reward: fractions of the way from the base reward to a target.
+
+    ``top="common"``: the lowest of the conditions' best (seed-mean) rewards, a level every condition reaches;
+    empty when some condition never improves on the base. ``top="best"``: the highest of them (not every
+    condition reaches it). Raises ValueError when ``df`` holds runs of several rewards (:func:`levels_by_reward`).
+    """
+    if top not in ("common", "best"):
+        raise ValueError(f"top must be 'common' or 'best', got {top!r}")
+    names = reward_names(df)
+    if len(names) > 1:
+        raise ValueError(f"runs of several rewards {names}: levels are per reward (use levels_by_reward)")
+    ev = eval_rows(df, reward)
+    if ev.empty:
+        return []
+    base = float(ev[ev["epoch"] == 0][reward].mean())
+    best = ev.groupby(["condition", "epoch"])[reward].mean().groupby(level=0).max()
+    target = float(best.min() if top == "common" else best.max())
+    if not np.isfinite(base) or not np.isfinite(target) or target <= base:
+        return []
+    return [base + f * (target - base) for f in fractions]
+
+
+def levels_by_reward(df: pd.DataFrame, fractions: Sequence[float] = MATCH_FRACTIONS,
+                     top: str = "common") -> dict[str, list[float]]:
+    """:func:`reward_levels` of each reward's runs."""
+    return {name: reward_levels(part, fractions, top=top) for name, part in by_reward(df).items()}
+
+
+def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Sequence[float] | None = None,
+                 fractions: Sequence[float] = MATCH_FRACTIONS, top: str = "common") -> pd.DataFrame:
+    """Per run and reward level: ``metric`` and the epoch at which the run first reaches the level.
+
+    Levels: ``levels`` for every run, or else each reward's own :func:`reward_levels`. ``early`` marks a reading
+    interpolated before the run's first eval after its start epoch (:func:`start_epoch`)."""
+    rows = []
+    parts = {"": df} if levels is not None else by_reward(df)
+    for name, part in parts.items():
+        lv = list(levels) if levels is not None else reward_levels(part, fractions, top=top)
+        fr = list(fractions) if len(fractions) == len(lv) else [math.nan] * len(lv)
+        for cell, run in eval_rows(part).groupby("cell", sort=False):
+            first = run.iloc[0]
+            start = start_epoch(run)
+            for frac, level in zip(fr, lv):
+                value, epoch, lower = crossing(run, level, metric)
+                rows.append({"cell": cell, "reward": first.get(REWARD_KEY, name), "condition": first["condition"],
+                             "condition_order": first["condition_order"], "seed": first.get("seed"),
+                             "fraction": frac, "reward_level": level, metric: value, "epoch_reached": epoch,
+                             "early": bool(np.isfinite(lower) and lower <= start),
+                             **{k: first[k] for k in _factors(df) if k != REWARD_KEY}})
+    return pd.DataFrame(rows)
+
+
+# ================================================================================================ two conditions
+@dataclass(frozen=True)
+class ConditionGain:
+    """A condition's mean gain over the base after its start epoch, and whether it is significantly > 0."""
+
+    label: str
+    gain: float  # highest seed-mean gain over the base among its evals after `start`
+    epoch: float  # where that is
+    n: int  # runs with an eval there
+    p: float  # one-sided t-test of the runs' gains there
+    start: int
+    moved: bool
+
+    def describe(self) -> str:
+        after = "" if self.start == 0 else f" after the switch (epoch {self.start})"
+        if not np.isfinite(self.gain):
+            return f"{self.label}: no eval{after or ' after epoch 0'}"
+        if self.n < 2:
+            return f"{self.label}: mean gain {self.gain:+.3g}{after} from {self.n} seed (needs >= 2 to test)"
+        return f"{self.label}: mean gain {self.gain:+.3g}{after}, one-sided p {self.p:.2g} over {self.n} seeds"
+
+
+@dataclass(frozen=True)
+class Level:
+    fraction: float
+    value: float
+    refused: str = ""  # why it is not read ("" when it is)
+
+
+@dataclass(frozen=True)
+class MatchedLevels:
+    """The levels at which two conditions are compared, or ``reason`` when there are none."""
+
+    base: float
+    gains: tuple[ConditionGain, ...]
+    levels: tuple[Level, ...] = ()
+    reason: str = ""
+
+
+def condition_gain(ev: pd.DataFrame, label: str, alpha: float = 0.05, reward: str = "reward_mean") -> ConditionGain:
+    """:class:`ConditionGain` of one condition's eval rows (all its runs)."""
+    gains = []
+    start = 0
+    for _, run in ev.dropna(subset=[reward]).groupby("cell", sort=False):
+        start = start_epoch(run)
+        base = run.loc[run["epoch"] == 0, reward]
+        if base.empty:
+            continue
+        after = run[run["epoch"] > start]
+        gains.append(pd.Series(after[reward].to_numpy(float) - float(base.iloc[0]), index=after["epoch"].to_numpy()))
+    if not gains:
+        return ConditionGain(label, math.nan, math.nan, 0, math.nan, start, False)
+    table = pd.concat(gains, axis=1)  # epochs x runs
+    curve = table.mean(axis=1).dropna().sort_index()
+    if curve.empty:
+        return ConditionGain(label, math.nan, math.nan, 0, math.nan, start, False)
+    epoch = float(curve.idxmax())
+    at = table.loc[epoch].dropna().to_numpy(float)
+    p = one_sided_gain_p(at)
+    gain = float(curve.max())
+    return ConditionGain(label, gain, epoch, len(at), p, start, bool(gain > 0 and np.isfinite(p) and p < alpha))
+
+
+def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, str] = ("a", "b"),
+                   fractions: Sequence[float] = MATCH_FRACTIONS, alpha: float = 0.05,
+                   reward: str = "reward_mean") -> MatchedLevels:
+    """The reward levels at which conditions a and b (their runs' eval rows) are compared; see the module doc."""
+    names = [reward_names(ev) for ev in (ev_a, ev_b)]
+    if names[0] != names[1] or len(names[0]) > 1:
+        return MatchedLevels(math.nan, (), reason=f"the conditions use different rewards ({labels[0]}: "
+                             f"{', '.join(names[0])}; {labels[1]}: {', '.join(names[1])})")
+    both = pd.concat([ev_a, ev_b])
+    base = float(both.loc[both["epoch"] == 0, reward].mean())
+    gains = tuple(condition_gain(ev, lab, alpha, reward) for ev, lab in zip((ev_a, ev_b), labels))
+    still = [g for g in gains if not g.moved]
+    if still:
+        if all(g.n < 2 for g in still):
+            who = f"too few seeds to tell whether {' and '.join(g.label for g in still)} moved"
+        else:
+            who = "neither condition moved" if len(still) == 2 else f"{still[0].label} did not move"
+        return MatchedLevels(base, gains, reason=f"{who} ({'; '.join(g.describe() for g in gains)})")
+    smaller = min(g.gain for g in gains)
+    levels = []
+    for f in fractions:
+        value = base + f * smaller
+        early = []
+        for ev, g in zip((ev_a, ev_b), gains):
+            runs = [run for _, run in ev.groupby("cell", sort=False)]
+            k = sum(1 for run in runs if _early(run, value, reward))
+            if k:
+                after = "epoch 0" if g.start == 0 else f"the switch (epoch {g.start})"
+                early.append(f"{g.label}: {k} of {len(runs)} runs reach it by their first eval after {after}")
+        levels.append(Level(f, value, "; ".join(early)))
+    return MatchedLevels(base, gains, tuple(levels))
+
+
+def _early(run: pd.DataFrame, level: float, reward: str) -> bool:
+    """Does the run first reach ``level`` no later than its first eval after its start epoch?"""
+    _, _, lower = crossing(run, level, reward, reward)
+    return bool(np.isfinite(lower) and lower <= start_epoch(run))

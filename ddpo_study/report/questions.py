@@ -1,0 +1,240 @@
+"""The study's questions, answered from saved results: each a contrast of two conditions pre-registered in the
+grid spec (``questions:``, :class:`ddpo_study.grid.spec.Question`), or, for a spec without that section, the
+default exploratory questions (:func:`default_questions`).
+
+For each question and metric (and each matched reward level): the paired-by-seed difference a - b
+(:func:`~ddpo_study.report.stats.paired_seed_ci`), its 95% CI and two-sided p; Holm's adjustment over every
+row of the primary questions (:func:`~ddpo_study.report.stats.holm`); and a verdict, ``answered: ...`` or
+``not answered: <reason>`` (a condition not in the grid, a metric not logged, neither condition moved, a level
+refused, fewer than ``min_seeds`` common seeds). Matched levels: :func:`~ddpo_study.report.levels.matched_levels`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import UNUSED_BY_MODE
+from ..grid.spec import DEFAULT_QUESTION_METRICS, REPO_ROOT, GridSpec, Question, find_spec, load_spec, same_value
+from .levels import crossing, matched_levels, start_epoch
+from .results import _factors, _format_factor, _order_key, eval_rows, final_rows
+from .stats import holm, paired_seed_ci
+
+ALPHA = 0.05
+COLUMNS = ["id", "kind", "question", "a", "b", "where", "at", "fraction", "reward_level", "metric", "n_seeds",
+           "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p", "p_holm", "verdict"]
+
+# The default questions (a spec without ``questions:``): factor, the two sides, metrics and where they are read.
+# Sides may be a value or "max"/"min" (numeric factors) or "most"/"fewest" (prompt sets). All exploratory.
+DEFAULTS = (
+    ("Q1", "Does LoRA lose more prompt-following diversity than full fine-tuning at matched reward?",
+     "mode", "lora", "full", DEFAULT_QUESTION_METRICS, "matched"),
+    ("Q2", "Do more training prompts keep more diversity at matched reward?",
+     "prompt_set", "most", "fewest", DEFAULT_QUESTION_METRICS, "matched"),
+    ("Q3", "Does the diversity penalty keep more diversity at matched reward?",
+     "diversity_lambda", "max", "min", DEFAULT_QUESTION_METRICS, "matched"),
+    ("Q3 cost", "What does the diversity penalty cost in final eval reward?",
+     "diversity_lambda", "max", "min", ("reward_mean",), "final"),
+    ("Q4", "Does progressive fine-tuning (full, then LoRA) keep more diversity than LoRA at matched reward?",
+     "mode", "progressive", "lora", DEFAULT_QUESTION_METRICS, "matched"),
+)
+
+
+# ================================================================================================ which questions
+def _reference(cells: pd.DataFrame, factor: str) -> Any:
+    """A factor's baseline value: its most frequent value; ties go to LoRA, the fewest prompts, the smallest."""
+    counts = cells[factor].value_counts(sort=False)
+    best = counts[counts == counts.max()].index.tolist()
+    if factor == "mode" and "lora" in best:
+        return "lora"
+    return sorted(best, key=lambda v: _order_key(factor, v))[0]
+
+
+def _side(values: list, factor: str, side: Any) -> Any:
+    ordered = sorted(values, key=lambda v: _order_key(factor, v))
+    if not ordered:
+        return side
+    return ordered[-1] if side in ("max", "most") else ordered[0] if side in ("min", "fewest") else side
+
+
+def _defaults(df: pd.DataFrame) -> list[tuple[str, str, Question | None, str]]:
+    """(id, text, question or None, why not) for each default question, in the grid's reference setting."""
+    factors = _factors(df)
+    cells = df.drop_duplicates("cell")
+    out = []
+    for qid, text, factor, sa, sb, metrics, at in DEFAULTS:
+        values = cells[factor].drop_duplicates().tolist() if factor in factors else []
+        a, b = _side(values, factor, sa), _side(values, factor, sb)
+        absent = [v for v in (a, b) if not any(same_value(v, x) for x in values)]
+        if not values or a == b or absent:
+            need = f"two values of {factor!r}" if not values or a == b else \
+                f"runs with {', '.join(f'{factor}={v}' for v in absent)}"
+            out.append((qid, text, None, f"not in this grid (needs {need})"))
+            continue
+        where = {f: _reference(cells, f) for f in factors if f != factor}
+        out.append((qid, text, Question(id=qid, text=text, a={factor: a}, b={factor: b}, where=where,
+                                        metrics=tuple(metrics), at=at), ""))
+    return out
+
+
+def default_questions(df: pd.DataFrame) -> list[Question]:
+    """The default exploratory questions that the grid in ``df`` can ask (its factors have both sides)."""
+    return [q for _, _, q, _ in _defaults(df) if q is not None]
+
+
+def questions_for(root: str | Path,
+                  spec: str | Path | dict | GridSpec | None = None) -> tuple[list[Question] | None, str]:
+    """(the spec's questions or None, where they come from): ``spec``, or else the spec whose output_root is
+    ``root`` (:func:`~ddpo_study.grid.spec.find_spec`). None: use :func:`default_questions`."""
+    spec = load_spec(spec) if spec is not None else find_spec(root)
+    if spec is None or spec.questions is None:
+        where = "no grid spec found" if spec is None else f"{_rel(spec.source) or spec.name} has no 'questions:'"
+        return None, f"default questions, all exploratory ({where})"
+    return spec.questions, f"pre-registered in {_rel(spec.source) or spec.name} ('questions:')"
+
+
+def _rel(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+# ================================================================================================ answering
+def select_runs(df: pd.DataFrame, cond: dict[str, Any]) -> pd.DataFrame:
+    """The rows of the cells matching every ``key: value`` of ``cond`` (``variant`` = the grid variant's name; a
+    config key the cell's mode never reads is not checked)."""
+    if df.empty:
+        return df
+    cells = df.drop_duplicates("cell")
+    keep = np.ones(len(cells), dtype=bool)
+    for key, value in cond.items():
+        if key not in cells:
+            return df.iloc[0:0]
+        modes = cells["mode"] if "mode" in cells else pd.Series([""] * len(cells), index=cells.index)
+        match = [same_value(v, value) or key in UNUSED_BY_MODE.get(m, ()) for v, m in zip(cells[key], modes)]
+        keep &= np.asarray(match, dtype=bool)
+    return df[df["cell"].isin(set(cells.loc[keep, "cell"]))]
+
+
+def _label(cond: dict[str, Any]) -> str:
+    return ", ".join(str(v) if k == "variant" else _format_factor(k, v) for k, v in cond.items()) or "all"
+
+
+def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
+    return rows.groupby("seed")[metric].mean() if len(rows) else pd.Series(dtype=float)
+
+
+def _row(q: Question, metric: str, at: str, **kw) -> dict[str, Any]:
+    base = {c: math.nan for c in COLUMNS}
+    base.update({"id": q.id, "kind": "primary" if q.primary else "exploratory", "question": q.text,
+                 "a": _label(q.a), "b": _label(q.b), "where": _label(q.where), "at": at, "metric": metric,
+                 "n_seeds": 0, "verdict": ""})
+    base.update(kw)
+    return base
+
+
+def _compare(q: Question, metric: str, at: str, va: pd.Series, vb: pd.Series, **kw) -> dict[str, Any]:
+    res = paired_seed_ci(va, vb)
+    row = _row(q, metric, at, n_seeds=res["n"], mean_a=res["mean_a"], mean_b=res["mean_b"],
+               difference=res["difference"], ci_low=res["low"], ci_high=res["high"], p=res["p"], **kw)
+    if res["n"] < q.min_seeds:
+        reach = " reaching this level" if at != "final epoch" else " with a final epoch"
+        row.update(p=math.nan, verdict=f"not answered: fewer than {q.min_seeds} seeds ({res['n']} common seeds "
+                                       f"of a and b{reach})")
+    return row
+
+
+def evaluate_question(df: pd.DataFrame, q: Question, alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """The rows of one question (one per metric, and per level when read at matched reward); verdicts of rows
+    still to be answered are left empty (:func:`questions_table` fills them after Holm's adjustment)."""
+    runs_a, runs_b = select_runs(df, {**q.where, **q.a}), select_runs(df, {**q.where, **q.b})
+    at0 = "final epoch" if q.at == "final" else "matched reward"
+    for side, runs in (("a", runs_a), ("b", runs_b)):
+        if runs.empty:
+            cond = _label({**q.where, **getattr(q, side)})
+            return [_row(q, m, at0, verdict=f"not answered: no runs of {side} ({cond}) in this grid")
+                    for m in q.metrics]
+    rows = []
+    missing = {m for m in q.metrics if m not in df or pd.concat([runs_a, runs_b])[m].isna().all()}
+    if q.at == "final":
+        fa, fb = final_rows(runs_a), final_rows(runs_b)
+        for m in q.metrics:
+            if m in missing:
+                rows.append(_row(q, m, at0, verdict=f"not answered: {m} is not logged by these runs"))
+            else:
+                rows.append(_compare(q, m, at0, _by_seed(fa, m), _by_seed(fb, m)))
+        return rows
+    ev_a, ev_b = eval_rows(runs_a), eval_rows(runs_b)
+    levels = matched_levels(ev_a, ev_b, (_label(q.a), _label(q.b)), q.fractions, alpha)
+    if levels.reason:
+        return [_row(q, m, at0, verdict=f"not answered: {levels.reason}") for m in q.metrics]
+    smaller = min(g.gain for g in levels.gains)
+    for level in levels.levels:
+        at = f"reward {level.value:.4g} ({level.fraction:.0%} of the smaller gain, {smaller:.3g})"
+        for m in q.metrics:
+            kw = {"fraction": level.fraction, "reward_level": level.value}
+            if level.refused:
+                rows.append(_row(q, m, at, verdict=f"not answered: level refused ({level.refused})", **kw))
+            elif m in missing:
+                rows.append(_row(q, m, at, verdict=f"not answered: {m} is not logged by these runs", **kw))
+            else:
+                va, vb = (_values_at(ev, level.value, m) for ev in (ev_a, ev_b))
+                rows.append(_compare(q, m, at, va, vb, **kw))
+    return rows
+
+
+def _values_at(ev: pd.DataFrame, level: float, metric: str) -> pd.Series:
+    """seed -> the run's ``metric`` where it first reaches ``level`` (runs that never do, or only before their
+    first eval after their start epoch, left out)."""
+    out = {}
+    for _, run in ev.groupby("cell", sort=False):
+        value, _, lower = crossing(run, level, metric)
+        if np.isfinite(value) and lower > start_epoch(run):
+            out.setdefault(run["seed"].iloc[0], []).append(value)
+    return pd.Series({s: float(np.mean(v)) for s, v in out.items()}, dtype=float)
+
+
+def _verdict(row: dict[str, Any], alpha: float) -> str:
+    p = row["p_holm"] if row["kind"] == "primary" else row["p"]
+    ptext = f"Holm p {p:.2g}" if row["kind"] == "primary" else f"p {p:.2g}, unadjusted"
+    ci = f"95% CI {row['ci_low']:.3g} to {row['ci_high']:.3g}; {ptext}"
+    if p < alpha:
+        sign = "<" if row["difference"] < 0 else ">"
+        return f"answered: {row['a']} {sign} {row['b']} by {abs(row['difference']):.3g} ({ci})"
+    return f"answered: no difference detected ({ci})"
+
+
+def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = None,
+                    alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per question x metric (x matched level): the :data:`COLUMNS`, in the questions' order.
+
+    ``questions``: the spec's (:func:`questions_for`); None: the default questions, with a "not in this grid" row
+    for each one the grid cannot ask."""
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    rows = []
+    if questions is None:
+        for qid, text, q, why in _defaults(df):
+            if q is None:
+                placeholder = Question(id=qid, text=text, a={}, b={})
+                rows.append({**_row(placeholder, "", ""), "a": "", "b": "", "where": "",
+                             "verdict": f"not answered: {why}"})
+            else:
+                rows += evaluate_question(df, q, alpha)
+    else:
+        for q in questions:
+            rows += evaluate_question(df, q, alpha)
+    family = [i for i, r in enumerate(rows) if r["kind"] == "primary" and not r["verdict"] and np.isfinite(r["p"])]
+    for i, adj in zip(family, holm([rows[i]["p"] for i in family])):
+        rows[i]["p_holm"] = adj
+    for r in rows:
+        if not r["verdict"]:
+            r["verdict"] = _verdict(r, alpha) if np.isfinite(r["p"]) else "not answered: no p-value"
+    return pd.DataFrame(rows, columns=COLUMNS)

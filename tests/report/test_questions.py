@@ -1,0 +1,114 @@
+"""The questions: defaults for a spec without ``questions:``, the spec's pre-registered contrasts paired by seed,
+Holm over the primaries, verdicts with their reasons, and byte-identical files when the summary is re-run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddpo_study import report
+from ddpo_study.grid.spec import load_spec
+from tests.report.fakes import COLLAPSE, fake_cell
+
+
+def test_the_default_questions_are_answered_from_the_numbers(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    t = report.questions_table(df)
+    assert list(t["id"].drop_duplicates()) == ["Q1", "Q2", "Q3", "Q3 cost", "Q4"]
+    assert (t["kind"] == "exploratory").all() and t["p_holm"].isna().all()
+    q1 = t[(t["id"] == "Q1") & (t["metric"] == "cross_div_clip")].set_index("fraction")
+    assert (q1["a"] == "lora").all() and (q1["b"] == "full").all() and (q1["where"] == "toy_30, λ=0").all()
+    # 25% of the smaller gain: LoRA is past it at its first eval -> refused; 50% and 75%: read, LoRA lower
+    assert q1.loc[0.25, "verdict"].startswith("not answered: level refused (lora: 3 of 3 runs reach it")
+    for f in (0.5, 0.75):
+        expected = -(COLLAPSE["lora"] - COLLAPSE["full"]) * (q1.loc[f, "reward_level"] - 1.0)
+        assert q1.loc[f, "difference"] == pytest.approx(expected, abs=0.005) and q1.loc[f, "n_seeds"] == 3
+        assert q1.loc[f, "verdict"].startswith("answered: lora < full by ")
+        assert q1.loc[f, "ci_low"] < q1.loc[f, "difference"] < q1.loc[f, "ci_high"] < 0
+    distinct = t[(t["id"] == "Q1") & (t["metric"] == "judge_distinct") & (t["fraction"] == 0.5)]
+    assert distinct["verdict"].iloc[0] == "not answered: judge_distinct is not logged by these runs"
+    cost = t[t["id"] == "Q3 cost"].iloc[0]
+    assert cost["at"] == "final epoch" and cost["a"] == "λ=0.5" and cost["difference"] == pytest.approx(-0.2, abs=0.01)
+    assert cost["verdict"].startswith("answered: λ=0.5 < λ=0 by 0.2")
+    q3 = t[(t["id"] == "Q3") & (t["metric"] == "cross_div_clip")]
+    assert q3["at"].str.startswith("reward ").all()  # the penalty is read at matched reward, not equal epochs
+    q4 = t[(t["id"] == "Q4") & (t["metric"] == "cross_div_clip") & t["verdict"].str.startswith("answered")]
+    assert len(q4) and (q4["difference"] > 0).all()  # progressive keeps more than LoRA (read after its switch)
+
+
+def test_default_questions_missing_from_a_grid_say_so(tmp_path):
+    for seed in range(2):
+        fake_cell(tmp_path, "lora", "toy_30", 0.0, seed)
+    t = report.questions_table(report.load_grid_results(tmp_path))
+    assert list(t["id"]) == ["Q1", "Q2", "Q3", "Q3 cost", "Q4"]
+    assert t["verdict"].str.startswith("not answered: not in this grid").all()
+
+
+def tiny_grid(root, seeds=3, full_gain=0.6):
+    for seed in range(seeds):
+        fake_cell(root, "lora", seed=seed)
+        fake_cell(root, "full", seed=seed, gain=full_gain)
+    return root
+
+
+def spec_of(root, questions, seeds=3) -> dict:
+    return {"name": "tiny", "notebook": "notebooks/cell.ipynb", "output_root": str(root),
+            "cell_name": "{mode}-s{seed}", "fixed": {"model": "toy", "reward": "jpeg_compressibility"},
+            "axes": {"seed": list(range(seeds)), "mode": ["lora", "full"]}, "questions": questions}
+
+
+QUESTIONS = [
+    {"id": "Q1", "text": "LoRA vs full at matched reward", "a": {"mode": "lora"}, "b": {"mode": "full"},
+     "metrics": ["cross_div_clip", "retrieval_acc"], "at": "matched", "fractions": [0.5, 0.75], "primary": True},
+    {"id": "Q1 final", "text": "LoRA vs full at the last epoch", "a": {"mode": "lora"}, "b": {"mode": "full"},
+     "metrics": ["judge_all", "reward_mean"], "at": "final", "primary": True},
+    {"id": "E1", "text": "exploratory, more seeds than there are", "a": {"mode": "full"}, "b": {"mode": "lora"},
+     "metrics": ["cross_div_clip"], "at": "final", "min_seeds": 4},
+]
+
+
+def test_spec_questions_are_paired_by_seed_with_holm_over_the_primaries(tmp_path):
+    root = tiny_grid(tmp_path / "grid")
+    spec = load_spec(spec_of(root, QUESTIONS))
+    t = report.questions_table(report.load_grid_results(root), spec.questions)
+    assert list(t["id"]) == ["Q1"] * 4 + ["Q1 final"] * 2 + ["E1"]
+    assert list(t["kind"]) == ["primary"] * 6 + ["exploratory"]
+    primary = t[t["kind"] == "primary"]
+    assert primary["p_holm"].tolist() == pytest.approx(report.holm(primary["p"].tolist()))
+    assert (primary["p_holm"] >= primary["p"]).all()
+    assert primary["verdict"].str.contains("Holm p").all()
+    reward = t[(t["id"] == "Q1 final") & (t["metric"] == "reward_mean")].iloc[0]
+    assert reward["difference"] == pytest.approx(0.4, abs=0.01)
+    assert reward["verdict"].startswith("answered: lora > full")
+    e1 = t[t["id"] == "E1"].iloc[0]
+    assert e1["verdict"] == "not answered: fewer than 4 seeds (3 common seeds of a and b with a final epoch)"
+    assert np.isnan(e1["p"]) and np.isnan(e1["p_holm"]) and e1["n_seeds"] == 3
+
+
+def test_questions_say_why_they_are_not_answered(tmp_path):
+    root = tiny_grid(tmp_path / "flat", full_gain=0.0)
+    qs = load_spec(spec_of(root, QUESTIONS[:1])).questions
+    t = report.questions_table(report.load_grid_results(root), qs)
+    assert len(t) == 2 and t["verdict"].str.startswith("not answered: full did not move (").all()
+    root = tmp_path / "partial"
+    for seed in range(3):
+        fake_cell(root, "lora", seed=seed)
+    t = report.questions_table(report.load_grid_results(root), qs)
+    assert t["verdict"].str.startswith("not answered: no runs of b (full) in this grid").all()
+
+
+def test_rerunning_the_summary_gives_byte_identical_question_files(tmp_path):
+    root = tiny_grid(tmp_path / "grid")
+    spec = spec_of(root, QUESTIONS)
+    first = report.write_summary(root, spec=spec)
+    files = [root / "summary" / f"questions.{ext}" for ext in ("csv", "md")]
+    assert set(files) <= set(first.files)
+    before = [p.read_bytes() for p in files]
+    for p in files:
+        p.unlink()
+    report.write_summary(root, spec=spec)
+    assert [p.read_bytes() for p in files] == before
+    csv = before[0].decode()
+    assert csv.startswith("id,kind,question,a,b,where,at,fraction,reward_level,metric,n_seeds,mean_a,mean_b,")
+    assert "\r" not in csv and "Holm p" in csv
+    assert "Questions: pre-registered in" in (root / "summary" / "README.md").read_text()

@@ -1,0 +1,67 @@
+"""Grid tables: did each run learn (paired gain clustered by prompt), matched reward per reward."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ddpo_study import report
+
+
+def test_paired_reward_gain_equals_a_hand_computation(tmp_path):
+    cell = tmp_path / "cell"
+    (cell / "eval").mkdir(parents=True)
+    imgs = np.zeros((2, 2, 4, 4, 3), dtype=np.uint8)
+    for epoch, rewards in ((0, [[1, 2], [3, 4]]), (5, [[2, 2], [5, 5]])):
+        np.savez_compressed(cell / "eval" / f"epoch_{epoch:04d}.npz", images=imgs, prompts=np.array(["a", "b"]),
+                            rewards=np.array(rewards, dtype=np.float64))
+    got = report.paired_reward_gain(cell)
+    # differences [[1, 0], [2, 1]]: mean 1; prompt means 0.5 and 1.5, so the SE clustered by prompt is
+    # sd(0.5, 1.5) / sqrt(2) = 0.5; as 4 independent images it would be sd(1, 0, 2, 1) / 2 = sqrt(2/3) / 2
+    assert got["epoch"] == 5 and got["n_images"] == 4 and got["n_prompts"] == 2
+    assert got["reward_0"] == 2.5 and got["reward_end"] == 3.5 and got["gain"] == 1.0
+    assert got["gain_se"] == pytest.approx(0.5) and got["z"] == pytest.approx(2.0)
+    assert got["gain_se_iid"] == pytest.approx(math.sqrt(2 / 3) / 2)
+    assert got["z_iid"] == pytest.approx(2 / math.sqrt(2 / 3))
+    np.savez_compressed(cell / "eval" / "epoch_0005.npz", images=imgs, prompts=np.array(["a", "b"]))
+    assert math.isnan(report.paired_reward_gain(cell)["z"])  # older runs without per-image rewards
+
+
+def test_learning_table_flags_runs_that_gained_more_than_three_clustered_standard_errors(fake_grid):
+    table = report.learning_table(report.load_grid_results(fake_grid))
+    assert len(table) == 36 and table["learned"].all()  # every fake run gains >= 0.4 with noise 0.05
+    assert (table["epoch"] == 12).all() and (table["n_images"] == 8).all() and (table["n_prompts"] == 4).all()
+
+
+def test_matched_reward_table_uses_the_best_conditions_levels(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    table = report.matched_reward_table(df)
+    assert len(table) == 12 * 3 and set(table["reward"]) == {"jpeg_compressibility"}
+    assert set(table["reward_level"].round(9)) == set(np.round(report.reward_levels(df, top="best"), 9))
+    row = table[(table["condition"] == "toy_30, lora, λ=0") & (table["fraction"] == 0.75)].iloc[0]
+    assert row["runs_reaching"] == 3 and row["runs_early"] == 0
+    expected = 0.3 - 0.20 * (row["reward_level"] - 1.0)
+    assert row["cross_div_clip_mean"] == pytest.approx(expected, abs=0.005)
+    # the lowest level: LoRA's runs are past it at their first eval, so nothing is read there; full's are not
+    low = table[table["fraction"] == 0.25].set_index("condition")
+    lora = low.loc["toy_30, lora, λ=0"]
+    assert lora["runs_early"] == 3 and np.isnan(lora["cross_div_clip_mean"])
+    assert low.loc["toy_30, full, λ=0", "runs_early"] == 0 and low.loc["toy_30, full, λ=0", "runs_reaching"] == 3
+    # a condition that only ever gets worse is listed with no runs reaching any level; the table stays
+    flat = df["condition"] == "toy_300, full, λ=0"
+    base = float(df.loc[df["epoch"] == 0, "reward_mean"].mean())
+    df.loc[flat & (df["epoch"] > 0), "reward_mean"] = base - 0.1
+    assert report.reward_levels(df) == []
+    table = report.matched_reward_table(df)
+    assert (table.loc[table["condition"] == "toy_300, full, λ=0", "runs_reaching"] == 0).all()
+    assert table["runs_reaching"].max() == 3
+
+
+def test_final_and_cells_tables(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    final = report.final_table(df).set_index("condition")
+    assert len(final) == 12 and (final["seeds"] == 3).all() and (final["epoch"] == 12).all()
+    assert final.loc["toy_30, lora, λ=0", "reward_mean"] == pytest.approx(2.0, abs=0.01)
+    assert len(report.cells_table(df)) == 36
