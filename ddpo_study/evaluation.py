@@ -46,19 +46,21 @@ def evaluate(cfg: DDPOConfig, pipe, unet, eval_prompts, reward_fn, clip, lpips_m
 
 
 def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """Toy world only: the geometric judge's attribute accuracy (``judge_<attr>``), a CLIP-free referee.
+    """Toy world only: the geometric judge's attribute accuracy (``judge_<attr>``) and its number of distinct
+    readings across prompts at one seed (``judge_distinct``, ``judge_distinct_frac``), a CLIP-free referee.
 
     Empty for prompts outside the toy grammar (Stable Diffusion runs).
     """
     from .toy import world
-    from .toy.judge import attribute_accuracy
+    from .toy.judge import attribute_accuracy, distinct_readings
 
     try:
         attrs = world.parse_many(prompts)
     except world.PromptError:
         return {}
     accuracy = attribute_accuracy(images.flatten(0, 1), attrs.repeat_interleave(images.shape[1]))
-    return {f"judge_{k}": v for k, v in accuracy.items()}
+    distinct = distinct_readings(images, attrs)  # how many different prompts' images still read differently
+    return {f"judge_{k}": v for k, v in {**accuracy, **distinct}.items()}
 
 
 def eval_file(out: Path, epoch: int) -> Path:

@@ -238,6 +238,7 @@ def setup(cfg: DDPOConfig) -> RunState:
 def train_epoch(s: RunState, epoch: int) -> dict[str, Any]:
     """One epoch of DDPO's Algorithm 1 on ``s`` (weights, optimizer and tracker change); returns its row."""
     row: dict[str, Any] = {"epoch": epoch}
+    cpu0 = time.process_time()
     rank, world = s.rank_world
     with _timed(row, "sample"):
         traj = sample_epoch(s.cfg, s.pipe, s.unet, s.train_prompts, epoch, shard=(rank, world))    # 1. sample
@@ -254,6 +255,7 @@ def train_epoch(s: RunState, epoch: int) -> dict[str, Any]:
     row.update(_reward_columns(rewards, prompts, info))
     row["param_dist"] = finetune.param_distance_from_base(s.unet, s.base_state)
     row["phase"] = "lora" if finetune.has_lora(s.unet) else "full"
+    row["cpu_epoch_s"] = time.process_time() - cpu0  # this process's CPU time for the epoch, all threads
     return row
 
 

@@ -34,4 +34,7 @@ def test_judge_metrics_score_toy_prompts_and_skip_others():
     assert metrics["judge_all"] == 1.0
     swapped = judge_metrics(images.flip(0), prompts)
     assert swapped["judge_color"] == 0.0
+    assert metrics["judge_distinct"] == 2.0 and metrics["judge_distinct_frac"] == 1.0
+    same = judge_metrics(images[:1].expand(2, -1, -1, -1, -1), prompts)  # one image for both prompts
+    assert same["judge_distinct"] == 1.0
     assert judge_metrics(images, ["a red circle", "a blue square"]) == {}

@@ -181,21 +181,23 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], n
                                    log_output=False, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT))
 
 
-def write_cell_gitignore(cell_dir: Path) -> Path:
+def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False) -> Path:
     """A finished cell's ``.gitignore``: what of it goes into version control with the study's results.
 
-    Kept: config, metrics, status, ``report.html`` and the eval arrays and grids of epoch 0 (the base model,
-    byte-identical across cells, so git stores it once) and of the final epoch, enough to re-score the images
-    with another judge. Left local: the executed ``report.ipynb`` (``report.html`` is its code-free copy),
-    intermediate eval epochs and checkpoints. Keeps a 36-cell toy grid near 40 MB instead of ~110 MB.
-    """
-    from ..report import eval_epochs
+    Kept: config, metrics, status, ``report.html``, the eval arrays and grids of epoch 0 (the base model,
+    byte-identical across cells, so git stores it once) and of the final epoch (enough to re-score the images
+    with another judge), and the final LoRA adapter (``final/lora``, tens of kB; explore and diagnose load it).
+    ``final/unet`` (a full-tuned UNet, a few MB in fp16) only with ``keep_unet``. Left local: the executed
+    ``report.ipynb`` (``report.html`` is its code-free copy), intermediate eval epochs and checkpoints.
 
-    epochs = eval_epochs(cell_dir)
-    keep = {0, max(epochs)} if epochs else set()
-    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final evals are",
-             "# committed; the executed notebook, intermediate evals and checkpoints stay local.",
-             REPORT_NOTEBOOK, "checkpoints/", *(f"eval/epoch_{e:04d}.*" for e in epochs if e not in keep)]
+    The patterns depend only on the cell's config (its final epoch), never on which files are present, so a
+    clone that lacks the intermediate evals writes the same file (``make study`` leaves ``git status`` clean).
+    """
+    final = int(json.loads((cell_dir / "config.json").read_text())["num_epochs"])
+    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final evals and",
+             "# the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
+             REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.*", f"!eval/epoch_{final:04d}.*",
+             *([] if keep_unet else ["final/unet/"])]
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
