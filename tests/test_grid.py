@@ -277,19 +277,47 @@ def test_sharing_the_theme_css_keeps_the_page_and_is_idempotent(tmp_path):
 def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     cell = tmp_path / "cell"
     (cell / "eval").mkdir(parents=True)
+    (cell / "config.json").write_text(json.dumps({"num_epochs": 20}))
     for e in (0, 5, 10, 20):
         for ext in ("npz", "png"):
             (cell / "eval" / f"epoch_{e:04d}.{ext}").write_bytes(b"x")
+    for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json"):
+        (cell / "final" / part).parent.mkdir(parents=True, exist_ok=True)
+        (cell / "final" / part).write_text("x")
     path = grid.runner.write_cell_gitignore(cell)
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    assert lines == ["report.ipynb", "checkpoints/", "eval/epoch_0005.*", "eval/epoch_0010.*"]
+    text = path.read_text()
+    # a clone without the intermediate evals writes the same file (git status stays clean)
+    for e in (5, 10):
+        for ext in ("npz", "png"):
+            (cell / "eval" / f"epoch_{e:04d}.{ext}").unlink()
+    assert grid.runner.write_cell_gitignore(cell).read_text() == text
+    for e in (5, 10):
+        (cell / "eval" / f"epoch_{e:04d}.npz").write_bytes(b"x")
     if subprocess.run(["git", "--version"], capture_output=True).returncode == 0:  # what git makes of it
         subprocess.run(["git", "init", "-q", str(cell)], check=True)
         (cell / "report.ipynb").write_text("{}")
-        listed = subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
-                                capture_output=True, text=True, check=True).stdout.split()
-        assert sorted(listed) == [".gitignore", "eval/epoch_0000.npz", "eval/epoch_0000.png",
-                                  "eval/epoch_0020.npz", "eval/epoch_0020.png"]
+
+        def listed():
+            return sorted(subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
+                                         capture_output=True, text=True, check=True).stdout.split())
+
+        assert listed() == [".gitignore", "config.json", "eval/epoch_0000.npz", "eval/epoch_0000.png",
+                            "eval/epoch_0020.npz", "eval/epoch_0020.png", "final/lora/pytorch_lora_weights.safetensors"]
+        grid.runner.write_cell_gitignore(cell, keep_unet=True)
+        assert "final/unet/config.json" in listed()
+
+
+def test_exclude_drops_axis_combinations_and_keep_unet_marks_cells():
+    spec = grid.load_spec(questions_spec(None, exclude=[{"seed": [1, 2], "prompt_set": "toy_300"}],
+                                         keep_unet={"seed": 0, "mode": "full"}) | {"questions": []})
+    cells = grid.expand(spec, check_notebook=False)
+    combos = {(c.params["seed"], c.params["prompt_set"], c.params["mode"]) for c in cells}
+    assert len(cells) == 12 - 4 and (1, "toy_300", "lora") not in combos and (0, "toy_300", "full") in combos
+    assert [c.name for c in cells if c.keep_unet] == ["0-toy_30-full", "0-toy_300-full"]
+    with pytest.raises(grid.GridError, match="'exclude': 'seeds' is not an axis"):
+        grid.load_spec(questions_spec([], exclude=[{"seeds": 1}]))
+    with pytest.raises(grid.GridError, match="keep_unet"):
+        grid.load_spec(questions_spec([], keep_unet={"mode": "ful"}))
 
 
 # ----------------------------------------------------------------------------------------------- questions

@@ -231,7 +231,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
-        write_cell_gitignore(cell.dir)
+        write_cell_gitignore(cell.dir, cell.keep_unet)
         status.update(state="done")
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
@@ -299,7 +299,7 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     done_cells = [c for c in selected if c not in todo]
     states = {c.name: "skipped" for c in done_cells}
     for c in done_cells:
-        write_cell_gitignore(c.dir)  # idempotent; also covers cells finished by an older version
+        write_cell_gitignore(c.dir, c.keep_unet)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (

@@ -23,7 +23,7 @@ from ..config import ConfigError, DDPOConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
-             "questions")
+             "questions", "exclude", "keep_unet")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -50,6 +50,8 @@ class GridSpec:
     source: Path | None = None
     is_quick: bool = False
     questions: list["Question"] | None = None  # None: the spec has no ``questions:`` section
+    exclude: list[dict[str, list[Any]]] = field(default_factory=list)  # axis combinations that are not run
+    keep_unet: dict[str, list[Any]] | None = None  # cells whose final full UNet is committed (None: none)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Cell:
     params: dict[str, Any]  # every notebook parameter the runner passes (output_dir included)
     variant: str | None = None
     threads_from_spec: bool = False
+    keep_unet: bool = False  # commit final/unet (spec's keep_unet)
 
     @property
     def num_epochs(self) -> int:
@@ -111,6 +114,8 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     questions = None  # validated against the full grid, before --quick pins axes
     if "questions" in data:
         questions = parse_questions(data["questions"], axes, _variant_labels(variants), fixed.get("seed"))
+    exclude = [_partial_assignment(e, axes, "exclude") for e in _as_list(data.get("exclude"), "exclude")]
+    keep_unet = _partial_assignment(data["keep_unet"], axes, "keep_unet") if data.get("keep_unet") else None
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -136,7 +141,36 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
-                    questions=questions)
+                    questions=questions, exclude=exclude, keep_unet=keep_unet)
+
+
+def _as_list(value: Any, key: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise GridError(f"{key!r} must be a list of mappings from axis names to values")
+    return value
+
+
+def _partial_assignment(raw: Any, axes: dict[str, list[Any]], key: str) -> dict[str, list[Any]]:
+    """``{axis: value or [values]}`` validated against the axes -> ``{axis: [values]}``."""
+    if not isinstance(raw, dict) or not raw:
+        raise GridError(f"{key!r}: each entry must be a non-empty mapping of axis names to values, got {raw!r}")
+    out = {}
+    for axis, values in raw.items():
+        if axis not in axes:
+            raise GridError(f"{key!r}: {axis!r} is not an axis (axes: {list(axes)})")
+        values = values if isinstance(values, list) else [values]
+        bad = [v for v in values if not any(same_value(v, a) for a in axes[axis])]
+        if bad:
+            raise GridError(f"{key!r}: {axis}={bad} is not a value of the axis ({axes[axis]})")
+        out[axis] = values
+    return out
+
+
+def _matches(assignment: dict[str, list[Any]], values: dict[str, Any]) -> bool:
+    return all(axis in values and any(same_value(values[axis], v) for v in allowed)
+               for axis, allowed in assignment.items())
 
 
 def _as_axis(key: str, values: Any) -> list[Any]:
@@ -199,6 +233,8 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
     seen: dict[str, int] = {}
     combos = list(itertools.product(*spec.axes.values())) if spec.axes else [()]
     for combo in combos:
+        if any(_matches(e, dict(zip(spec.axes, combo))) for e in spec.exclude):
+            continue
         for variant in variants:
             index = len(cells)
             params = {**spec.fixed, **dict(zip(spec.axes, combo))}
@@ -231,8 +267,9 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
             seen[name] = index
             cell_dir = spec.output_root / name
             params["output_dir"] = _display_path(cell_dir)
+            keep = spec.keep_unet is not None and _matches(spec.keep_unet, dict(zip(spec.axes, combo)))
             cells.append(Cell(index=index, name=name, dir=cell_dir, params=params, variant=label,
-                              threads_from_spec="num_threads" in params))
+                              threads_from_spec="num_threads" in params, keep_unet=keep))
     return cells
 
 
