@@ -16,6 +16,9 @@ Commands:
                                        figures and tables of a grid's results under <root>/summary/
   cell SPEC CELL_NAME [--quick] [--write-config PATH]
                                        run one cell of a grid (or write its config for accelerate launch)
+  diagnose TUNED [--base MODEL] [--prompts SET] [--out DIR] ...
+                                       any fine-tuned model (LoRA file/folder, ddpo-pytorch checkpoint, UNet
+                                       folder, run folder) against its base: collapse or loading bug? (HTML)
 """
 
 from __future__ import annotations
@@ -40,9 +43,15 @@ def parse_sets(pairs: list[str]) -> dict:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (a bad spec or config): one line, no traceback."""
     from .config import ConfigError
+    from .diagnose import DiagnoseError, TunedModelError
+    from .explore import MissingWeightsError
     from .grid import GridError
+    from .models import ModelLoadError
+    from .prompts import PromptSetError
+    from .rewards import RewardError
 
-    return (GridError, ConfigError)
+    return (GridError, ConfigError, PromptSetError, ModelLoadError, RewardError, TunedModelError, DiagnoseError,
+            MissingWeightsError)
 
 
 def cmd_train(args) -> int:
@@ -82,7 +91,7 @@ def cmd_demo(args) -> int:
 def cmd_base_eval(args) -> int:
     from .toy import evaluate
 
-    argv = ["--model", args.model, "--guidance", *map(str, args.guidance)]
+    argv = ["--model", args.model, "--guidance", *map(str, args.guidance), "--steps", str(args.steps)]
     if args.out:
         argv += ["--out", args.out]
     evaluate.main(argv)
@@ -172,6 +181,32 @@ def cmd_cell(args) -> int:
     return 0 if result.ok else 1
 
 
+def _diagnose_name(path: Path) -> str:
+    """A folder name for a tuned model's report: its run or checkpoint folder, not ``lora``/``unet``/``final``."""
+    p = path.parent if path.is_file() else path
+    while p.name in ("lora", "unet", "final", "latest", "checkpoints") and p.parent != p:
+        p = p.parent
+    return p.name or "tuned"
+
+
+def cmd_diagnose(args) -> int:
+    """A tuned model against its base, written as one HTML page; prints the verdict line."""
+    import json
+
+    from .diagnose import REPORT_JSON, inspect_tuned, write_report
+
+    _kind, path = inspect_tuned(args.tuned)
+    out = Path(args.out) if args.out else Path("runs") / "diagnose" / _diagnose_name(path)
+    html = write_report(out, args.base, args.tuned, prompts=args.prompts, reward=args.reward,
+                        num_prompts=args.num_prompts, num_seeds=args.num_seeds, num_steps=args.steps,
+                        guidance_scale=args.guidance, eta=args.eta, lora_scales=args.scales,
+                        switch_steps=args.switch_steps, device=args.device, clip_model=args.clip_model,
+                        aesthetic_model=args.aesthetic_model)
+    print(f"verdict: {json.loads((out / REPORT_JSON).read_text())['verdict']}")
+    print(f"report: {html}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ddpo-study", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -192,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("base-eval", help="judge the base toy model's prompt-following and diversity")
     p.add_argument("--model", default="toy")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (the study samples with its num_steps)")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_base_eval)
 
@@ -234,6 +270,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-config", metavar="PATH", default="",
                    help="only write the cell's training config (JSON) for `accelerate launch -m ddpo_study train PATH`")
     p.set_defaults(fn=cmd_cell)
+
+    p = sub.add_parser("diagnose", help="a fine-tuned model against its base: collapse or loading bug? (HTML report)",
+                       description="Compare a tuned model with its base on the same prompts and seeds: the "
+                       "cross-prompt collapse with shared and per-prompt seeds, whether the weights are in effect, a "
+                       "LoRA-scale sweep and a base-for-the-first-k-steps sweep, and a verdict. Writes "
+                       "<out>/diagnose.html (one page, no code) and diagnose.json.")
+    p.add_argument("tuned", help="a diffusers/TRL LoRA folder or file, a ddpo-pytorch checkpoint (attention-processor "
+                   "LoRA), a diffusers UNet folder (or a folder with unet/), or a run folder")
+    p.add_argument("--base", default=None, help="base model: toy, sd15, a pipeline folder or hub id (default: a "
+                   "run folder's model, else toy)")
+    p.add_argument("--prompts", default="", help="prompt set name or file (default: a run's eval prompts, toy_eval "
+                   "for the toy model, else sd_animals_30)")
+    p.add_argument("--num-prompts", type=int, default=16, help="the first N prompts of the set")
+    p.add_argument("--num-seeds", type=int, default=4, help="images per prompt")
+    p.add_argument("--reward", default="", help="reward name (default: a run's reward, else aesthetic)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: a run's, else 20)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: a run's, else 5)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: a run's, else 1)")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="scales of the tuned update (LoRA scale, or weight interpolation for a full UNet)")
+    p.add_argument("--switch-steps", type=int, nargs="+", default=None,
+                   help="base-model steps k before switching to the tuned model (default: 0, T/4, T/2, 3T/4, T)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--clip-model", default="", help="CLIP folder or hub id (default: the toy model's, else "
+                   "openai/clip-vit-large-patch14)")
+    p.add_argument("--aesthetic-model", default="", help="aesthetic predictor (the toy model's, or a LAION file)")
+    p.add_argument("--out", default="", help="report folder (default: runs/diagnose/<tuned model's name>)")
+    p.set_defaults(fn=cmd_diagnose)
 
     args = ap.parse_args(argv)
     try:

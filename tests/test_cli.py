@@ -52,14 +52,15 @@ def test_base_eval_passes_model_and_guidances_and_writes_the_report(tiny_model_d
 
     monkeypatch.setattr(evaluate, "load_prompts", few_prompts)  # 2 eval prompts instead of 64 keep it fast
     out = tmp_path / "base_eval.json"
-    assert cli.main(["base-eval", "--model", str(tiny_model_dir), "--guidance", "2.0", "4.0",
+    assert cli.main(["base-eval", "--model", str(tiny_model_dir), "--guidance", "2.0", "4.0", "--steps", "6",
                      "--out", str(out)]) == 0
     assert asked == ["toy_eval"]
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
-    assert (report["n_prompts"], report["n_seeds"]) == (2, 4) and set(report["by_guidance"]) == {"2.0", "4.0"}
+    assert (report["n_prompts"], report["n_seeds"], report["steps"]) == (2, 4, 6)
+    assert set(report["by_guidance"]) == {"2.0", "4.0"}
 
-    direct = evaluate.evaluate(load_pipeline(str(tiny_model_dir)), GRAMMAR_PROMPTS, [4.0], n_seeds=4)
+    direct = evaluate.evaluate(load_pipeline(str(tiny_model_dir)), GRAMMAR_PROMPTS, [4.0], n_seeds=4, steps=6)
     got, want = report["by_guidance"]["4.0"], direct["by_guidance"]["4.0"]
     assert got["judge_accuracy"] == pytest.approx(want["judge_accuracy"])
     assert got["within_prompt_rms"] == pytest.approx(want["within_prompt_rms"], rel=1e-5)

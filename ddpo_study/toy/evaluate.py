@@ -87,11 +87,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompts", default="toy_eval", help="prompt set name or file")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="write the report here (JSON)")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.model, device=args.device)
-    report = evaluate(pipe, load_prompts(args.prompts), args.guidance, args.seeds)
+    report = evaluate(pipe, load_prompts(args.prompts), args.guidance, args.seeds, args.steps)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
