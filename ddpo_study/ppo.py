@@ -86,25 +86,31 @@ class StepController:
     sampled transitions (both policies are DDIM Gaussians with the same ``sigma_t``, so the KL is the closed
     form of ``sampler.ddim_gaussian_kl``, a per-dimension mean like the log-probs) and passes it to
     :meth:`update`. For small steps the KL grows with the square of the step, and an Adam step is roughly
-    proportional to the learning rate, so the correction is ``lr <- lr * sqrt(target_kl / kl)``, limited to a
-    factor ``max_factor`` per step so that one noisy measurement cannot throw the rate far. This makes LoRA and
-    full fine-tuning (whose good learning rates differ by ~100x) take steps of the same size in policy space.
+    proportional to the learning rate, so the full correction would be ``lr <- lr * sqrt(target_kl / kl)``. The
+    measured KL of one step scatters over an order of magnitude around its trend (it depends on how the step's
+    noisy direction meets the policy's sensitive directions), so the controller corrects by a share ``gain`` of
+    that in log space, ``lr <- lr * (target_kl / kl) ** (gain / 2)``, at most ``max_factor`` per step: the rate
+    follows the trend and the *geometric* mean of the step KL settles at the target. This makes LoRA and full
+    fine-tuning (whose good learning rates differ by ~100x) take steps of the same size in policy space.
     The rate lives in the optimizer's ``param_groups``, so checkpoints restore it with the optimizer.
     """
 
-    def __init__(self, target_kl: float, max_factor: float = 2.0):
+    def __init__(self, target_kl: float, gain: float = 0.5, max_factor: float = 2.0):
         if target_kl <= 0:
             raise ValueError(f"target_kl must be > 0, got {target_kl}")
+        if not 0 < gain <= 1:
+            raise ValueError(f"gain must be in (0, 1], got {gain}")
         if max_factor <= 1:
             raise ValueError(f"max_factor must be > 1, got {max_factor}")
         self.target_kl = target_kl
+        self.gain = gain
         self.max_factor = max_factor
 
     def factor(self, kl: float) -> float:
         """The learning-rate multiplier after a step that measured ``kl``."""
         if not kl > 0:  # no measurable move (or NaN): grow as fast as allowed
             return self.max_factor
-        return min(max((self.target_kl / kl) ** 0.5, 1 / self.max_factor), self.max_factor)
+        return min(max((self.target_kl / kl) ** (self.gain / 2), 1 / self.max_factor), self.max_factor)
 
     def update(self, optimizer: torch.optim.Optimizer, kl: float) -> float:
         """Scale every param group's ``lr`` by :meth:`factor`; returns the new lr of the first group."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpo_study.ppo import clipped_surrogate_loss, select_timesteps
+from ddpo_study.ppo import StepController, clipped_surrogate_loss, select_timesteps
 
 
 def test_loss_and_stats_equal_hand_computation():
@@ -66,3 +66,19 @@ def test_select_timesteps():
     assert all(sorted(row.tolist()) == list(range(5)) for row in full)
     with pytest.raises(ValueError):
         select_timesteps(20, 0.01, 2, g)  # int(0.2) = 0 steps
+
+
+def test_step_controller_factor_is_the_damped_square_root_rule_with_a_cap():
+    c = StepController(target_kl=1e-2, gain=0.5, max_factor=2.0)
+    assert c.factor(1e-2) == 1.0
+    assert math.isclose(c.factor(1e-1), 10 ** -0.25)  # 10x too big a step: lr x 10^(-1/4)
+    assert math.isclose(c.factor(1e-3), 10 ** 0.25)
+    assert c.factor(1e-9) == 2.0 and c.factor(10.0) == 0.5 and c.factor(0.0) == 2.0  # capped; no move: grow
+    assert math.isclose(StepController(1e-2, gain=1.0).factor(4e-2), 0.5)  # gain 1: the full sqrt correction
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert math.isclose(c.update(opt, 1e-1), 0.1 * 10 ** -0.25) and math.isclose(opt.param_groups[0]["lr"],
+                                                                                    0.1 * 10 ** -0.25)
+    for bad in (dict(target_kl=0), dict(target_kl=1e-2, gain=0), dict(target_kl=1e-2, max_factor=1)):
+        with pytest.raises(ValueError):
+            StepController(**bad)
