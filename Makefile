@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study study-quick test venv toy-model clean-venv
+.PHONY: study study-quick test venv toy-model clean-venv lab notebooks
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,20 @@ study-quick: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
+
+# JupyterLab on notebooks/ (the `lab` extra, installed on first use) with the project's kernel (python3, registered
+# above); jupytext pairs each notebook with its percent-format .py, so an edit in Lab saves both.
+LAB_STAMP := $(VENV)/.lab-installed
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[lab]'
+	touch $(LAB_STAMP)
+
+lab: $(LAB_STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)  # e.g. LAB_ARGS=--allow-root in a root container
+
+# After editing notebooks/*.py outside Lab: rewrite their .ipynb (tests/test_notebooks.py checks the pairs).
+notebooks: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.py
 
 toy-model: $(STAMP)
 	$(BIN)/python -m ddpo_study.toy.pretrain

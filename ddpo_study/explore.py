@@ -1,12 +1,16 @@
 """Look at one cell's fine-tuned model next to its base model: is the collapse real, or a loading bug?
 
-:func:`load_cell` rebuilds the base pipeline from the cell's ``config.json`` and loads the checkpoint the way a
-user would: LoRA through the stock ``pipe.load_lora_weights(<cell>/checkpoints/latest/lora)``, a full UNet with
-:func:`ddpo_study.finetune.load_full_unet` (progressive: the full-tuned UNet, then its LoRA on top). Then
+:func:`load_cell` rebuilds the base pipeline from the cell's ``config.json`` and loads the run's weights the way a
+user would: LoRA through the stock ``pipe.load_lora_weights``, a full UNet with
+:func:`ddpo_study.checkpoint.load_full_unet` (progressive: the full-tuned UNet, then its LoRA on top). Weights are
+looked for (:func:`find_weights`) in ``<run>/final/{lora,unet}`` (what a finished run keeps: the LoRA in diffusers
+format, ``pytorch_lora_weights.safetensors``; the full UNet as a diffusers folder, fp16 safetensors allowed), then in
+``<run>/checkpoints/latest/{lora,unet}`` (a run still training). A run without weights is an error that names what is
+missing: the tuned model is never silently the base. Then
 
 * :func:`reproduction_check` re-samples the saved eval prompts and seeds and compares them with the saved
-  ``eval/epoch_XXXX.npz`` images (base model vs epoch 0, tuned model vs the last epoch). Near-zero differences
-  mean the checkpoint loaded is the model that was evaluated; large ones point at loading, not training;
+  ``eval/epoch_XXXX.npz`` images (base model vs epoch 0, tuned model vs the weights' epoch). Near-zero differences
+  mean the weights loaded are the model that was evaluated; large ones point at loading, not training;
 * :func:`sample_images` draws prompts x seeds from the base or the tuned model (same seeds: image by image
   comparable, since an image depends only on its prompt, seed and the weights);
 * :func:`lora_scale_sweep` scales the LoRA from 0 (the base, or progressive's full-tuned UNet) to 1 (as trained)
@@ -14,6 +18,7 @@ user would: LoRA through the stock ``pipe.load_lora_weights(<cell>/checkpoints/l
   a property of the learned update.
 
 Figures: :func:`fig_base_vs_tuned`, :func:`fig_scale_sweep` (rows = models or scales, columns = prompts).
+For a checkpoint made elsewhere (TRL, ddpo-pytorch, any diffusers LoRA or UNet), see :mod:`ddpo_study.diagnose`.
 """
 
 from __future__ import annotations
@@ -27,10 +32,81 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .report import _image_axis, _figure, _styled, _wrap, eval_epochs, load_eval_images, tile
+from .config import EVAL_SEED_BASE
+from .finetune import ADAPTER_NAME
+from .images import to_uint8
+from .models import resolve_device
+from .report import _figure, _image_axis, _styled, _wrap, eval_epochs, load_eval_images, tile
 
-ADAPTER = "ddpo"
-EVAL_SEED_BASE = 10_000
+#: diffusers' LoRA file name (``save_lora_weights``), in ``<weights>/lora/``.
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A run folder whose tuned weights are not there; the message names what was looked for."""
+
+
+@dataclass
+class RunWeights:
+    """Where a run's tuned weights are: ``lora`` (a diffusers LoRA folder) and/or ``unet`` (a diffusers UNet
+    folder), found in ``source`` (``final`` or ``checkpoint``) at ``epoch``."""
+
+    lora: Path | None
+    unet: Path | None
+    source: str
+    epoch: int
+
+
+def _done_epochs(run_dir: Path) -> int | None:
+    try:
+        return int(json.loads((run_dir / "DONE").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_weights(run_dir: str | Path) -> RunWeights:
+    """The tuned weights of a run folder: ``final/`` of a finished run, else ``checkpoints/latest/``.
+
+    ``lora`` runs need ``lora/pytorch_lora_weights.safetensors``; ``full`` runs a ``unet/`` folder (``config.json``
+    and its weights); ``progressive`` runs both (the full-tuned UNet and the LoRA trained on top of it). Raises
+    :class:`MissingWeightsError` naming the missing files; it never returns "no weights".
+    """
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no config.json: not a run folder")
+    mode = json.loads(cfg_file.read_text()).get("mode", "lora")
+    need = {"lora": ("lora",), "full": ("unet",), "progressive": ("unet", "lora")}.get(mode, ("lora",))
+
+    def missing_in(folder: Path) -> list[str]:
+        out = []
+        if "lora" in need and not (folder / "lora" / LORA_FILE).is_file():
+            out.append(str(folder / "lora" / LORA_FILE))
+        if "unet" in need and not (folder / "unet" / "config.json").is_file():
+            out.append(str(folder / "unet" / "config.json"))
+        return out
+
+    done = _done_epochs(run_dir)
+    final, ckpt = run_dir / "final", run_dir / "checkpoints" / "latest"
+    candidates = []
+    if done is not None:
+        candidates.append((final, "final", done))
+    state_file = ckpt / "state.json"
+    if state_file.is_file():
+        candidates.append((ckpt, "checkpoint", int(json.loads(state_file.read_text())["epoch"])))
+    for folder, source, epoch in candidates:
+        if not missing_in(folder):
+            return RunWeights(lora=folder / "lora" if "lora" in need else None,
+                              unet=folder / "unet" if "unet" in need else None, source=source, epoch=epoch)
+    looked = missing_in(final) + (missing_in(ckpt) if state_file.is_file() else [str(state_file)])
+    what = {"lora": "its LoRA adapter", "full": "its full UNet", "progressive": "its full UNet and LoRA"}.get(mode)
+    if done is not None:
+        raise MissingWeightsError(
+            f"the finished {mode} run {run_dir} has no tuned weights ({what}): missing {', '.join(looked)}. "
+            "Finished runs keep them in final/ (lora/ in diffusers format, unet/ as a diffusers folder); a run "
+            "without them can be compared with its base only through its saved eval images")
+    raise MissingWeightsError(f"the {mode} run {run_dir} has no checkpoint yet (nothing trained to load): missing "
+                              f"{', '.join(looked)}")
 
 
 @dataclass
@@ -42,18 +118,18 @@ class LoadedCell:
     pipe: Any  # StableDiffusionPipeline; pipe.unet is the tuned UNet (LoRA attached for lora/progressive)
     base_unet: Any  # the pretrained UNet, untouched
     adapter: str | None  # the LoRA adapter's name in pipe.unet, if any
-    checkpoint_epoch: int | None
+    checkpoint_epoch: int  # the epoch of the loaded weights
+    weights: RunWeights | None = None  # where they came from
 
     @property
     def mode(self) -> str:
         return self.config.get("mode", "lora")
 
 
-def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = ADAPTER) -> LoadedCell:
-    """The base pipeline of ``cell_dir``'s config plus its latest checkpoint, loaded with the stock loaders."""
-    import torch
-
-    from .finetune import load_full_unet
+def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = ADAPTER_NAME) -> LoadedCell:
+    """The base pipeline of ``cell_dir``'s config plus its tuned weights (:func:`find_weights`), loaded with the
+    stock loaders. A run without weights raises :class:`MissingWeightsError`."""
+    from .checkpoint import load_full_unet
     from .models import load_pipeline
 
     cell_dir = Path(cell_dir)
@@ -61,33 +137,19 @@ def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = AD
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cell_dir} holds no config.json: not a run folder")
     cfg = json.loads(cfg_file.read_text())
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    ckpt = cell_dir / "checkpoints" / "latest"
-    state_file = ckpt / "state.json"
-    epoch = json.loads(state_file.read_text())["epoch"] if state_file.is_file() else None
+    weights = find_weights(cell_dir)  # before loading anything: a missing file fails at once
+    dev = resolve_device(device)
     pipe = load_pipeline(cfg["model"], device=dev)
     base_unet = copy.deepcopy(pipe.unet)
-    mode, adapter = cfg.get("mode", "lora"), None
-    if epoch is None:
-        pass  # nothing trained yet: the tuned model is the base
-    elif mode == "lora":
-        lora_dir = ckpt / "lora"
-        if not (lora_dir / "pytorch_lora_weights.safetensors").is_file():
-            raise FileNotFoundError(f"{lora_dir} holds no pytorch_lora_weights.safetensors")
-        pipe.load_lora_weights(str(lora_dir), adapter_name=adapter_name)
+    adapter = None
+    if weights.unet is not None:
+        # fp16 safetensors are upcast to the pipeline's dtype, so the UNet computes like the one trained
+        pipe.unet = load_full_unet(weights.unet, torch_dtype=base_unet.dtype).to(dev).eval().requires_grad_(False)
+    if weights.lora is not None:  # lora, or progressive: the LoRA trained on top of the full-tuned UNet
+        pipe.load_lora_weights(str(weights.lora), adapter_name=adapter_name)
         adapter = adapter_name
-    else:
-        unet_dir = ckpt / "unet"
-        if not (unet_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{unet_dir} is missing: full and progressive runs export their UNet in "
-                                    "diffusers format at the end; finish the run (re-running it resumes) first")
-        pipe.unet = load_full_unet(unet_dir).to(dev).eval().requires_grad_(False)
-        if (ckpt / "lora").is_dir():  # progressive: the LoRA trained on top of the full-tuned UNet
-            pipe.load_lora_weights(str(ckpt / "lora"), adapter_name=adapter_name)
-            adapter = adapter_name
     return LoadedCell(cell_dir=cell_dir, config=cfg, pipe=pipe, base_unet=base_unet, adapter=adapter,
-                      checkpoint_epoch=epoch)
+                      checkpoint_epoch=weights.epoch, weights=weights)
 
 
 def sample_images(cell: LoadedCell, prompts: Sequence[str], seeds: Sequence[int], which: str = "tuned",
@@ -115,7 +177,7 @@ def sample_images(cell: LoadedCell, prompts: Sequence[str], seeds: Sequence[int]
                                    batch_size=batch_size)
     if which == "tuned" and cell.adapter is not None:
         cell.pipe.set_adapters([cell.adapter], adapter_weights=[1.0])
-    arr = (traj.images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8(traj.images)
     return arr.reshape(len(prompts), len(seeds), *arr.shape[1:])
 
 
@@ -137,9 +199,9 @@ def reproduction_check(cell: LoadedCell, max_prompts: int = 8) -> pd.DataFrame:
     rows = []
     epochs = eval_epochs(cell.cell_dir)
     targets = [("base", 0)]
-    if cell.checkpoint_epoch is not None:
-        saved = [e for e in epochs if e <= cell.checkpoint_epoch]
-        targets.append(("tuned", saved[-1] if saved else epochs[-1]))
+    saved = [e for e in epochs if e <= cell.checkpoint_epoch]
+    if saved:
+        targets.append(("tuned", saved[-1]))
     for which, epoch in targets:
         if epoch not in epochs:
             continue

@@ -8,20 +8,17 @@ the summary notebook at the end. The tests read what those runs left behind.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
-import papermill
 import pytest
 import yaml
 
 from ddpo_study import cli, grid, report
-from ddpo_study.config import DDPOConfig
+from ddpo_study.finetune import ADAPTER_NAME
 from tests.test_train import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,8 +77,9 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert len((grid_runs["root"] / css[0]).read_text()) > 50_000
     assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
     assert (cell / ".gitignore").read_text().splitlines()[2:] == ["report.ipynb", "checkpoints/"]  # 0 and 1 kept
-    for code in ("train.run(cfg)", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
+    for code in ("train.run(cfg", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no tqdm bar in a red stderr box
     nb = json.loads((cell / "report.ipynb").read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "num_threads = 1" in "".join(injected[0]["source"])
@@ -133,7 +131,7 @@ def test_explore_reloads_the_lora_checkpoint_and_reproduces_the_saved_eval_image
     from ddpo_study import explore
 
     cell = explore.load_cell(grid_runs["root"] / OK, device="cpu")
-    assert cell.adapter == explore.ADAPTER and cell.checkpoint_epoch == 1
+    assert cell.adapter == ADAPTER_NAME and cell.checkpoint_epoch == 1
     check = explore.reproduction_check(cell, max_prompts=2).set_index("model")
     assert list(check["verdict"]) == ["match", "match"], check
     prompts = explore.default_prompts(cell, 2)
@@ -184,16 +182,6 @@ def test_cells_order_quick_overrides_and_shards():
         grid.select_shard(cells, "1of4")
     hyp = grid.expand(grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml"))
     assert len(hyp) == 30 and hyp[1].name == "lora-rank64-s0" and hyp[1].params["lora_rank"] == 64
-
-
-def test_cell_notebook_parameters_are_exactly_the_config_fields_and_notebooks_are_up_to_date():
-    params = papermill.inspect_notebook(str(REPO / "notebooks" / "cell.ipynb"))
-    assert list(params) == [f.name for f in dataclasses.fields(DDPOConfig)]
-    assert params["guidance_scale"]["default"] == repr(DDPOConfig.guidance_scale)
-    assert papermill.inspect_notebook(str(REPO / "notebooks" / "summary.ipynb")).keys() == {"root"}
-    check = subprocess.run([sys.executable, str(REPO / "notebooks" / "make_notebooks.py"), "--check"],
-                           capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, monkeypatch):

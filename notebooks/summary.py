@@ -1,0 +1,91 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Study summary
+#
+# Every figure and table from the saved results of a grid (nothing is trained here); `ddpo_study.report.write_summary` also writes them to `<root>/summary/` as PNG/PDF and CSV/Markdown.
+
+# %% tags=["parameters"]
+root = "results/toy_study"  # a grid's output_root (relative to the repository root)
+
+# %%
+# %matplotlib inline
+import os
+
+from ddpo_study import report
+from ddpo_study.models import REPO_ROOT
+
+os.chdir(REPO_ROOT)  # paths are relative to the repository root, in JupyterLab as under papermill
+report.notebook_setup()  # no loading bars or deprecation chatter in the report
+
+from IPython.display import Markdown, display
+
+summary = report.write_summary(root)
+display(Markdown(f"{len(summary.files)} files written to `{summary.out_dir}`"))
+
+# %% [markdown]
+# ## The four questions
+#
+# Differences a - b with Welch 95% CIs over seeds, in the reference setting (LoRA, fewest prompts, no penalty); `contrasts` below has every setting.
+
+# %%
+summary.tables.get("questions")
+
+# %% [markdown]
+# ## Reward vs epoch
+
+# %%
+if "reward_curves" in summary.figures:
+    display(summary.figures["reward_curves"])
+
+# %% [markdown]
+# ## Diversity and prompt retrieval vs epoch
+
+# %%
+if "diversity_curves" in summary.figures:
+    display(summary.figures["diversity_curves"])
+
+# %% [markdown]
+# ## Reward-diversity frontier
+#
+# Conditions compared at matched reward, not only matched epoch.
+
+# %%
+if "frontier" in summary.figures:
+    display(summary.figures["frontier"])
+summary.tables.get("matched_reward")
+
+# %% [markdown]
+# ## Final epoch
+
+# %%
+if "final_bars" in summary.figures:
+    display(summary.figures["final_bars"])
+summary.tables.get("final")
+
+# %% [markdown]
+# ## Images: base model and each condition's final epoch (one seed, all eval prompts)
+
+# %%
+if "montage" in summary.figures:
+    display(summary.figures["montage"])
+
+# %% [markdown]
+# ## All contrasts and cells
+
+# %%
+display(summary.tables.get("contrasts"))
+summary.tables.get("cells")

@@ -1,0 +1,259 @@
+"""``ddpo_study.diagnose``: every tuned-model layout it reads, the refusal of pickled objects, the combined sampler,
+the verdict's rules, and the command end to end on a tiny pipeline (papermill + nbconvert, ~20 s)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ddpo_study import cli, diagnose
+from ddpo_study.checkpoint import save_lora
+from ddpo_study.finetune import apply_lora, effective_state_dict, param_distance_from_base, snapshot_base_state
+from ddpo_study.models import load_pipeline
+from ddpo_study.sampler import sample_trajectories
+from tests.conftest import TINY_PROMPTS
+
+pytestmark = pytest.mark.usefixtures("module_one_thread")
+FAST = dict(num_prompts=4, num_seeds=2, num_steps=4)
+UNPICKLED = []
+
+
+def _record_unpickling():
+    UNPICKLED.append(True)  # would run if the file were unpickled
+    return "pwned"
+
+
+class Payload:
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(TINY_PROMPTS) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base_pipe(tiny_model_dir):
+    return load_pipeline(str(tiny_model_dir))
+
+
+def trained_lora(unet, rank=2, alpha=4.0, seed=1):
+    """A copy of ``unet`` with a LoRA whose B is non-zero (as after training), rank 2 and alpha 4 (scale 2)."""
+    tuned = copy.deepcopy(unet)
+    apply_lora(tuned, rank, alpha)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return tuned.requires_grad_(False).eval()
+
+
+def assert_same_weights(a: dict, b: dict, atol=1e-6):
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= atol, worst
+
+
+# ----------------------------------------------------------------------------------------------- layouts
+def test_our_lora_is_read_with_its_alpha_and_diagnosed_as_loaded(tmp_path, tiny_model_dir, base_pipe, prompt_file):
+    tuned = trained_lora(base_pipe.unet)
+    save_lora(tuned, tmp_path / "lora")
+    assert diagnose.inspect_tuned(tmp_path / "lora") == ("lora", tmp_path / "lora" / diagnose.LORA_FILES[0])
+    loaded = diagnose.load_tuned(tmp_path / "lora", base_pipe.unet)
+    assert loaded.kind == "lora" and loaded.lora_on_base and loaded.lora_layers > 0
+    assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned))  # alpha 4 / r 2 kept
+
+    dx = diagnose.setup(str(tiny_model_dir), tmp_path / "lora", prompts=prompt_file, **FAST)
+    checks = diagnose.loading_checks(dx).set_index("check")
+    dist = checks.loc["weight distance from base (L2, effective weights)"]
+    assert dist["ok"] and dist["value"] == pytest.approx(
+        param_distance_from_base(tuned, snapshot_base_state(base_pipe.unet)))
+    assert checks.loc["LoRA scale 0 reproduces the base (max |diff|, 8-bit levels)", "value"] == 0
+    assert checks.loc["mean |tuned - base| at the same prompts and seeds (8-bit levels)", "ok"]
+    sweep = diagnose.scale_sweep(dx, [0.0, 1.0])
+    assert (dx.images["scale/0"] == dx.images["base/shared"]).all()
+    assert list(sweep["scale"]) == [0.0, 1.0] and sweep.notna().all().all()
+    assert diagnose.verdict(diagnose.symptom(dx), diagnose.loading_checks(dx)).label != "adapter not applied"
+
+
+def test_trl_layouts_pipeline_folder_with_lora_file_and_bin_checkpoint(tmp_path, base_pipe):
+    """TRL's save_pretrained: a whole pipeline plus pytorch_lora_weights.safetensors (no alpha metadata, r = alpha
+    = 4) in one folder; its accelerate checkpoints with safe_serialization=False: the same as a .bin."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    tuned = trained_lora(base_pipe.unet, rank=4, alpha=4.0)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(tuned))
+    base_pipe.save_pretrained(tmp_path / "trl")  # the pipeline next to the LoRA, as TRL writes it
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "trl", unet_lora_layers=layers)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "ckpt", unet_lora_layers=layers, safe_serialization=False)
+    for folder, name in (("trl", "pytorch_lora_weights.safetensors"), ("ckpt", "pytorch_lora_weights.bin")):
+        assert diagnose.inspect_tuned(tmp_path / folder) == ("lora", tmp_path / folder / name)
+        loaded = diagnose.load_tuned(tmp_path / folder, base_pipe.unet)
+        assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned))
+
+
+def ddpo_pytorch_state_dict(unet, rank=3, seed=2):
+    """What ddpo-pytorch's ``unet.save_attn_procs`` writes with diffusers 0.17: for every attention processor
+    ``<name>.processor``, ``LoRAAttnProcessor`` tensors ``to_{q,k,v,out}_lora.{down,up}.weight`` (down: (r, in),
+    up: (out, r)), built here from the UNet's own attention modules; and the weights they amount to,
+    ``W + up @ down`` (network alpha None: scale 1)."""
+    g = torch.Generator().manual_seed(seed)
+    state, expected = {}, {k: v.clone() for k, v in effective_state_dict(unet).items()}
+    for proc in unet.attn_processors:
+        block = proc[: -len(".processor")]
+        attn = unet.get_submodule(block)
+        for proj, layer, key in (("to_q", attn.to_q, "to_q"), ("to_k", attn.to_k, "to_k"),
+                                 ("to_v", attn.to_v, "to_v"), ("to_out", attn.to_out[0], "to_out.0")):
+            down = torch.randn(rank, layer.in_features, generator=g) * 0.3
+            up = torch.randn(layer.out_features, rank, generator=g) * 0.3
+            state[f"{proc}.{proj}_lora.down.weight"] = down
+            state[f"{proc}.{proj}_lora.up.weight"] = up
+            expected[f"{block}.{key}.weight"] = expected[f"{block}.{key}.weight"] + up @ down
+    return state, expected
+
+
+def test_ddpo_pytorch_attention_processor_checkpoint_becomes_the_same_peft_adapter(tmp_path, base_pipe):
+    from safetensors.torch import save_file
+
+    state, expected = ddpo_pytorch_state_dict(base_pipe.unet)
+    (tmp_path / "checkpoint_3").mkdir()
+    torch.save(state, tmp_path / "checkpoint_3" / "pytorch_lora_weights.bin")  # tensors only: weights_only reads it
+    save_file(state, tmp_path / "attn_procs.safetensors")
+    for tuned in (tmp_path / "checkpoint_3", tmp_path / "attn_procs.safetensors"):
+        assert diagnose.inspect_tuned(tuned)[0] == "attn_procs"
+        loaded = diagnose.load_tuned(tuned, base_pipe.unet)
+        assert loaded.kind == "attn_procs" and loaded.lora_layers == len(state) // 2
+        assert_same_weights(effective_state_dict(loaded.unet), expected, atol=1e-5)
+    other = {k.replace("down_blocks", "side_blocks"): v for k, v in state.items()}
+    torch.save(other, tmp_path / "other.bin")
+    with pytest.raises(diagnose.TunedModelError, match="do not exist in this UNet.*another base model"):
+        diagnose.load_tuned(tmp_path / "other.bin", base_pipe.unet)
+
+
+def test_full_unet_folders_fp16_and_pipeline_layouts(tmp_path, tiny_model_dir, base_pipe, prompt_file, capfd):
+    tuned = copy.deepcopy(base_pipe.unet)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tuned.half().save_pretrained(tmp_path / "run" / "unet")  # fp16 safetensors, as runs keep final/unet
+    assert diagnose.inspect_tuned(tmp_path / "run") == ("unet", tmp_path / "run" / "unet")
+    capfd.readouterr()
+    loaded = diagnose.load_tuned(tmp_path / "run", base_pipe.unet)
+    assert loaded.kind == "unet" and next(loaded.unet.parameters()).dtype == torch.float32
+    assert capfd.readouterr().err == ""  # nothing for a report's stderr box (diffusers' dtype warning)
+    assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned.float()), atol=0)
+
+    dx = diagnose.setup(str(tiny_model_dir), tmp_path / "run", prompts=prompt_file, **FAST)
+    sweep = diagnose.scale_sweep(dx, [0.0, 0.5])  # weight interpolation: 0 is the base exactly
+    assert (dx.images["scale/0"] == dx.base("shared")).all() and len(sweep) == 2
+
+    # the base model given as "tuned" (its pipeline folder, hence its unet/): identical, and said so
+    same = diagnose.setup(str(tiny_model_dir), tiny_model_dir, prompts=prompt_file, **FAST)
+    results = diagnose.run_all(same, [0.0, 1.0], [0, 4])
+    assert results.verdict.label == "adapter not applied" and str(results.verdict).startswith("tuned == base")
+
+
+def test_pickled_objects_are_refused_with_one_line_and_never_run(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    torch.save({"unet.down_blocks.0.lora.down.weight": torch.zeros(2, 2), "config": Payload()},
+               tmp_path / "bad" / "pytorch_lora_weights.bin")
+    with pytest.raises(diagnose.TunedModelError, match="holds pickled Python objects.*refusing to unpickle") as err:
+        diagnose.inspect_tuned(tmp_path / "bad")
+    assert "\n" not in str(err.value) and not UNPICKLED
+    assert cli.main(["diagnose", str(tmp_path / "bad"), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "refusing to unpickle" in lines[0]
+    assert not UNPICKLED and not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(diagnose.TunedModelError, match="holds no tuned weights"):
+        diagnose.inspect_tuned(tmp_path / "empty")
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "plain.bin")
+    with pytest.raises(diagnose.TunedModelError, match="holds no LoRA tensors"):
+        diagnose.inspect_tuned(tmp_path / "plain.bin")
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def test_switched_sampler_reproduces_both_models_at_its_ends(base_pipe):
+    tuned = trained_lora(base_pipe.unet)
+    prompts, seeds = TINY_PROMPTS[:3], [4, 5, 6]
+    kw = dict(num_inference_steps=4, guidance_scale=3.0, eta=1.0)
+    ref = {name: sample_trajectories(base_pipe, prompts, seeds, unet=u, **kw).images.cpu()
+           for name, u in (("base", base_pipe.unet), ("tuned", tuned))}
+    at = {k: diagnose.sample_switched(base_pipe, base_pipe.unet, tuned, k, prompts, seeds, **kw)
+          for k in (0, 2, 4)}
+    assert torch.equal(at[0], ref["tuned"]) and torch.equal(at[4], ref["base"])
+    assert not torch.equal(at[2], ref["tuned"]) and not torch.equal(at[2], ref["base"])
+    with pytest.raises(ValueError, match="switch_at"):
+        diagnose.sample_switched(base_pipe, base_pipe.unet, tuned, 5, prompts, seeds, **kw)
+
+
+# ----------------------------------------------------------------------------------------------- verdict rules
+def tables(base_same=1.0, tuned_same=1.0, base_diff=1.0, tuned_diff=1.0, base_ret=1.0, tuned_ret=1.0,
+           dist=3.0, levels=20.0, layers=8, scale0=0.0, chance=1 / 16):
+    rows = []
+    for seeds, b, t in (("shared", base_same, tuned_same), ("per_prompt", base_diff, tuned_diff)):
+        for model, d, r in (("base", b, base_ret), ("tuned", t, tuned_ret if seeds == "shared" else 1.0)):
+            rows.append({"model": model, "seeds": diagnose.SEED_MODES[seeds], "cross_div_clip": d,
+                         "retrieval_acc": r, "retrieval_chance": chance, "cross_div_vs_base": d / b})
+    checks = pd.DataFrame([
+        {"check": "layers carrying the LoRA", "value": layers, "ok": layers > 0},
+        {"check": "weight distance from base (L2, effective weights)", "value": dist, "ok": dist > 0},
+        {"check": "mean |tuned - base| at the same prompts and seeds (8-bit levels)", "value": levels,
+         "ok": levels > diagnose.SAME_OUTPUT_LEVELS},
+        {"check": "LoRA scale 0 reproduces the base (max |diff|, 8-bit levels)", "value": scale0, "ok": scale0 == 0},
+    ])
+    return pd.DataFrame(rows), checks
+
+
+@pytest.mark.parametrize("kwargs, label, words", [
+    (dict(layers=0), "adapter not applied", "0 layers"),
+    (dict(dist=0.0, levels=0.0), "adapter not applied", "tuned == base"),
+    (dict(levels=0.1), "adapter not applied", "outputs equal base"),
+    (dict(tuned_same=0.41, tuned_diff=0.97, tuned_ret=0.08), "loaded and collapsed",
+     "0.41 of base at the same seed, 0.97 with per-prompt seeds.*the prompts are ignored.*follow the noise"),
+    (dict(tuned_ret=0.8), "loaded and collapsed", "retrieval 1.00 -> 0.80"),
+    (dict(base_same=0.5, tuned_same=0.5), "same noise for every prompt", "0.50 of their diversity"),
+    (dict(tuned_same=0.97), "loaded, no collapse", "0.97 of base"),
+])
+def test_verdict_rules(kwargs, label, words):
+    v = diagnose.verdict(*tables(**kwargs))
+    assert v.label == label
+    assert re.search(words, v.line), v.line
+
+
+def test_verdict_warns_when_scale_zero_is_not_the_base():
+    v = diagnose.verdict(*tables(scale0=12.0))
+    assert v.label == "loaded, no collapse" and "not the base model given" in str(v)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def test_diagnose_command_writes_one_code_free_html_report(tmp_path, tiny_model_dir, base_pipe, prompt_file, capsys):
+    save_lora(trained_lora(base_pipe.unet), tmp_path / "lora")
+    out = tmp_path / "report"
+    rc = cli.main(["diagnose", str(tmp_path / "lora"), "--base", str(tiny_model_dir), "--prompts", prompt_file,
+                   "--num-prompts", "3", "--num-seeds", "2", "--steps", "3", "--scales", "0", "1",
+                   "--switch-steps", "0", "1", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    summary = json.loads((out / "diagnose.json").read_text())
+    assert printed.startswith(f"verdict: {summary['verdict']}")
+    assert summary["label"] in ("loaded and collapsed", "loaded, no collapse", "same noise for every prompt")
+    assert [row["base_steps"] for row in summary["switch_sweep"]] == [0, 1, 3]
+    html = (out / "diagnose.html").read_text()
+    assert summary["verdict"].split(":")[0] in html and "<img" in html
+    assert "diagnose.setup(" not in html  # code hidden
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no progress bars / warnings boxes
+    assert "report-style-" not in html  # one self-contained page (the theme CSS inline)
+    assert np.isfinite([row["reward_mean"] for row in summary["scale_sweep"]]).all()
