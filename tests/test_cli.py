@@ -65,3 +65,19 @@ def test_base_eval_passes_model_and_guidances_and_writes_the_report(tiny_model_d
     assert got["judge_accuracy"] == pytest.approx(want["judge_accuracy"])
     assert got["within_prompt_rms"] == pytest.approx(want["within_prompt_rms"], rel=1e-5)
     assert got["within_prompt_rms"] != pytest.approx(report["by_guidance"]["2.0"]["within_prompt_rms"], rel=1e-3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("prompt_set: no_such_set\n", "error: prompt set 'no_such_set'"),
+    ("model: /no/such/model\n", "error: model path /no/such/model does not exist"),
+    ("guidance_scale: 0.5\n", "error: guidance_scale=0.5: must be >= 1"),
+    ("num_epoch: 3\n", "error: unknown config key(s): 'num_epoch' (did you mean 'num_epochs'?)"),
+])
+def test_a_bad_config_prints_one_error_line_and_creates_no_folder(tmp_path, capsys, settings, message):
+    out = tmp_path / "run"
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"output_dir: {out}\nnum_epochs: 1\n{settings}")
+    assert cli.main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not out.exists()
