@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,6 +127,21 @@ class LoadedCell:
         return self.config.get("mode", "lora")
 
 
+@contextmanager
+def _quiet_text_encoder_notice():
+    """Our adapters hold UNet tensors only: diffusers' notice "no LoRA keys associated to CLIPTextModel" (its
+    ``lora_base`` logger) would be a red stderr box in a report. The UNet's own warnings (``loaders.peft``) stay."""
+    import logging
+
+    log = logging.getLogger("diffusers.loaders.lora_base")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = ADAPTER_NAME) -> LoadedCell:
     """The base pipeline of ``cell_dir``'s config plus its tuned weights (:func:`find_weights`), loaded with the
     stock loaders. A run without weights raises :class:`MissingWeightsError`."""
@@ -146,7 +162,8 @@ def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = AD
         # fp16 safetensors are upcast to the pipeline's dtype, so the UNet computes like the one trained
         pipe.unet = load_full_unet(weights.unet, torch_dtype=base_unet.dtype).to(dev).eval().requires_grad_(False)
     if weights.lora is not None:  # lora, or progressive: the LoRA trained on top of the full-tuned UNet
-        pipe.load_lora_weights(str(weights.lora), adapter_name=adapter_name)
+        with _quiet_text_encoder_notice():
+            pipe.load_lora_weights(str(weights.lora), adapter_name=adapter_name)
         adapter = adapter_name
     return LoadedCell(cell_dir=cell_dir, config=cfg, pipe=pipe, base_unet=base_unet, adapter=adapter,
                       checkpoint_epoch=weights.epoch, weights=weights)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -257,3 +258,15 @@ def test_diagnose_command_writes_one_code_free_html_report(tmp_path, tiny_model_
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no progress bars / warnings boxes
     assert "report-style-" not in html  # one self-contained page (the theme CSS inline)
     assert np.isfinite([row["reward_mean"] for row in summary["scale_sweep"]]).all()
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "toy_study" / "toy_30-lora-lam0.0-s0"
+
+
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / diagnose.LORA_FILES[0]).is_file(),
+                    reason="the committed study cell keeps no final/lora adapter yet")
+def test_a_committed_lora_cell_is_diagnosed_as_loaded():
+    dx = diagnose.setup(None, COMMITTED, num_prompts=4, num_seeds=2)  # the run's model, reward and sampling
+    assert dx.tuned.kind == "lora" and dx.num_steps == json.loads((COMMITTED / "config.json").read_text())["num_steps"]
+    found = diagnose.verdict(diagnose.symptom(dx), diagnose.loading_checks(dx))
+    assert found.label in ("loaded and collapsed", "loaded, no collapse") and not found.warnings, str(found)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,16 @@ def test_final_weights_are_loaded_and_checkpoints_are_the_fallback(tmp_path, tin
     assert cell.adapter is None and cell.checkpoint_epoch == 2
     assert next(cell.pipe.unet.parameters()).dtype == torch.float32  # fp16 file, computed in the base's dtype
     assert not torch.equal(next(cell.pipe.unet.parameters()), next(cell.base_unet.parameters()))
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "toy_study" / "toy_30-lora-lam0.0-s0"
+
+
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / explore.LORA_FILE).is_file(),
+                    reason="the committed study cell keeps no final/lora adapter yet")
+def test_the_committed_lora_cell_loads_and_reproduces_its_saved_eval_images():
+    """explore.ipynb's default: a fresh clone's committed LoRA cell, its final epoch, images as evaluated."""
+    cell = explore.load_cell(COMMITTED, device="cpu")
+    assert cell.weights.source == "final" and cell.checkpoint_epoch == json.loads((COMMITTED / "DONE").read_text())["epochs"]
+    check = explore.reproduction_check(cell, max_prompts=2).set_index("model")
+    assert list(check["verdict"]) == ["match", "match"], check
