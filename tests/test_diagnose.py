@@ -166,6 +166,26 @@ def test_full_unet_folders_fp16_and_pipeline_layouts(tmp_path, tiny_model_dir, b
     assert results.verdict.label == "adapter not applied" and str(results.verdict).startswith("tuned == base")
 
 
+def test_a_progressive_run_folder_is_its_full_tuned_unet_with_the_lora_on_top(tmp_path, tiny_model_dir, base_pipe):
+    from ddpo_study.checkpoint import save_full_unet
+
+    full = copy.deepcopy(base_pipe.unet)
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.02)
+    tuned = trained_lora(full)
+    run = tmp_path / "progressive-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"mode": "progressive", "model": str(tiny_model_dir)}))
+    (run / "metrics.csv").write_text("epoch\n0\n")
+    (run / "DONE").write_text(json.dumps({"epochs": 6}))
+    save_full_unet(tuned, run / "final" / "unet")  # the full-tuned base only, as export_final writes it
+    save_lora(tuned, run / "final" / "lora")
+    loaded = diagnose.load_tuned(run, base_pipe.unet)
+    assert (loaded.kind, loaded.lora_on_base, loaded.epoch) == ("unet+lora", False, 6) and loaded.lora_layers > 0
+    assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned), atol=1e-6)
+
+
 def test_pickled_objects_are_refused_with_one_line_and_never_run(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     torch.save({"unet.down_blocks.0.lora.down.weight": torch.zeros(2, 2), "config": Payload()},
