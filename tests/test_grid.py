@@ -169,19 +169,28 @@ def test_unknown_keys_and_bad_values_fail_before_anything_runs(tmp_path, tiny_mo
 def test_cells_order_quick_overrides_and_shards():
     spec = grid.load_spec(REPO / "configs" / "toy_study.yaml")
     cells = grid.expand(spec)
-    assert len(cells) == 36 and [c.index for c in cells] == list(range(36))
-    assert cells[0].name == "toy_30-lora-lam0.0-s0" and cells[1].name == "toy_30-lora-lam1.0-s0"
-    assert cells[0].params["output_dir"] == "results/toy_study/toy_30-lora-lam0.0-s0"
+    axes = spec.axes
+    full = len(axes["seed"]) * len(axes["prompt_set"]) * len(axes["mode"]) * len(axes["diversity_lambda"])
+    assert len(cells) < full and [c.index for c in cells] == list(range(len(cells)))
+    extra = [c.params for c in cells if c.params["seed"] >= 3]  # the extra seeds are Q1's conditions only
+    assert extra and all(p["prompt_set"] == "toy_30" and p["diversity_lambda"] == 0 and p["mode"] in ("lora", "full")
+                         for p in extra)
+    first = cells[0].params
+    assert cells[0].name == f"{first['prompt_set']}-{first['mode']}-lam{first['diversity_lambda']}-s{first['seed']}"
+    assert cells[1].params["diversity_lambda"] != first["diversity_lambda"]  # the last axis varies fastest
+    assert cells[0].params["output_dir"] == f"results/toy_study/{cells[0].name}"
     quick = grid.expand(grid.load_spec(REPO / "configs" / "toy_study.yaml", quick=True))
-    assert len(quick) == 12 and all(c.params["num_epochs"] == 4 and c.params["seed"] == 0 for c in quick)
-    assert all("toy_study_quick" in c.params["output_dir"] for c in quick)
+    assert 0 < len(quick) < len(cells) and all("toy_study_quick" in c.params["output_dir"] for c in quick)
     shards = [grid.select_shard(cells, f"{i}/4") for i in range(4)]
-    assert sorted(c.index for s in shards for c in s) == list(range(36))
-    assert [c.index for c in shards[1]] == list(range(1, 36, 4))
+    assert sorted(c.index for s in shards for c in s) == list(range(len(cells)))
+    assert [c.index for c in shards[1]] == list(range(1, len(cells), 4))
     with pytest.raises(grid.GridError, match="i/n"):
         grid.select_shard(cells, "1of4")
-    hyp = grid.expand(grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml"))
-    assert len(hyp) == 30 and hyp[1].name == "lora-rank64-s0" and hyp[1].params["lora_rank"] == 64
+    hyp_spec = grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml")
+    hyp = grid.expand(hyp_spec)
+    assert len(hyp) == len(hyp_spec.axes["seed"]) * len(hyp_spec.variants)
+    rank64 = next(c for c in hyp if c.variant == "lora-rank64")
+    assert rank64.params["lora_rank"] == 64 and rank64.name == f"lora-rank64-s{rank64.params['seed']}"
 
 
 def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, monkeypatch):
