@@ -37,7 +37,7 @@ from .config import EVAL_SEED_BASE
 from .finetune import ADAPTER_NAME
 from .images import to_uint8
 from .models import resolve_device
-from .report import _figure, _image_axis, _styled, _wrap, eval_epochs, load_eval_images, tile
+from .report import eval_epochs, image_axis, load_eval_images, new_figure, styled, tile, wrap_label
 
 #: diffusers' LoRA file name (``save_lora_weights``), in ``<weights>/lora/``.
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -247,7 +247,7 @@ def default_prompts(cell: LoadedCell, n: int = 8) -> list[str]:
     return load_prompts(cell.config["eval_prompt_set"])[:n]
 
 
-@_styled
+@styled
 def fig_base_vs_tuned(base: np.ndarray, tuned: np.ndarray, prompts: Sequence[str], seeds: Sequence[int],
                       title: str = ""):
     """Rows: (base, tuned) for each seed; columns: prompts. A tuned row of identical images = the collapse."""
@@ -256,23 +256,23 @@ def fig_base_vs_tuned(base: np.ndarray, tuned: np.ndarray, prompts: Sequence[str
     for j, seed in enumerate(seeds):
         rows += [base[:, j], tuned[:, j]]
         labels += [f"base, seed {seed}", f"tuned, seed {seed}"]
-    fig = _figure(2.0 + 0.6 * p, 1.8 + 0.6 * len(rows))
+    fig = new_figure(2.0 + 0.6 * p, 1.8 + 0.6 * len(rows))
     ax = fig.add_subplot(1, 1, 1)
-    _image_axis(ax, tile(np.stack(rows)), len(rows), p, h, w)
+    image_axis(ax, tile(np.stack(rows)), len(rows), p, h, w)
     ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xticklabels([_wrap(pr, 24) for pr in prompts], rotation=90, fontsize=5)
+    ax.set_xticklabels([wrap_label(pr, 24) for pr in prompts], rotation=90, fontsize=5)
     ax.set_title(title or "base vs tuned: same prompts (columns), same seeds")
     return fig
 
 
-@_styled
+@styled
 def fig_scale_sweep(images: np.ndarray, scales: Sequence[float], prompts: Sequence[str], seed: int, title: str = ""):
     """Rows: LoRA scales; columns: prompts (one seed)."""
     k, p, h, w = images.shape[:4]
-    fig = _figure(2.0 + 0.6 * p, 1.8 + 0.6 * k)
+    fig = new_figure(2.0 + 0.6 * p, 1.8 + 0.6 * k)
     ax = fig.add_subplot(1, 1, 1)
-    _image_axis(ax, tile(images), k, p, h, w)
+    image_axis(ax, tile(images), k, p, h, w)
     ax.set_yticklabels([f"LoRA scale {s:g}" for s in scales], fontsize=7)
-    ax.set_xticklabels([_wrap(pr, 24) for pr in prompts], rotation=90, fontsize=5)
+    ax.set_xticklabels([wrap_label(pr, 24) for pr in prompts], rotation=90, fontsize=5)
     ax.set_title(title or f"LoRA scale sweep, seed {seed}")
     return fig

@@ -34,8 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import finetune
-from .checkpoint import (export_final, load_checkpoint_state, load_unet_tensors, optimizer_from_tensors,
-                         save_checkpoint)
+from .checkpoint import export_final, load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
 from .config import UNUSED_BY_MODE, DDPOConfig, save_config
 from .evaluation import evaluate, load_eval_images, save_eval_images
 from .ppo import StepController, clipped_surrogate_loss, select_timesteps

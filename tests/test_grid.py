@@ -76,7 +76,9 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert len(css) == 1 and '<style type="text/css">' not in html.split("<body")[0]
     assert len((grid_runs["root"] / css[0]).read_text()) > 50_000
     assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
-    assert (cell / ".gitignore").read_text().splitlines()[2:] == ["report.ipynb", "checkpoints/"]  # 0 and 1 kept
+    ignored = (cell / ".gitignore").read_text().splitlines()[2:]
+    assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.*", "!eval/epoch_0001.*",
+                       "final/unet/"]  # evals 0 and 1 (the last) kept
     for code in ("train.run(cfg", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no tqdm bar in a red stderr box

@@ -6,7 +6,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from tests.conftest import SD_SCHEDULER_CONFIG
 from ddpo_study.finetune import prepare_unet
 from ddpo_study.ppo import select_timesteps
 from ddpo_study.sampler import (
@@ -16,6 +15,7 @@ from ddpo_study.sampler import (
     recompute_log_probs,
     sample_trajectories,
 )
+from tests.conftest import SD_SCHEDULER_CONFIG
 
 SHAPE = (3, 4, 8, 8)
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle"]

@@ -34,14 +34,14 @@ from .cell import (
     fig_cell_ppo,
 )
 from .figures import (
-    _image_axis as _image_axis,  # private helpers that ddpo_study.explore uses (explicit re-exports)
-    _wrap as _wrap,
     fig_diversity_curves,
     fig_final_bars,
     fig_frontier,
     fig_montage,
     fig_reward_curves,
+    image_axis,
     tile,
+    wrap_label,
 )
 from .levels import (
     MATCH_FRACTIONS,
@@ -57,14 +57,7 @@ from .levels import (
     start_epoch,
     value_at_reward,
 )
-from .plotting import (  # _figure, _styled: used by ddpo_study.explore
-    PDF_METADATA,
-    PNG_METADATA,
-    _figure as _figure,
-    _styled as _styled,
-    save_figure,
-    style,
-)
+from .plotting import PDF_METADATA, PNG_METADATA, new_figure, save_figure, style, styled
 from .questions import (
     ALPHA,
     DEFAULTS,
@@ -119,9 +112,10 @@ __all__ = [
     # tables
     "cells_table", "final_table", "learning_table", "matched_reward_table", "paired_reward_gain",
     # plotting
-    "PDF_METADATA", "PNG_METADATA", "save_figure", "style",
+    "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures
-    "fig_diversity_curves", "fig_final_bars", "fig_frontier", "fig_montage", "fig_reward_curves", "tile",
+    "fig_diversity_curves", "fig_final_bars", "fig_frontier", "fig_montage", "fig_reward_curves", "image_axis", "tile",
+    "wrap_label",
     # cell
     "CELL_TABLE_METRICS", "as_jpeg", "cell_figures", "cell_table", "config_diff", "fig_cell_curves", "fig_cell_images",
     "fig_cell_ppo",

@@ -11,17 +11,17 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..config import EVAL_SEED_BASE, DDPOConfig
-from .figures import _image_axis, _wrap, tile
-from .plotting import _figure, _styled
+from .figures import image_axis, tile, wrap_label
+from .plotting import new_figure, styled
 from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
 
 
 # ================================================================================================ one cell
-@_styled
+@styled
 def fig_cell_curves(cell_dir: str | Path):
     """One run: eval and train reward, diversities (CLIP and pixel) and retrieval accuracy vs epoch."""
     cfg, m = read_cell(cell_dir)
-    fig = _figure(12, 6)
+    fig = new_figure(12, 6)
     axes = fig.subplots(2, 2).ravel()
     ev = m.dropna(subset=["reward_mean"]) if "reward_mean" in m else m.iloc[0:0]
     panels = [
@@ -47,13 +47,13 @@ def fig_cell_curves(cell_dir: str | Path):
     return fig
 
 
-@_styled
+@styled
 def fig_cell_ppo(cell_dir: str | Path):
     """One run: PPO statistics per epoch (approx. KL, clip fraction, KL to base) and the weights' distance."""
     cfg, m = read_cell(cell_dir)
     metrics = [c for c in ("train_approx_kl", "train_clipfrac", "param_dist", "train_kl_to_base")
                if c in m and m[c].notna().any()]
-    fig = _figure(3.2 * max(1, len(metrics)), 3.0)
+    fig = new_figure(3.2 * max(1, len(metrics)), 3.0)
     if not metrics:
         return fig
     axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
@@ -80,12 +80,12 @@ def _pick_epochs(epochs: list[int]) -> list[int]:
     return sorted(set([first, middle, last]))
 
 
-@_styled
+@styled
 def fig_cell_images(cell_dir: str | Path, epochs: Sequence[int] | None = None, max_prompts: int = 16):
     """Eval image grids at epoch 0 / middle / end; in each, rows are eval seeds and columns prompts, so one row
     shows different prompts at the same seed (identical images across a row = the collapse)."""
     epochs = list(epochs) if epochs is not None else _pick_epochs(eval_epochs(cell_dir))
-    fig = _figure(8, 2)
+    fig = new_figure(8, 2)
     if not epochs:
         return fig
     grids = [load_eval_images(cell_dir, e) for e in epochs]
@@ -97,10 +97,10 @@ def fig_cell_images(cell_dir: str | Path, epochs: Sequence[int] | None = None, m
     fig.set_dpi(80 if w <= 64 else 100)
     axes = fig.subplots(len(epochs), 1, squeeze=False).ravel()
     for k, (ax, epoch, (imgs, prompts)) in enumerate(zip(axes, epochs, grids)):
-        _image_axis(ax, tile(imgs[:p].transpose(1, 0, 2, 3, 4)), s, p, h, w)
+        image_axis(ax, tile(imgs[:p].transpose(1, 0, 2, 3, 4)), s, p, h, w)
         ax.set_yticklabels([f"seed {EVAL_SEED_BASE + i}" for i in range(s)], fontsize=7)
         if k == len(epochs) - 1:
-            ax.set_xticklabels([_wrap(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=6)
+            ax.set_xticklabels([wrap_label(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=6)
         else:
             ax.set_xticklabels([str(j + 1) for j in range(p)], fontsize=6)
         ax.set_title(f"epoch {epoch}" + (" (base model)" if epoch == 0 else ""), fontsize=9)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..config import EVAL_SEED_BASE
 from .levels import reward_levels, reward_names
-from .plotting import _figure, _styled
+from .plotting import new_figure, styled
 from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, load_eval_images
 from .stats import aggregate, mean_ci
 
@@ -71,25 +71,25 @@ def _curves(fig, df: pd.DataFrame, metrics: Sequence[str], ncols: int = 2, chanc
     return fig
 
 
-@_styled
+@styled
 def fig_reward_curves(df: pd.DataFrame):
     """Eval reward and train reward vs epoch, per condition (mean and 95% CI over seeds)."""
-    fig = _figure(11, 3.6)
+    fig = new_figure(11, 3.6)
     return _curves(fig, df, ["reward_mean", "train_reward_mean"], ncols=2)
 
 
-@_styled
+@styled
 def fig_diversity_curves(df: pd.DataFrame):
     """Within- and cross-prompt diversity (CLIP, pixel), prompt-retrieval accuracy and (toy world) the judge's
     prompt-following accuracy and distinct readings across prompts vs epoch, per condition."""
     metrics = ["within_div_clip", "cross_div_clip", "cross_div_pixel", "retrieval_acc", "judge_all",
                "judge_distinct_frac"]
     present = [m for m in metrics if m in df and df[m].notna().any()]
-    fig = _figure(11, 3.2 * max(1, math.ceil(len(present) / 2)))
+    fig = new_figure(11, 3.2 * max(1, math.ceil(len(present) / 2)))
     return _curves(fig, df, present, ncols=2)
 
 
-@_styled
+@styled
 def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "retrieval_acc")):
     """The reward-diversity frontier: seed-mean trajectories (one per condition) in (eval reward, metric).
 
@@ -97,7 +97,7 @@ def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "
     :func:`matched_reward_table` (drawn when the grid has one reward: levels are per reward).
     """
     metrics = [m for m in metrics if m in df]
-    fig = _figure(5.2 * max(1, len(metrics)) + 2.5, 4.2)
+    fig = new_figure(5.2 * max(1, len(metrics)) + 2.5, 4.2)
     if not metrics or eval_rows(df).empty:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
@@ -129,7 +129,7 @@ def fig_frontier(df: pd.DataFrame, metrics: Sequence[str] = ("cross_div_clip", "
     return fig
 
 
-@_styled
+@styled
 def fig_final_bars(df: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS):
     """Final-epoch value of each metric per condition, mean and 95% CI over seeds (dots: single seeds)."""
     from matplotlib.ticker import MaxNLocator
@@ -139,7 +139,7 @@ def fig_final_bars(df: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS):
     conds = conditions(fin)
     ncols = 3
     nrows = max(1, math.ceil(len(metrics) / ncols))
-    fig = _figure(12, 1.2 + nrows * (1.4 + 0.28 * max(len(conds), 1)))
+    fig = new_figure(12, 1.2 + nrows * (1.4 + 0.28 * max(len(conds), 1)))
     if not metrics:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
@@ -178,13 +178,13 @@ def tile(images: np.ndarray, gap: int = 2, fill: int = 255) -> np.ndarray:
     return out
 
 
-def _wrap(text: str, width: int = 28) -> str:
+def wrap_label(text: str, width: int = 28) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
-def _image_axis(ax, grid: np.ndarray, rows: int, cols: int, h: int, w: int, gap: int = 2):
+def image_axis(ax, grid: np.ndarray, rows: int, cols: int, h: int, w: int, gap: int = 2):
     ax.imshow(grid, interpolation="nearest")
     ax.set_xticks([j * (w + gap) + w / 2 for j in range(cols)])
     ax.set_yticks([i * (h + gap) + h / 2 for i in range(rows)])
@@ -193,11 +193,11 @@ def _image_axis(ax, grid: np.ndarray, rows: int, cols: int, h: int, w: int, gap:
         spine.set_visible(False)
 
 
-@_styled
+@styled
 def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = None):
     """Eval images at one eval seed, all eval prompts (columns): the base model (epoch 0) and, per condition, the
     final epoch of its first-seed run. A collapsed condition shows a row of near-identical images."""
-    fig = _figure(6, 2)
+    fig = new_figure(6, 2)
     picks = []
     for cond in conditions(df):
         cells = df[df["condition"] == cond].sort_values(["seed", "cell"]).drop_duplicates("cell")
@@ -221,9 +221,9 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
     h, w = stack.shape[2:4]
     fig.set_size_inches(max(6.0, 2.6 + 0.62 * p), 1.9 + 0.62 * len(labels))
     ax = fig.add_subplot(1, 1, 1)
-    _image_axis(ax, tile(stack), len(labels), p, h, w)
+    image_axis(ax, tile(stack), len(labels), p, h, w)
     ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xticklabels([_wrap(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=5)
+    ax.set_xticklabels([wrap_label(pr, 24) for pr in prompts[:p]], rotation=90, fontsize=5)
     ax.set_title(f"final-epoch eval images at eval seed {EVAL_SEED_BASE + eval_seed}\n"
                  "columns: eval prompts; rows: base model, then each condition (its first seed)", fontsize=9)
     return fig

@@ -41,7 +41,7 @@ def style():
         yield
 
 
-def _styled(fn):
+def styled(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         with style():
@@ -49,7 +49,7 @@ def _styled(fn):
     return wrapper
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
