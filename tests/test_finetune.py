@@ -10,6 +10,7 @@ import torch
 from ddpo_study.checkpoint import load_full_unet, save_full_unet, save_lora
 from ddpo_study.finetune import (
     apply_lora,
+    check_target_modules,
     param_distance_from_base,
     prepare_unet,
     snapshot_base_state,
@@ -137,3 +138,14 @@ def test_param_distance_from_base(tiny_pipe, mode):
     else:  # by hand: the plain parameter difference
         total = sum(float((p.detach().double() - base[n].double()).pow(2).sum()) for n, p in unet.named_parameters())
     assert distance == pytest.approx(math.sqrt(total), rel=1e-5)
+
+
+def test_lora_target_modules_choose_the_adapted_layers_and_unknown_ones_are_refused(tiny_pipe_factory):
+    unet = tiny_pipe_factory().unet
+    prepare_unet(unet, "lora", 2, 2.0, "attn2.to_k,attn2.to_v")  # cross-attention keys and values only
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    assert adapted and all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in adapted)
+    every = [n for n, _ in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
+    assert sorted(adapted) == sorted(every)
+    with pytest.raises(ValueError, match=r"\['attn3.to_k'\] match no module"):
+        check_target_modules(tiny_pipe_factory().unet, ["to_q", "attn3.to_k"])
