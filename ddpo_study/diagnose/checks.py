@@ -1,0 +1,153 @@
+"""The measurements behind a verdict, its thresholds, and the verdict itself.
+
+:func:`symptom` (cross-prompt diversity and prompt retrieval of base and tuned, in both seed modes),
+:func:`loading_checks` ("is the LoRA even loaded?"), and :func:`verdict`, which turns the two tables into one line
+by the thresholds below (:data:`THRESHOLDS`, :func:`thresholds_table`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .loading import TunedModelError, _first_line
+from .sampling import SEED_MODES, Diagnosis
+
+#: Tuned and base images whose mean absolute difference at the same prompts and seeds is below this many 8-bit
+#: levels are "the same outputs": the tuned weights are not in effect.
+SAME_OUTPUT_LEVELS = 0.5
+#: Collapse: the tuned model's cross-prompt CLIP diversity at the same seed below this fraction of the base's ...
+COLLAPSE_DIVERSITY_RATIO = 0.95
+#: ... or its prompt retrieval accuracy this much below the base's (absolute).
+COLLAPSE_RETRIEVAL_DROP = 0.10
+#: Retrieval at most this multiple of chance (1 / number of prompts): the prompts are ignored.
+IGNORED_RETRIEVAL_FACTOR = 2.0
+#: The base model's cross-prompt diversity with shared seeds below this fraction of that with a seed per prompt:
+#: the shared noise itself makes images of different prompts alike.
+SHARED_NOISE_RATIO = 0.8
+
+THRESHOLDS = {
+    "SAME_OUTPUT_LEVELS": (SAME_OUTPUT_LEVELS, "mean |tuned - base| (8-bit levels, same prompts and seeds) below "
+                           "which the tuned model's outputs equal the base's"),
+    "COLLAPSE_DIVERSITY_RATIO": (COLLAPSE_DIVERSITY_RATIO, "tuned / base cross-prompt CLIP diversity at the same "
+                                 "seed below which the tuned model collapsed"),
+    "COLLAPSE_RETRIEVAL_DROP": (COLLAPSE_RETRIEVAL_DROP, "drop of prompt retrieval accuracy (base - tuned) from "
+                                "which the tuned model collapsed"),
+    "IGNORED_RETRIEVAL_FACTOR": (IGNORED_RETRIEVAL_FACTOR, "retrieval at most this multiple of chance: the prompts "
+                                 "are ignored"),
+    "SHARED_NOISE_RATIO": (SHARED_NOISE_RATIO, "base diversity with shared seeds / with a seed per prompt below "
+                           "which the shared noise alone makes prompts look alike"),
+}
+
+
+SYMPTOM_COLUMNS = ("reward_mean", "cross_div_clip", "cross_div_pixel", "within_div_clip", "retrieval_acc",
+                   "retrieval_chance", "clip_score")
+
+
+def symptom(dx: Diagnosis) -> pd.DataFrame:
+    """Base and tuned, with the same seeds for every prompt and with a seed per prompt: reward, cross- and
+    within-prompt diversity, prompt retrieval; ``cross_div_vs_base`` is tuned / base at the same seed mode."""
+    rows = []
+    for mode in SEED_MODES:
+        dx.base(mode), dx.tuned_images(mode)
+        base = dx.measure(f"base/{mode}")
+        for model in ("base", "tuned"):
+            m = dx.measure(f"{model}/{mode}")
+            row = {"model": model, "seeds": SEED_MODES[mode], **{k: m.get(k, float("nan")) for k in SYMPTOM_COLUMNS}}
+            row["cross_div_vs_base"] = m["cross_div_clip"] / base["cross_div_clip"] if base["cross_div_clip"] else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def loading_checks(dx: Diagnosis) -> pd.DataFrame:
+    """"Is the LoRA even loaded?": one row per check with its value, the threshold and ``ok`` (True/False/None)."""
+    from ..finetune import param_distance_from_base, snapshot_base_state
+
+    tuned, rows = dx.tuned, []
+    if tuned.kind in ("lora", "attn_procs", "unet+lora"):
+        rows.append({"check": "layers carrying the LoRA", "value": float(tuned.lora_layers), "threshold": "> 0",
+                     "ok": tuned.lora_layers > 0})
+    try:
+        dist = param_distance_from_base(tuned.unet, snapshot_base_state(dx.base_unet))
+    except (KeyError, RuntimeError) as err:
+        raise TunedModelError(f"the tuned UNet does not have the base UNet's parameters ({_first_line(err)}): it "
+                              "was not fine-tuned from this base model") from err
+    rows.append({"check": "weight distance from base (L2, effective weights)", "value": dist, "threshold": "> 0",
+                 "ok": dist > 0})
+    base, tuned_img = dx.base("shared"), dx.tuned_images("shared")
+    diff = np.abs(tuned_img.astype(np.int16) - base.astype(np.int16))
+    rows.append({"check": "mean |tuned - base| at the same prompts and seeds (8-bit levels)", "value": float(diff.mean()),
+                 "threshold": f"> {SAME_OUTPUT_LEVELS}", "ok": bool(diff.mean() > SAME_OUTPUT_LEVELS)})
+    rows.append({"check": "identical pixels, tuned vs base", "value": float((diff == 0).mean()), "threshold": "(info)",
+                 "ok": None})
+    if tuned.adapter is not None and tuned.lora_on_base:
+        with dx.scaled(0.0) as unet:
+            zero = dx.sample("scale/0", unet=unet)
+        d0 = int(np.abs(zero.astype(np.int16) - base.astype(np.int16)).max())
+        rows.append({"check": "LoRA scale 0 reproduces the base (max |diff|, 8-bit levels)", "value": float(d0),
+                     "threshold": "== 0", "ok": d0 == 0})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Verdict:
+    label: str  #: ``adapter not applied``, ``loaded and collapsed``, ``same noise for every prompt``, ``loaded, no collapse``
+    line: str  #: the label with the numbers behind it
+    warnings: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.line + "".join(f" Warning: {w}" for w in self.warnings)
+
+
+def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
+    """The diagnosis in one line, from :func:`symptom` and :func:`loading_checks` and the module's thresholds."""
+    sym = symptom_table.set_index(["model", "seeds"])
+    shared, per_prompt = SEED_MODES["shared"], SEED_MODES["per_prompt"]
+    b_same, t_same = sym.loc[("base", shared)], sym.loc[("tuned", shared)]
+    b_diff, t_diff = sym.loc[("base", per_prompt)], sym.loc[("tuned", per_prompt)]
+    check = {row["check"]: row for _, row in checks.iterrows()}
+    warnings = []
+    layers = check.get("layers carrying the LoRA")
+    if layers is not None and not layers["ok"]:
+        return Verdict("adapter not applied", "adapter not applied: no LoRA tensor matched a layer of this UNet "
+                       "(0 layers carry it), so the tuned model is the base model", warnings)
+    dist = next(row for name, row in check.items() if name.startswith("weight distance"))
+    out = next(row for name, row in check.items() if name.startswith("mean |tuned - base|"))
+    if not dist["ok"]:
+        return Verdict("adapter not applied", "tuned == base: the tuned weights are the base weights (weight "
+                       f"distance 0, mean image difference {out['value']:.2f} levels): the weights did not load or "
+                       "were never trained", warnings)
+    if not out["ok"]:
+        return Verdict("adapter not applied", f"adapter not applied (outputs equal base): mean |tuned - base| "
+                       f"{out['value']:.2f} levels at the same seeds (threshold {SAME_OUTPUT_LEVELS}), although the "
+                       f"weights moved {dist['value']:.3g} (L2)", warnings)
+    zero = next((row for name, row in check.items() if name.startswith("LoRA scale 0")), None)
+    if zero is not None and not zero["ok"]:
+        warnings.append(f"LoRA scale 0 differs from the base by up to {zero['value']:.0f} levels: the weights under "
+                        "the adapter are not the base model given")
+    r_same, r_diff = t_same["cross_div_vs_base"], t_diff["cross_div_vs_base"]
+    chance = float(b_same["retrieval_chance"])
+    retr = (f"prompt retrieval {b_same['retrieval_acc']:.2f} -> {t_same['retrieval_acc']:.2f} (chance {chance:.2f})")
+    numbers = (f"cross-prompt diversity {r_same:.2f} of base at the same seed, {r_diff:.2f} with per-prompt seeds; "
+               f"{retr}")
+    drop = float(b_same["retrieval_acc"] - t_same["retrieval_acc"])
+    if r_same < COLLAPSE_DIVERSITY_RATIO or drop >= COLLAPSE_RETRIEVAL_DROP:
+        ignored = t_same["retrieval_acc"] <= IGNORED_RETRIEVAL_FACTOR * chance
+        tail = ": the prompts are ignored" if ignored else ""
+        if r_diff >= COLLAPSE_DIVERSITY_RATIO and r_same < COLLAPSE_DIVERSITY_RATIO:
+            tail += (" (with a seed per prompt the images still differ, so they follow the noise rather than the "
+                     "prompt; the same seed for every prompt shows it)")
+        return Verdict("loaded and collapsed", f"loaded and collapsed: {numbers}{tail}", warnings)
+    noise_ratio = b_same["cross_div_clip"] / b_diff["cross_div_clip"] if b_diff["cross_div_clip"] else float("nan")
+    if noise_ratio < SHARED_NOISE_RATIO:
+        return Verdict("same noise for every prompt", "same noise for every prompt: the base model's images of "
+                       f"different prompts at one seed are already alike ({noise_ratio:.2f} of their diversity with a "
+                       f"seed per prompt) and the tuned model is no worse ({numbers}): sample each prompt from its "
+                       "own seed", warnings)
+    return Verdict("loaded, no collapse", f"loaded, no collapse: {numbers}", warnings)
+
+
+def thresholds_table() -> pd.DataFrame:
+    return pd.DataFrame([{"threshold": k, "value": v, "meaning": m} for k, (v, m) in THRESHOLDS.items()])

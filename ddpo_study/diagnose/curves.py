@@ -1,0 +1,93 @@
+"""The reward-diversity curves from the base model to the tuned one.
+
+:func:`scale_sweep`: the tuned update scaled from 0 to 1 (the LoRA's adapter scale; a full or progressive UNet's
+weights interpolated, ``base + s * (tuned - base)``). :func:`switch_sweep`: the base UNet for the first ``k``
+denoising steps and the tuned one for the rest (:func:`~ddpo_study.diagnose.sampling.sample_switched`).
+:func:`fig_tradeoff` draws both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .sampling import Diagnosis
+
+
+def _curve_row(dx: Diagnosis, name: str, **keys) -> dict[str, Any]:
+    m = dx.measure(name)
+    return {**keys, "reward_mean": m["reward_mean"], "cross_div_clip": m["cross_div_clip"],
+            "retrieval_acc": m["retrieval_acc"], "within_div_clip": m["within_div_clip"]}
+
+
+def scale_sweep(dx: Diagnosis, scales: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:
+    """Reward and diversity (same seeds for every prompt) with the tuned update scaled by each of ``scales``."""
+    rows = []
+    for s in scales:
+        s = float(s)
+        if s == 1.0:
+            dx.tuned_images("shared")
+            name = "tuned/shared"
+        else:
+            name = f"scale/{s:g}"
+            if name not in dx.images:
+                with dx.scaled(s) as unet:
+                    dx.sample(name, unet=unet)
+        rows.append(_curve_row(dx, name, scale=s))
+    return pd.DataFrame(rows)
+
+
+def default_switch_steps(num_steps: int) -> list[int]:
+    """0, T/4, T/2, 3T/4 and T base-model steps (rounded, distinct)."""
+    return sorted({round(num_steps * f) for f in (0, 0.25, 0.5, 0.75, 1.0)})
+
+
+def switch_sweep(dx: Diagnosis, switch_steps: Sequence[int] | None = None) -> pd.DataFrame:
+    """Reward and diversity (same seeds for every prompt) with the base UNet for the first ``k`` denoising steps and
+    the tuned one for the rest, for each ``k`` (0 = the tuned model, ``num_steps`` = the base)."""
+    steps = default_switch_steps(dx.num_steps) if switch_steps is None else [int(k) for k in switch_steps]
+    rows = []
+    for k in steps:
+        if k == 0:
+            dx.tuned_images("shared")
+            name = "tuned/shared"
+        elif k == dx.num_steps:
+            dx.base("shared")
+            name = "base/shared"
+        else:
+            name = f"switch/{k}"
+            dx.sample(name, unet=dx.tuned.unet, first_unet=dx.base_unet, switch_at=k)
+        rows.append(_curve_row(dx, name, base_steps=k, base_fraction=k / dx.num_steps))
+    return pd.DataFrame(rows)
+
+
+def fig_tradeoff(scale: pd.DataFrame, switch: pd.DataFrame, title: str = ""):
+    """Reward (x) against cross-prompt diversity and against prompt retrieval (y): the LoRA scale sweep and the
+    base-for-the-first-k-steps sweep, both from the base model to the tuned one."""
+    from matplotlib.figure import Figure
+
+    from ..report import style
+
+    with style():
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        axes = fig.subplots(1, 2)
+        for ax, metric, label in ((axes[0], "cross_div_clip", "cross-prompt diversity (CLIP), same seeds"),
+                                  (axes[1], "retrieval_acc", "prompt retrieval accuracy")):
+            for df, key, fmt, name, offset in ((scale, "scale", "o-", "tuned update scaled by s", (4, 4)),
+                                               (switch, "base_steps", "s--", "base for the first k steps", (4, -10))):
+                if df.empty:
+                    continue
+                ax.plot(df["reward_mean"], df[metric], fmt, label=name)
+                for _, row in df.iterrows():
+                    tag = f"s={row[key]:g}" if key == "scale" else f"k={int(row[key])}"
+                    ax.annotate(tag, (row["reward_mean"], row[metric]), textcoords="offset points", xytext=offset,
+                                fontsize=7)
+            ax.set_xlabel("mean reward")
+            ax.set_ylabel(label)
+            lo, hi = ax.get_ylim()
+            pad = max(hi - lo, 1e-3) * 0.1
+            ax.set_ylim(lo - pad, hi + pad)  # the change, not the whole [0, 2] range
+            ax.legend(loc="best")
+        fig.suptitle(title or "reward-diversity trade-off: from the base model to the tuned one")
+    return fig
