@@ -233,11 +233,11 @@ def test_cell_write_config_gives_the_cells_training_config_for_accelerate_launch
     from ddpo_study.config import load_config
 
     path = tmp_path / "cell.json"
-    assert cli.main(["cell", str(REPO / "configs" / "toy_study.yaml"), "toy_300-full-lam1.0-s2",
+    assert cli.main(["cell", str(REPO / "configs" / "toy_study.yaml"), "toy_300-full-lam10.0-s2",
                      "--write-config", str(path)]) == 0
     cfg = load_config(path)
-    assert (cfg.mode, cfg.prompt_set, cfg.diversity_lambda, cfg.seed) == ("full", "toy_300", 1.0, 2)
-    assert cfg.output_dir == "results/toy_study/toy_300-full-lam1.0-s2"
+    assert (cfg.mode, cfg.prompt_set, cfg.diversity_lambda, cfg.seed) == ("full", "toy_300", 10.0, 2)
+    assert cfg.output_dir == "results/toy_study/toy_300-full-lam10.0-s2"
 
 
 def test_cells_trained_from_grid_configs_are_only_rendered_by_grid_run(tmp_path, tiny_model_dir):
@@ -276,7 +276,7 @@ def test_sharing_the_theme_css_keeps_the_page_and_is_idempotent(tmp_path):
 def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     cell = tmp_path / "cell"
     (cell / "eval").mkdir(parents=True)
-    (cell / "config.json").write_text(json.dumps({"num_epochs": 20}))
+    (cell / "DONE").write_text(json.dumps({"epochs": 20}))
     for e in (0, 5, 10, 20):
         for ext in ("npz", "png"):
             (cell / "eval" / f"epoch_{e:04d}.{ext}").write_bytes(b"x")
@@ -300,7 +300,7 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
             return sorted(subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
                                          capture_output=True, text=True, check=True).stdout.split())
 
-        assert listed() == [".gitignore", "config.json", "eval/epoch_0000.npz", "eval/epoch_0000.png",
+        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0000.png",
                             "eval/epoch_0020.npz", "eval/epoch_0020.png", "final/lora/pytorch_lora_weights.safetensors"]
         grid.runner.write_cell_gitignore(cell, keep_unet=True)
         assert "final/unet/config.json" in listed()
@@ -342,8 +342,11 @@ def test_spec_questions_are_parsed_with_their_defaults():
     assert (q2.at, q2.metrics, q2.primary) == ("final", ("judge_distinct",), False)
     quick = grid.load_spec(questions_spec([Q_OK]), quick=True)  # validated against the full grid, kept
     assert quick.questions == spec.questions[:1]
-    for name in ("toy_study", "toy_long", "toy_hypotheses"):  # specs without the section still load
+    for name in ("toy_long", "toy_hypotheses"):  # specs without the section still load
         assert grid.load_spec(REPO / "configs" / f"{name}.yaml").questions is None
+    study = grid.load_spec(REPO / "configs" / "toy_study.yaml").questions  # the study pre-registers its own
+    primary = [q for q in study if q.primary]
+    assert primary and all(q.min_seeds >= 6 for q in primary)
     variants = grid.load_spec({"notebook": "notebooks/cell.ipynb", "output_root": "results/v", "axes": {"seed": [0]},
                                "variants": [{"variant": "base"}, {"variant": "rank64", "lora_rank": 64}],
                                "questions": [{"id": "V", "text": "rank?", "a": {"variant": "rank64"},

@@ -190,10 +190,11 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False) -> Path:
     ``final/unet`` (a full-tuned UNet, a few MB in fp16) only with ``keep_unet``. Left local: the executed
     ``report.ipynb`` (``report.html`` is its code-free copy), intermediate eval epochs and checkpoints.
 
-    The patterns depend only on the cell's config (its final epoch), never on which files are present, so a
-    clone that lacks the intermediate evals writes the same file (``make study`` leaves ``git status`` clean).
+    The patterns depend only on the epochs the run was trained to (its ``DONE`` file), never on which files are
+    present, so a clone that lacks the intermediate evals writes the same file (``make study`` leaves
+    ``git status`` clean).
     """
-    final = int(json.loads((cell_dir / "config.json").read_text())["num_epochs"])
+    final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
     lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final evals and",
              "# the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
              REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.*", f"!eval/epoch_{final:04d}.*",
