@@ -37,9 +37,11 @@ summary = report.write_summary(root)
 display(Markdown(f"{len(summary.files)} files written to `{summary.out_dir}`"))
 
 # %% [markdown]
-# ## The four questions
+# ## The questions
 #
-# Differences a - b with Welch 95% CIs over seeds, in the reference setting (LoRA, fewest prompts, no penalty); `contrasts` below has every setting.
+# As pre-registered in the grid spec (`questions:`; a spec without them gets default exploratory ones): for each
+# question, metric and matched-reward level, the difference a - b paired by seed with its 95% t CI, Holm-adjusted
+# p for the primary questions, and the verdict ("answered: ..." or "not answered: <reason>").
 
 # %%
 summary.tables.get("questions")
@@ -84,8 +86,13 @@ if "montage" in summary.figures:
     display(summary.figures["montage"])
 
 # %% [markdown]
-# ## All contrasts and cells
+# ## Learning: each run's eval-reward gain over the base model (z with standard errors clustered by prompt)
 
 # %%
-display(summary.tables.get("contrasts"))
+display(summary.tables.get("learning"))
+
+# %% [markdown]
+# ## All cells
+
+# %%
 summary.tables.get("cells")
