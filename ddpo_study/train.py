@@ -78,9 +78,9 @@ def _epoch_rng(cfg: DDPOConfig, epoch: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, epoch, stream])
 
 
-def _prepare_output_dir(cfg: DDPOConfig) -> Path:
+def _prepare_output_dir(cfg: DDPOConfig, write: bool = True) -> Path:
+    """Check that ``output_dir`` holds no other experiment; with ``write``, create it and save the config there."""
     out = Path(cfg.output_dir)
-    (out / "eval").mkdir(parents=True, exist_ok=True)
     cfg_file = out / "config.json"
     if cfg_file.exists():
         old = json.loads(cfg_file.read_text())
@@ -94,7 +94,9 @@ def _prepare_output_dir(cfg: DDPOConfig) -> Path:
         if diff:
             raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
                              "use a new output_dir or delete the old one")
-    save_config(cfg, cfg_file)
+    if write:
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, cfg_file)
     return out
 
 
@@ -467,8 +469,9 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         torch.set_num_threads(cfg.num_threads)
     if is_finished(cfg.output_dir, cfg.num_epochs):
         # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
-        # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains.
-        _prepare_output_dir(cfg)
+        # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains; nor
+        # rewrites its config.json (a committed run's file stays byte for byte).
+        _prepare_output_dir(cfg, write=False)
         return Path(cfg.output_dir)
     s = setup(cfg)
     main = s.acc.is_main_process

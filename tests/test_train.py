@@ -98,6 +98,11 @@ def test_a_finished_run_without_checkpoints_is_not_retrained(tiny_model_dir, tin
     out = train.run(cfg, progress=False)
     shutil.rmtree(out / "checkpoints")
     before = (out / "metrics.csv").read_bytes()
+    cfg_file = out / "config.json"
+    saved_config = json.loads(cfg_file.read_text())
+    del saved_config["log_with"]  # an older run's config.json lacks newer fields (they count as defaults)
+    cfg_file.write_text(json.dumps(saved_config))  # and another layout than save_config's: a rewrite would show
+    config_bytes = cfg_file.read_bytes()
     assert train.is_finished(out, 1) and not train.is_finished(out, 2)
 
     def no_loading(*args, **kwargs):
@@ -106,6 +111,7 @@ def test_a_finished_run_without_checkpoints_is_not_retrained(tiny_model_dir, tin
     monkeypatch.setattr("ddpo_study.models.load_pipeline", no_loading)
     assert train.run(cfg, progress=False) == out
     assert (out / "metrics.csv").read_bytes() == before
+    assert cfg_file.read_bytes() == config_bytes  # a finished run's committed config.json is not rewritten
     # asking for more epochs is a resume, which needs the pipeline again
     with pytest.raises(AssertionError, match="loaded its pipeline"):
         train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", num_epochs=2), progress=False)

@@ -138,7 +138,10 @@ def export_html(notebook: Path, html: Path) -> Path:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    nb = nbformat.read(str(notebook), as_version=4)
+    for i, cell in enumerate(nb.cells):  # papermill gives its injected cell a random id: the page would differ
+        cell["id"] = f"cell-{i}"
+    body, _ = exporter.from_notebook_node(nb)
     _write_text_atomic(html, share_theme_css(body, html.parent.parent))
     return html
 
