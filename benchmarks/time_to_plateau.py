@@ -19,7 +19,8 @@ resumes from its checkpoint (exactly: ``train.run`` resumes bit for bit). A reci
 * at equal CPU time: each recipe's gain at its last eval within the new recipe's time to plateau.
 
 Last line: ``gain per CPU-minute, new/current = X; new/TRL = Y; new/ddpo-pytorch = Z`` (final gain divided by the
-CPU-minutes it took). Results go to ``<out>/time_to_plateau.csv`` and ``.md`` as well. Not a test: ~25 min on
+CPU-minutes it took). Results go to ``<results>/time_to_plateau.{csv,md}`` and ``curves.csv``. A recipe that stopped
+in an earlier invocation is reused (delete its run folder to train it again). Not a test: ~25 min on
 2 cores at the default budget.
 """
 
@@ -59,6 +60,7 @@ RECIPES = {
                           lora_learning_rate=3e-4, stat_buffer_size=32, stat_min_count=16), 2),
 }
 STUDY_SPEC = REPO / "configs" / "toy_study.yaml"
+FINISHED = "PLATEAU_OR_BUDGET"  # a recipe's run folder has this once it stopped (a later invocation reuses it)
 
 
 def new_recipe() -> tuple[dict, int]:
@@ -100,6 +102,13 @@ def plateau_row(ev: pd.DataFrame) -> int | None:
 
 def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out_root: Path) -> pd.DataFrame:
     out = out_root / name
+    if (out / FINISHED).is_file():  # finished by an earlier invocation: reuse it if it is this recipe
+        saved = json.loads((out / "config.json").read_text())
+        want = {**COMMON, **settings, "eval_every": chunk}
+        if all(saved.get(k) == v for k, v in want.items()):
+            print(f"{name}: reusing the finished run in {out}", flush=True)
+            return curve(pd.read_csv(out / "metrics.csv"))
+        raise SystemExit(f"error: {out} holds another recipe's run; delete it to re-run {name}")
     epochs = 0
     while True:
         epochs += chunk
@@ -107,6 +116,7 @@ def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out_root:
         ev = curve(train_chunk(cfg, out))
         print(f"{name}: epoch {epochs}, cpu {ev['cpu_s'].iloc[-1]:.0f}s, gain {ev['gain'].iloc[-1]:+.3f}", flush=True)
         if plateau_row(ev) is not None or ev["cpu_s"].iloc[-1] >= budget_s:
+            (out / FINISHED).write_text(json.dumps({"epochs": epochs}) + "\n")
             return ev
 
 
