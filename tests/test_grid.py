@@ -77,8 +77,8 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert len((grid_runs["root"] / css[0]).read_text()) > 50_000
     assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
     ignored = (cell / ".gitignore").read_text().splitlines()[2:]
-    assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.*", "!eval/epoch_0001.*",
-                       "final/unet/"]  # evals 0 and 1 (the last) kept
+    assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.npz", "!eval/epoch_0001.npz",
+                       "final/unet/"]  # the eval arrays of epochs 0 and 1 (the last) kept
     for code in ("train.run(cfg", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no tqdm bar in a red stderr box
@@ -300,16 +300,19 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
             return sorted(subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
                                          capture_output=True, text=True, check=True).stdout.split())
 
-        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0000.png",
-                            "eval/epoch_0020.npz", "eval/epoch_0020.png", "final/lora/pytorch_lora_weights.safetensors"]
-        grid.runner.write_cell_gitignore(cell, keep_unet=True)
-        assert "final/unet/config.json" in listed()
+        (cell / "report.html").write_text("<html>")
+        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0020.npz",
+                            "final/lora/pytorch_lora_weights.safetensors", "report.html"]
+        grid.runner.write_cell_gitignore(cell, keep_unet=True, keep_report=False)
+        assert "final/unet/config.json" in listed() and "report.html" not in listed()
 
 
 def test_exclude_drops_axis_combinations_and_keep_unet_marks_cells():
     spec = grid.load_spec(questions_spec(None, exclude=[{"seed": [1, 2], "prompt_set": "toy_300"}],
-                                         keep_unet={"seed": 0, "mode": "full"}) | {"questions": []})
+                                         keep_unet={"seed": 0, "mode": "full"}, keep_report={"seed": 0})
+                          | {"questions": []})
     cells = grid.expand(spec, check_notebook=False)
+    assert {c.params["seed"] for c in cells if c.keep_report} == {0} and any(not c.keep_report for c in cells)
     combos = {(c.params["seed"], c.params["prompt_set"], c.params["mode"]) for c in cells}
     assert len(cells) == 12 - 4 and (1, "toy_300", "lora") not in combos and (0, "toy_300", "full") in combos
     assert [c.name for c in cells if c.keep_unet] == ["0-toy_30-full", "0-toy_300-full"]

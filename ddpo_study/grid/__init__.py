@@ -17,6 +17,10 @@ Spec format (``configs/*.yaml``)::
     variants:                               # optional: alternatives instead of (or on top of) a full product
       - {variant: base}
       - {variant: rank64, lora_rank: 64, lora_alpha: 64}
+    exclude:                                # optional: axis combinations that are not run (values or lists)
+      - {seed: [3, 4, 5], prompt_set: toy_300}
+    keep_unet: {seed: 0}                    # optional: cells that commit final/unet (default: none)
+    keep_report: {seed: 0}                  # optional: cells that commit report.html (default: all)
     quick:                                  # overrides applied by --quick
       num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
       seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)

@@ -184,24 +184,26 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], n
                                    log_output=False, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT))
 
 
-def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False) -> Path:
+def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: bool = True) -> Path:
     """A finished cell's ``.gitignore``: what of it goes into version control with the study's results.
 
-    Kept: config, metrics, status, ``report.html``, the eval arrays and grids of epoch 0 (the base model,
-    byte-identical across cells, so git stores it once) and of the final epoch (enough to re-score the images
-    with another judge), and the final LoRA adapter (``final/lora``, tens of kB; explore and diagnose load it).
-    ``final/unet`` (a full-tuned UNet, a few MB in fp16) only with ``keep_unet``. Left local: the executed
-    ``report.ipynb`` (``report.html`` is its code-free copy), intermediate eval epochs and checkpoints.
+    Kept: config, metrics, status, the eval arrays of epoch 0 (the base model, byte-identical across cells, so
+    git stores it once) and of the final epoch (enough to re-score the images with another judge), and the final
+    LoRA adapter (``final/lora``, tens of kB; explore and diagnose load it). ``report.html`` only with
+    ``keep_report`` and ``final/unet`` (a full-tuned UNet, a few MB in fp16) only with ``keep_unet``: the grid
+    spec's ``keep_report`` / ``keep_unet`` choose the cells, to keep the tree small (``grid run`` renders a
+    missing report from the data without training). Left local: the executed ``report.ipynb``, the eval PNG
+    grids (the npz holds the same images), intermediate evals and checkpoints.
 
     The patterns depend only on the epochs the run was trained to (its ``DONE`` file), never on which files are
     present, so a clone that lacks the intermediate evals writes the same file (``make study`` leaves
     ``git status`` clean).
     """
     final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
-    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final evals and",
-             "# the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
-             REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.*", f"!eval/epoch_{final:04d}.*",
-             *([] if keep_unet else ["final/unet/"])]
+    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final eval arrays",
+             "# and the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
+             REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz",
+             *([] if keep_report else [REPORT_HTML]), *([] if keep_unet else ["final/unet/"])]
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
@@ -235,7 +237,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
-        write_cell_gitignore(cell.dir, cell.keep_unet)
+        write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report)
         status.update(state="done")
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
@@ -303,7 +305,7 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     done_cells = [c for c in selected if c not in todo]
     states = {c.name: "skipped" for c in done_cells}
     for c in done_cells:
-        write_cell_gitignore(c.dir, c.keep_unet)  # idempotent; also covers cells finished by an older version
+        write_cell_gitignore(c.dir, c.keep_unet, c.keep_report)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (

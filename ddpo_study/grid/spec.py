@@ -23,7 +23,7 @@ from ..config import ConfigError, DDPOConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
-             "questions", "exclude", "keep_unet")
+             "questions", "exclude", "keep_unet", "keep_report")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -52,6 +52,7 @@ class GridSpec:
     questions: list["Question"] | None = None  # None: the spec has no ``questions:`` section
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)  # axis combinations that are not run
     keep_unet: dict[str, list[Any]] | None = None  # cells whose final full UNet is committed (None: none)
+    keep_report: dict[str, list[Any]] | None = None  # cells whose report.html is committed (None: all)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Cell:
     variant: str | None = None
     threads_from_spec: bool = False
     keep_unet: bool = False  # commit final/unet (spec's keep_unet)
+    keep_report: bool = True  # commit report.html (spec's keep_report)
 
     @property
     def num_epochs(self) -> int:
@@ -116,6 +118,7 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
         questions = parse_questions(data["questions"], axes, _variant_labels(variants), fixed.get("seed"))
     exclude = [_partial_assignment(e, axes, "exclude") for e in _as_list(data.get("exclude"), "exclude")]
     keep_unet = _partial_assignment(data["keep_unet"], axes, "keep_unet") if data.get("keep_unet") else None
+    keep_report = _partial_assignment(data["keep_report"], axes, "keep_report") if data.get("keep_report") else None
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -141,7 +144,7 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
-                    questions=questions, exclude=exclude, keep_unet=keep_unet)
+                    questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report)
 
 
 def _as_list(value: Any, key: str) -> list:
@@ -267,9 +270,11 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
             seen[name] = index
             cell_dir = spec.output_root / name
             params["output_dir"] = _display_path(cell_dir)
-            keep = spec.keep_unet is not None and _matches(spec.keep_unet, dict(zip(spec.axes, combo)))
+            at = dict(zip(spec.axes, combo))
             cells.append(Cell(index=index, name=name, dir=cell_dir, params=params, variant=label,
-                              threads_from_spec="num_threads" in params, keep_unet=keep))
+                              threads_from_spec="num_threads" in params,
+                              keep_unet=spec.keep_unet is not None and _matches(spec.keep_unet, at),
+                              keep_report=spec.keep_report is None or _matches(spec.keep_report, at)))
     return cells
 
 
