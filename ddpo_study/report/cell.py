@@ -49,9 +49,13 @@ def fig_cell_curves(cell_dir: str | Path):
 
 @styled
 def fig_cell_ppo(cell_dir: str | Path):
-    """One run: PPO statistics per epoch (approx. KL, clip fraction, KL to base) and the weights' distance."""
+    """One run per epoch: the policy's step (KL per optimizer step, with the controller's target) and the learning
+    rate, the weights' distance from base and the KL to base; PPO's approx. KL and clip fraction only when an epoch
+    has several optimizer steps (with one step the ratio is 1 and both are identically 0)."""
     cfg, m = read_cell(cell_dir)
-    metrics = [c for c in ("train_approx_kl", "train_clipfrac", "param_dist", "train_kl_to_base")
+    several_steps = "train_optimizer_steps" not in m or (m["train_optimizer_steps"].dropna() > 1).any()
+    ppo = ("train_approx_kl", "train_clipfrac") if several_steps else ()
+    metrics = [c for c in ("train_step_kl", "learning_rate", *ppo, "param_dist", "train_kl_to_base")
                if c in m and m[c].notna().any()]
     fig = new_figure(3.2 * max(1, len(metrics)), 3.0)
     if not metrics:
@@ -64,6 +68,11 @@ def fig_cell_ppo(cell_dir: str | Path):
     for ax, metric in zip(axes, metrics):
         d = m.dropna(subset=[metric])
         ax.plot(d["epoch"], d[metric], marker="o", markersize=3)
+        if metric in ("train_step_kl", "learning_rate") and (d[metric] > 0).all():
+            ax.set_yscale("log")
+        if metric == "train_step_kl" and cfg.get("target_kl"):
+            ax.axhline(cfg["target_kl"], color="C3", linestyle=":", linewidth=1, label="target_kl")
+            ax.legend()
         if switch is not None:
             ax.axvline(switch, color="0.4", linestyle="--", linewidth=1, label="switch to LoRA")
             ax.legend()

@@ -41,6 +41,8 @@ LABELS = {
     "param_dist": "weight distance from base (L2)",
     "train_approx_kl": "approx. KL (PPO)",
     "train_clipfrac": "clip fraction (PPO)",
+    "train_step_kl": "policy KL per optimizer step",
+    "learning_rate": "learning rate (after step control)",
     "train_kl_to_base": "KL to base (sampled transitions)",
     "train_loss": "PPO loss",
     "judge_all": "judge: all 5 attributes right (toy)",
