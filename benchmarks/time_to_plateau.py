@@ -9,9 +9,10 @@ resumes from its checkpoint (exactly: ``train.run`` resumes bit for bit). A reci
 **plateaus** or when its training CPU time exceeds the budget.
 
 * gain(e): mean eval reward at epoch e minus the base model's (epoch 0), over the same 128 images;
-* plateau: the first eval e with at least 4 evals after epoch 0, gain(e) > 0, whose gain over the last quarter of
-  its training time is small: gain(e) - gain(e') <= 15% of gain(e), e' the last eval at or before 75% of e's
-  CPU time; the plateau epoch is e. A recipe whose reward falls (a broken model) plateaus trivially: the
+* plateau: the first eval e with at least 4 evals after epoch 0 whose gain is real (paired z > 2, standard
+  errors clustered by prompt: ``report.paired_reward_gain``) and whose gain over the last quarter of its training
+  time is small: gain(e) - gain(e') <= 15% of gain(e), e' the last eval at or before 75% of e's CPU time; the
+  plateau epoch is e (a flat curve that never gained is not a plateau: it runs to the budget). A recipe whose reward falls (a broken model) plateaus trivially: the
   table also shows its best gain and the diversity it kept;
 * CPU-seconds: the summed ``cpu_epoch_s`` of the training epochs (sample, reward, PPO; evals excluded);
 * time to 50% / 90%: the CPU time of the first eval whose gain reaches that share of the final gain (an
@@ -81,12 +82,15 @@ def train_chunk(cfg: dict, out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv")
 
 
-def curve(df: pd.DataFrame) -> pd.DataFrame:
-    """Eval rows with the gain over epoch 0 and the cumulative training CPU time at that epoch."""
+def curve(df: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Eval rows with the gain over epoch 0, its clustered z and the cumulative training CPU time at that epoch."""
+    from ddpo_study.report import paired_reward_gain
+
     df = df.sort_values("epoch").copy()
     df["cpu_s"] = df["cpu_epoch_s"].fillna(0).cumsum()
     ev = df[df["reward_mean"].notna()].copy()
     ev["gain"] = ev["reward_mean"] - ev["reward_mean"].iloc[0]
+    ev["z"] = [paired_reward_gain(out, int(e))["z"] if e else 0.0 for e in ev["epoch"]]
     return ev
 
 
@@ -95,7 +99,7 @@ def plateau_row(ev: pd.DataFrame) -> int | None:
     for i in range(4, len(ev)):
         g, t = ev["gain"].iloc[i], ev["cpu_s"].iloc[i]
         earlier = ev[ev["cpu_s"] <= 0.75 * t]
-        if g > 0 and len(earlier) and g - earlier["gain"].iloc[-1] <= 0.15 * g:
+        if ev["z"].iloc[i] > 2 and len(earlier) and g - earlier["gain"].iloc[-1] <= 0.15 * g:
             return i
     return None
 
@@ -107,13 +111,13 @@ def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out_root:
         want = {**COMMON, **settings, "eval_every": chunk}
         if all(saved.get(k) == v for k, v in want.items()):
             print(f"{name}: reusing the finished run in {out}", flush=True)
-            return curve(pd.read_csv(out / "metrics.csv"))
+            return curve(pd.read_csv(out / "metrics.csv"), out)
         raise SystemExit(f"error: {out} holds another recipe's run; delete it to re-run {name}")
     epochs = 0
     while True:
         epochs += chunk
         cfg = {**COMMON, **settings, "eval_every": chunk, "num_epochs": epochs, "output_dir": str(out)}
-        ev = curve(train_chunk(cfg, out))
+        ev = curve(train_chunk(cfg, out), out)
         print(f"{name}: epoch {epochs}, cpu {ev['cpu_s'].iloc[-1]:.0f}s, gain {ev['gain'].iloc[-1]:+.3f}", flush=True)
         if plateau_row(ev) is not None or ev["cpu_s"].iloc[-1] >= budget_s:
             (out / FINISHED).write_text(json.dumps({"epochs": epochs}) + "\n")
@@ -144,7 +148,7 @@ def summarise(curves: dict[str, pd.DataFrame], reference: str = "new") -> pd.Dat
             at_ref = before["gain"].iloc[-1] if len(before) > 1 else float("nan")
         rows.append({
             "recipe": name, "plateau": "yes" if i is not None else "no (budget)", "epoch": int(end["epoch"]),
-            "cpu_s": end["cpu_s"], "final_gain": final, "best_gain": ev["gain"].max(),
+            "cpu_s": end["cpu_s"], "final_gain": final, "final_z": end["z"], "best_gain": ev["gain"].max(),
             "cpu_s_to_50%": time_to(0.5), "cpu_s_to_90%": time_to(0.9),
             "gain_at_new_plateau_time": at_ref,
             "gain_per_cpu_min": final / (end["cpu_s"] / 60) if end["cpu_s"] > 0 else float("nan"),
