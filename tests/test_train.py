@@ -55,9 +55,12 @@ def test_full_and_progressive_modes_train(mode, tiny_model_dir, tiny_prompt_file
     assert (out / "final" / "lora").is_dir() == (mode == "progressive")
 
 
-def test_crash_and_resume_equals_an_uninterrupted_run(tiny_model_dir, tiny_prompt_files, tmp_path, monkeypatch):
-    ref = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "ref", num_epochs=3), progress=False)
-    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "crash", num_epochs=3)
+@pytest.mark.parametrize("mode", ["lora", "progressive"])  # progressive: resumed after its switch (epoch 1)
+def test_crash_and_resume_equals_an_uninterrupted_run(mode, tiny_model_dir, tiny_prompt_files, tmp_path,
+                                                      monkeypatch):
+    settings = dict(num_epochs=3, mode=mode, target_kl=1e-4)  # the controller's lr must resume too
+    ref = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "ref", **settings), progress=False)
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "crash", **settings)
     real_epoch = train.train_epoch
 
     def crash_at_epoch_3(state, epoch):
