@@ -388,7 +388,11 @@ def ppo_update(cfg, pipe, unet, params, optimizer, traj, advantages, epoch, refe
                     controller.update(optimizer, stats["step_kl"][-1])
                 before = after
     unet.eval()
-    row = {f"train_{k}": _mean_over_processes(v, sync) for k, v in stats.items() if v}
+    row = {}
+    for k, v in stats.items():  # every process reduces every stat (a local empty list must not skip a collective)
+        mean = _mean_over_processes(v, sync) if (v or sync is not None) else math.nan
+        if not math.isnan(mean):
+            row[f"train_{k}"] = mean
     row["train_optimizer_steps"] = len(stats["grad_norm"])
     row["learning_rate"] = optimizer.param_groups[0]["lr"]  # the rate the next epoch starts with
     return row
@@ -399,7 +403,7 @@ def _mean_over_processes(values: list[float], sync) -> float:
     if sync is None:
         return float(np.mean(values))
     total = sync(torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64), "sum")
-    return float(total[0] / total[1])
+    return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
 
 def step_kl_probe(cfg: DDPOConfig, epoch: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
