@@ -322,6 +322,20 @@ def test_exclude_drops_axis_combinations_and_keep_unet_marks_cells():
         grid.load_spec(questions_spec([], keep_unet={"mode": "ful"}))
 
 
+def test_exclude_and_keep_may_name_variants():
+    """A variant grid gives each variant its own seeds by excluding (seed, variant) pairs; keep_* select by name."""
+    raw = {"name": "v", "notebook": "notebooks/cell.ipynb", "output_root": "results/v", "fixed": {"model": "toy"},
+           "axes": {"seed": [0, 1, 2, 3]}, "variants": [{"variant": "base"}, {"variant": "rank8", "lora_rank": 8}]}
+    spec = grid.load_spec(raw | {"exclude": [{"seed": 3, "variant": "rank8"}], "keep_report": {"variant": "base"}})
+    cells = grid.expand(spec, check_notebook=False)
+    assert [(c.params["seed"], c.variant) for c in cells] == [
+        (0, "base"), (0, "rank8"), (1, "base"), (1, "rank8"), (2, "base"), (2, "rank8"), (3, "base")]
+    assert [c.index for c in cells] == list(range(7))
+    assert {c.variant for c in cells if c.keep_report} == {"base"}
+    with pytest.raises(grid.GridError, match=r"'exclude': variant=\['rank9'\] is not a value"):
+        grid.load_spec(raw | {"exclude": [{"variant": "rank9"}]})
+
+
 # ----------------------------------------------------------------------------------------------- questions
 def questions_spec(questions, **extra) -> dict:
     return {"name": "q", "notebook": "notebooks/cell.ipynb", "output_root": "results/q",

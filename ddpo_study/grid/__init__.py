@@ -19,6 +19,7 @@ Spec format (``configs/*.yaml``)::
       - {variant: rank64, lora_rank: 64, lora_alpha: 64}
     exclude:                                # optional: axis combinations that are not run (values or lists)
       - {seed: [3, 4, 5], prompt_set: toy_300}
+      - {seed: 3, variant: rank64}          # `variant` (a variant's name) may be named like an axis
     keep_unet: {seed: 0}                    # optional: cells that commit final/unet (default: none)
     keep_report: {seed: 0}                  # optional: cells that commit report.html (default: all)
     quick:                                  # overrides applied by --quick

@@ -116,9 +116,13 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     questions = None  # validated against the full grid, before --quick pins axes
     if "questions" in data:
         questions = parse_questions(data["questions"], axes, _variant_labels(variants), fixed.get("seed"))
-    exclude = [_partial_assignment(e, axes, "exclude") for e in _as_list(data.get("exclude"), "exclude")]
-    keep_unet = _partial_assignment(data["keep_unet"], axes, "keep_unet") if data.get("keep_unet") else None
-    keep_report = _partial_assignment(data["keep_report"], axes, "keep_report") if data.get("keep_report") else None
+    # "variant" may be named beside the axes (a variant grid's per-variant seeds, say); quick may drop variants
+    # later, so the names are checked against the full list.
+    selectable = {**axes, **({VARIANT_KEY: _variant_labels(variants)} if variants else {})}
+    exclude = [_partial_assignment(e, selectable, "exclude") for e in _as_list(data.get("exclude"), "exclude")]
+    keep_unet = _partial_assignment(data["keep_unet"], selectable, "keep_unet") if data.get("keep_unet") else None
+    keep_report = _partial_assignment(data["keep_report"], selectable, "keep_report") \
+        if data.get("keep_report") else None
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -156,7 +160,7 @@ def _as_list(value: Any, key: str) -> list:
 
 
 def _partial_assignment(raw: Any, axes: dict[str, list[Any]], key: str) -> dict[str, list[Any]]:
-    """``{axis: value or [values]}`` validated against the axes -> ``{axis: [values]}``."""
+    """``{axis: value or [values]}`` validated against the axes (and ``variant`` names) -> ``{axis: [values]}``."""
     if not isinstance(raw, dict) or not raw:
         raise GridError(f"{key!r}: each entry must be a non-empty mapping of axis names to values, got {raw!r}")
     out = {}
@@ -236,14 +240,14 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
     seen: dict[str, int] = {}
     combos = list(itertools.product(*spec.axes.values())) if spec.axes else [()]
     for combo in combos:
-        if any(_matches(e, dict(zip(spec.axes, combo))) for e in spec.exclude):
-            continue
         for variant in variants:
+            label = None if variant is None else _variant_label(variant)
+            at = {**dict(zip(spec.axes, combo)), **({} if label is None else {VARIANT_KEY: label})}
+            if any(_matches(e, at) for e in spec.exclude):
+                continue
             index = len(cells)
             params = {**spec.fixed, **dict(zip(spec.axes, combo))}
-            label = None
             if variant is not None:
-                label = _variant_label(variant)
                 params.update({k: v for k, v in variant.items() if k != VARIANT_KEY})
             where = f"cell #{index} ({', '.join(f'{k}={v!r}' for k, v in zip(spec.axes, combo))}" + (
                 f", variant {label!r})" if label is not None else ")")
@@ -270,7 +274,6 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
             seen[name] = index
             cell_dir = spec.output_root / name
             params["output_dir"] = _display_path(cell_dir)
-            at = dict(zip(spec.axes, combo))
             cells.append(Cell(index=index, name=name, dir=cell_dir, params=params, variant=label,
                               threads_from_spec="num_threads" in params,
                               keep_unet=spec.keep_unet is not None and _matches(spec.keep_unet, at),
