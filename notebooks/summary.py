@@ -71,6 +71,19 @@ if "frontier" in summary.figures:
 summary.tables.get("matched_reward")
 
 # %% [markdown]
+# ## Every condition on one frontier
+#
+# Each condition's final point: eval-reward gain over the base model against diversity (mean and 95% CI over
+# seeds). A condition that keeps diversity by not learning sits near gain 0, so the table also gives each one's
+# difference from the reference condition at matched reward (half the smaller gain, paired by seed); the
+# judge's all-correct rate comes first because it shares nothing with the CLIP that rewards and penalties use.
+
+# %%
+if "frontier_points" in summary.figures:
+    display(summary.figures["frontier_points"])
+summary.tables.get("frontier_points")
+
+# %% [markdown]
 # ## Final epoch
 
 # %%

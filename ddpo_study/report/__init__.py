@@ -18,7 +18,8 @@ so nothing is shown or kept alive behind the caller's back) or pandas ``DataFram
 Modules: ``results`` (reading run folders, condition labels, eval rows and images), ``stats`` (intervals over
 seeds, paired-by-seed contrasts, the clustered SE of a paired gain, Holm), ``levels`` (matched-reward levels,
 per reward, after both conditions moved), ``questions`` (the spec's questions and their verdicts), ``tables``
-(grid tables), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
+(grid tables), ``frontier`` (every condition's final reward gain and diversity with seed CIs, and its
+diversity difference from a reference at matched reward: the remedies side by side), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
 (one run's figures and tables), ``summary`` (writing ``<root>/summary/``, Markdown, notebook setup). Everything
 is re-exported here: use ``report.<name>``.
 """
@@ -43,6 +44,7 @@ from .figures import (
     tile,
     wrap_label,
 )
+from .frontier import FRONTIER_METRICS, MATCHED_METRICS, fig_frontier_points, final_gains, frontier_table
 from .levels import (
     MATCH_FRACTIONS,
     ConditionGain,
@@ -109,6 +111,8 @@ __all__ = [
     "matched_levels", "matched_runs", "reward_levels", "start_epoch", "value_at_reward",
     # questions
     "ALPHA", "DEFAULTS", "default_questions", "evaluate_question", "questions_for", "questions_table", "select_runs",
+    # frontier
+    "FRONTIER_METRICS", "MATCHED_METRICS", "fig_frontier_points", "final_gains", "frontier_table",
     # tables
     "cells_table", "final_table", "learning_table", "matched_reward_table", "paired_reward_gain",
     # plotting

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
+from .frontier import fig_frontier_points, frontier_table
 from .plotting import _write_bytes, save_figure
 from .questions import questions_for, questions_table
 from .results import _factors, load_grid_results
@@ -44,13 +45,15 @@ class Summary:
 
 def summary_figures(df: pd.DataFrame) -> dict[str, Any]:
     return {"reward_curves": fig_reward_curves(df), "diversity_curves": fig_diversity_curves(df),
-            "frontier": fig_frontier(df), "final_bars": fig_final_bars(df), "montage": fig_montage(df)}
+            "frontier": fig_frontier(df), "frontier_points": fig_frontier_points(df), "final_bars": fig_final_bars(df),
+            "montage": fig_montage(df)}
 
 
 def summary_tables(df: pd.DataFrame, questions=None) -> dict[str, pd.DataFrame]:
     """The summary's tables; ``questions``: the spec's pre-registered ones (None: the default questions)."""
     return {"questions": questions_table(df, questions), "final": final_table(df),
-            "matched_reward": matched_reward_table(df), "learning": learning_table(df), "cells": cells_table(df)}
+            "matched_reward": matched_reward_table(df), "frontier_points": frontier_table(df),
+            "learning": learning_table(df), "cells": cells_table(df)}
 
 
 def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:

@@ -1,0 +1,122 @@
+"""The remedies side by side on one reward-diversity frontier.
+
+Every condition's final point: its eval-reward gain over the base model and its diversity (cross-prompt CLIP
+distance, and the geometric judge's all-correct rate and distinct readings, which share nothing with the CLIP
+that rewards and penalties use), each with a 95% CI over seeds. A remedy that keeps diversity by not learning
+sits low on the gain axis, so each condition is also compared with a reference (plain LoRA) *at matched
+reward*: half the smaller of the two conditions' gains, read after both have moved (the rules of
+:func:`~ddpo_study.report.levels.matched_levels`), the difference paired by seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..grid.spec import Question
+from .plotting import new_figure, styled
+from .questions import evaluate_question
+from .results import LABELS, _factors, conditions, eval_rows, final_rows
+from .stats import mean_ci
+
+FRONTIER_METRICS = ("cross_div_clip", "judge_all", "judge_distinct_frac")
+MATCHED_METRICS = ("judge_all", "cross_div_clip")  # the judge first: it is the referee
+MATCHED_FRACTION = 0.5
+
+
+def _selector(df: pd.DataFrame, condition: str) -> dict[str, Any]:
+    """The factor values that pick ``condition``'s cells (``select_runs`` skips keys a mode never reads)."""
+    first = df[df["condition"] == condition].iloc[0]
+    return {f: first[f] for f in _factors(df)}
+
+
+def final_gains(df: pd.DataFrame, metric: str = "reward_mean") -> pd.DataFrame:
+    """Each finished cell's final row with ``reward_gain``: its final eval reward minus its own epoch-0 one."""
+    fin = final_rows(df).copy()
+    ev = eval_rows(df, metric)
+    start = ev[ev["epoch"] == 0].groupby("cell")[metric].first()
+    fin["reward_gain"] = fin[metric].to_numpy() - fin["cell"].map(start).to_numpy(dtype=float)
+    return fin
+
+
+def frontier_table(df: pd.DataFrame, reference: str | None = None, metrics: Sequence[str] = FRONTIER_METRICS,
+                   matched: Sequence[str] = MATCHED_METRICS) -> pd.DataFrame:
+    """One row per condition: final reward gain and ``metrics`` (mean, 95% CI over seeds), and for each of
+    ``matched`` the paired difference from ``reference`` (default: the grid's first condition) at matched reward,
+    with its CI and verdict (``not answered: ...`` when the pair never shares a level both reached)."""
+    fin = final_gains(df)
+    conds = conditions(fin)
+    if not conds:
+        return pd.DataFrame(columns=["condition", "seeds", "reward_gain"])
+    reference = reference if reference is not None else conds[0]
+    rows = []
+    for cond in conds:
+        g = fin[fin["condition"] == cond]
+        row: dict[str, Any] = {"condition": cond, "reference": reference, "seeds": len(g),
+                               "epoch": int(g["epoch"].max())}
+        for m in ("reward_gain", *metrics):
+            if m in g:
+                mean, lo, hi, _ = mean_ci(g[m])
+                row.update({m: mean, f"{m}_low": lo, f"{m}_high": hi})
+        for m in matched:
+            row.update(_matched_difference(df, cond, reference, m))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _matched_difference(df: pd.DataFrame, cond: str, reference: str, metric: str) -> dict[str, Any]:
+    key = f"matched_{metric}"
+    if cond == reference or metric not in df:
+        return {f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan,
+                f"{key}_high": math.nan, f"{key}_verdict": "reference" if cond == reference else "not logged"}
+    q = Question(id="frontier", text=f"{cond} vs {reference}", a=_selector(df, cond), b=_selector(df, reference),
+                 where={}, metrics=(metric,), at="matched", fractions=(MATCHED_FRACTION,))
+    row = evaluate_question(df, q)[0]
+    verdict = row["verdict"] or (f"95% CI {row['ci_low']:.3g} to {row['ci_high']:.3g} (p {row['p']:.2g}, "
+                                 f"unadjusted, {row['n_seeds']} seeds)" if np.isfinite(row["p"]) else "no p-value")
+    return {f"{key}_level": row["reward_level"], f"{key}_diff": row["difference"], f"{key}_low": row["ci_low"],
+            f"{key}_high": row["ci_high"], f"{key}_verdict": verdict}
+
+
+@styled
+def fig_frontier_points(df: pd.DataFrame, metrics: Sequence[str] = FRONTIER_METRICS):
+    """Every condition's final (reward gain, diversity) point with 95% CIs over seeds on both axes; the base
+    model sits at gain 0 (black)."""
+    table = frontier_table(df, metrics=metrics, matched=())
+    metrics = [m for m in metrics if m in table]
+    fig = new_figure(5.0 * max(1, len(metrics)), 4.4)
+    if table.empty or not metrics:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind" if len(table) <= 10 else "tab20", len(table))
+    ev = eval_rows(df)
+    base = ev[ev["epoch"] == 0]
+    axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
+    for ax, metric in zip(axes, metrics):
+        for color, (_, r) in zip(colors, table.iterrows()):
+            xerr = _err(r, "reward_gain")
+            yerr = _err(r, metric)
+            ax.errorbar(r["reward_gain"], r[metric], xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3,
+                        label=f"{r['condition']} (n={r['seeds']})")
+        if metric in base:
+            ax.plot(0.0, base[metric].mean(), marker="s", color="black", linestyle="none",
+                    label="base model")
+        ax.set_xlabel("final eval reward gain over the base model")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_title(f"{LABELS.get(metric, metric)} vs reward gain")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="condition (mean, 95% CI over seeds)")
+    return fig
+
+
+def _err(row: pd.Series, metric: str):
+    lo, hi = row.get(f"{metric}_low", math.nan), row.get(f"{metric}_high", math.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return [[row[metric] - lo], [hi - row[metric]]]
