@@ -149,3 +149,20 @@ def test_lora_target_modules_choose_the_adapted_layers_and_unknown_ones_are_refu
     assert sorted(adapted) == sorted(every)
     with pytest.raises(ValueError, match=r"\['attn3.to_k'\] match no module"):
         check_target_modules(tiny_pipe_factory().unet, ["to_q", "attn3.to_k"])
+
+
+def test_the_hypotheses_grid_targets_exist_and_adapt_only_what_they_name(tiny_pipe_factory):
+    """Each LoRA-target variant of configs/toy_hypotheses.yaml names modules of the UNet (the tiny one has the
+    toy's block types), and the adapter lands on those modules only."""
+    from pathlib import Path
+
+    from ddpo_study import grid
+
+    variants = grid.load_spec(Path(__file__).resolve().parents[1] / "configs" / "toy_hypotheses.yaml").variants
+    targets = {v["variant"]: v["lora_target_modules"].split(",") for v in variants if "lora_target_modules" in v}
+    assert {"lora-attn1", "lora-attn2-qo", "lora-attn2-kv", "lora-attn-ff"} <= set(targets)
+    for name, t in targets.items():
+        unet = tiny_pipe_factory().unet
+        prepare_unet(unet, "lora", 2, 2.0, ",".join(t))
+        adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+        assert adapted and all(n.endswith(tuple("." + x for x in t)) for n in adapted), name

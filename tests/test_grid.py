@@ -179,7 +179,11 @@ def test_cells_order_quick_overrides_and_shards():
                          for p in extra)
     first = cells[0].params
     assert cells[0].name == f"{first['prompt_set']}-{first['mode']}-lam{first['diversity_lambda']}-s{first['seed']}"
-    assert cells[1].params["diversity_lambda"] != first["diversity_lambda"]  # the last axis varies fastest
+    last = list(axes)[-1]
+    assert cells[1].params[last] != first[last]  # the last axis varies fastest
+    # the study runs its primary question's cells first: Q1's twelve (toy_30, no penalty, LoRA and full)
+    q1 = [(c.params["prompt_set"], c.params["diversity_lambda"], c.params["mode"]) for c in cells[:12]]
+    assert set(q1) == {("toy_30", 0.0, "lora"), ("toy_30", 0.0, "full")}
     assert cells[0].params["output_dir"] == f"results/toy_study/{cells[0].name}"
     quick = grid.expand(grid.load_spec(REPO / "configs" / "toy_study.yaml", quick=True))
     assert 0 < len(quick) < len(cells) and all("toy_study_quick" in c.params["output_dir"] for c in quick)
@@ -190,7 +194,7 @@ def test_cells_order_quick_overrides_and_shards():
         grid.select_shard(cells, "1of4")
     hyp_spec = grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml")
     hyp = grid.expand(hyp_spec)
-    assert len(hyp) == len(hyp_spec.axes["seed"]) * len(hyp_spec.variants)
+    assert len(hyp) == len(hyp_spec.axes["seed"]) * len(hyp_spec.variants) - 9  # seed 3 of 9 variants excluded
     rank64 = next(c for c in hyp if c.variant == "lora-rank64")
     assert rank64.params["lora_rank"] == 64 and rank64.name == f"lora-rank64-s{rank64.params['seed']}"
 
@@ -359,8 +363,9 @@ def test_spec_questions_are_parsed_with_their_defaults():
     assert (q2.at, q2.metrics, q2.primary) == ("final", ("judge_distinct",), False)
     quick = grid.load_spec(questions_spec([Q_OK]), quick=True)  # validated against the full grid, kept
     assert quick.questions == spec.questions[:1]
-    for name in ("toy_long", "toy_hypotheses"):  # specs without the section still load
-        assert grid.load_spec(REPO / "configs" / f"{name}.yaml").questions is None
+    assert grid.load_spec(REPO / "configs" / "toy_long.yaml").questions is None  # a spec without the section
+    hyp = grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml").questions
+    assert [q.id for q in hyp if q.primary] == ["M1", "M2", "M3"] and all(q.min_seeds >= 4 for q in hyp if q.primary)
     study = grid.load_spec(REPO / "configs" / "toy_study.yaml").questions  # the study pre-registers its own
     primary = [q for q in study if q.primary]
     assert primary and all(q.min_seeds >= 6 for q in primary)
