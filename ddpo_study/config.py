@@ -50,6 +50,13 @@ class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the field."""
 
 
+def tracker_names() -> set[str]:
+    """The tracker names accelerate's ``log_with`` accepts ('all' = every installed one)."""
+    from accelerate.utils import LoggerType
+
+    return {t.value for t in LoggerType}
+
+
 def check_diversity(diversity_lambda: float, diversity_form: str, diversity_feature: str) -> None:
     """The one check of the diversity penalty's settings (:meth:`DDPOConfig.validate` and
     :class:`~ddpo_study.rewards.DiversityPenalty` call it): a :class:`ConfigError` naming the field."""
@@ -175,9 +182,14 @@ class DDPOConfig:
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N epochs (and at the end)."""
     log_with: str = ""
-    """Also log each epoch's row to an accelerate tracker ('tensorboard', 'wandb', ...; '' = metrics.csv only)."""
+    """Also log each epoch's row to accelerate trackers, comma-separated ('tensorboard', 'wandb', ...; '' = metrics.csv only)."""
 
     # ---------------------------------------------------------------------------------------------------
+    @property
+    def trackers(self) -> list[str]:
+        """``log_with`` as accelerate's list of tracker names (empty: no tracker)."""
+        return [t.strip() for t in self.log_with.split(",") if t.strip()]
+
     @property
     def learning_rate(self) -> float:
         return self.lora_learning_rate if self.mode == "lora" else self.full_learning_rate
@@ -207,6 +219,8 @@ class DDPOConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
 
         need(self.mode in MODES, "mode", f"must be one of {MODES}")
+        trackers = tracker_names()
+        need(all(t in trackers for t in self.trackers), "log_with", f"names accelerate trackers: {sorted(trackers)}")
         check_diversity(self.diversity_lambda, self.diversity_form, self.diversity_feature)
         need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", f"must be one of {MIXED_PRECISION}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")

@@ -181,7 +181,7 @@ def setup(cfg: DDPOConfig) -> RunState:
 
     want = resolve_device(cfg.device)
     acc = Accelerator(cpu=want.type == "cpu", mixed_precision=cfg.mixed_precision if want.type == "cuda" else "no",
-                      log_with=cfg.log_with or None, project_dir=cfg.output_dir)
+                      log_with=cfg.trackers or None, project_dir=cfg.output_dir)
     steps = optimizer_steps_per_epoch(cfg, acc.num_processes)
     acc.print(f"DDPO {cfg.mode}: {cfg.samples_per_epoch} samples/epoch over {acc.num_processes} process(es), "
               f"{steps} optimizer step(s)/epoch of {cfg.train_batch_size * cfg.gradient_accumulation_steps} samples "
@@ -482,6 +482,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     if main and s.start_epoch == 0 and not any(r.get("epoch") == 0 for r in s.rows):
         s.rows = [{"epoch": 0, **_evaluate(s, 0), "param_dist": 0.0}]
         write_metrics(s.out, s.rows)
+        _log(s, s.rows[0], 0)
     bar = tqdm(range(s.start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
                disable=not (progress and main), initial=s.start_epoch, total=cfg.num_epochs)
     for epoch in bar:
@@ -495,8 +496,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
                                 {"epoch": epoch, "stat_buffers": s.tracker.state_dict()},
                                 whole_unet=cfg.mode != "lora", export_lora=finetune.has_lora(s.unet))
             write_metrics(s.out, s.rows)  # after the checkpoint: a row never exists without its state
-            if cfg.log_with:
-                s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+            _log(s, row, epoch)
         s.acc.wait_for_everyone()
         bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", step_kl=f"{row.get('train_step_kl', 0):.1e}")
     if main:
@@ -505,6 +505,12 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     if cfg.log_with:
         s.acc.end_training()
     return s.out
+
+
+def _log(s: RunState, row: dict[str, Any], epoch: int) -> None:
+    """The row's numbers to the configured trackers (``log_with``), at step = epoch (NaNs left out)."""
+    if s.cfg.log_with:
+        s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v == v}, step=epoch)
 
 
 def _evaluate(s: RunState, epoch: int) -> dict[str, Any]:

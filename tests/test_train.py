@@ -231,3 +231,24 @@ def test_the_logged_step_kl_equals_an_independent_computation(tiny_model_dir, ti
             kls.append(float(((outs[0] - outs[1]) ** 2).mean() / (2 * cfg.eta**2 * var)) if var > 0 else 0.0)
     assert row["train_step_kl"] == pytest.approx(float(np.mean(kls)), rel=1e-3)
     assert row["train_step_kl"] > 0
+
+
+def test_log_with_tensorboard_logs_every_metrics_row(tiny_model_dir, tiny_prompt_files, tmp_path):
+    """accelerate's tensorboard tracker (offline) gets each epoch's numbers, the same as metrics.csv."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "tb", log_with="tensorboard")
+    out = train.run(cfg, progress=False)
+    df = pd.read_csv(out / "metrics.csv")
+    events = sorted(out.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file under the run folder"
+    logged = {}
+    for f in events:
+        acc = EventAccumulator(str(f)).Reload()
+        for tag in acc.Tags()["scalars"]:
+            logged.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    for col in ("reward_mean", "train_reward_mean", "train_step_kl"):
+        rows = df[df[col].notna()]
+        assert logged[col] == pytest.approx(dict(zip(rows["epoch"], rows[col])), rel=1e-6), col
+    with pytest.raises(ConfigError, match="log_with='tensorbord': names accelerate trackers"):
+        DDPOConfig(log_with="tensorbord").validate()
