@@ -37,6 +37,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ddpo_study.report.tables import PLATEAU_LATE_FRACTION, PLATEAU_LATE_GAIN  # the rule's one home
+
 REPO = Path(__file__).resolve().parent.parent
 COMMON = dict(model="toy", mode="lora", prompt_set="toy_30", reward="aesthetic", eval_prompt_set="toy_eval",
               eval_num_prompts=32, eval_num_seeds=4, num_threads=1, seed=0, diversity_lambda=0.0)
@@ -98,8 +100,8 @@ def plateau_row(ev: pd.DataFrame) -> int | None:
     """Index (into ``ev``) of the first eval that meets the plateau rule (module docstring), or None."""
     for i in range(4, len(ev)):
         g, t = ev["gain"].iloc[i], ev["cpu_s"].iloc[i]
-        earlier = ev[ev["cpu_s"] <= 0.75 * t]
-        if ev["z"].iloc[i] > 2 and len(earlier) and g - earlier["gain"].iloc[-1] <= 0.15 * g:
+        earlier = ev[ev["cpu_s"] <= PLATEAU_LATE_FRACTION * t]
+        if ev["z"].iloc[i] > 2 and len(earlier) and g - earlier["gain"].iloc[-1] <= PLATEAU_LATE_GAIN * g:
             return i
     return None
 

@@ -508,9 +508,22 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 
 
 def _log(s: RunState, row: dict[str, Any], epoch: int) -> None:
-    """The row's numbers to the configured trackers (``log_with``), at step = epoch (NaNs left out)."""
-    if s.cfg.log_with:
-        s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v == v}, step=epoch)
+    """The row's numbers to the configured trackers (``log_with``), at step = epoch (NaNs left out), and at an
+    eval epoch the eval image grid (``eval/epoch_XXXX.png``: rows are seeds, columns prompts)."""
+    if not s.cfg.log_with:
+        return
+    s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v == v}, step=epoch)
+    png = s.out / "eval" / f"epoch_{epoch:04d}.png"
+    if "reward_mean" not in row or not png.is_file():
+        return
+    from PIL import Image
+
+    grid = Image.open(png).convert("RGB")
+    for tracker in s.acc.trackers:
+        if tracker.name == "tensorboard":  # SummaryWriter.add_images wants a batch and its layout
+            tracker.log_images({"eval_grid": np.asarray(grid)[None]}, step=epoch, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({"eval_grid": [grid]}, step=epoch)
 
 
 def _evaluate(s: RunState, epoch: int) -> dict[str, Any]:

@@ -250,5 +250,16 @@ def test_log_with_tensorboard_logs_every_metrics_row(tiny_model_dir, tiny_prompt
     for col in ("reward_mean", "train_reward_mean", "train_step_kl"):
         rows = df[df[col].notna()]
         assert logged[col] == pytest.approx(dict(zip(rows["epoch"], rows[col])), rel=1e-6), col
+    # and the eval image grid at each eval, the same pixels as eval/epoch_XXXX.png
+    from PIL import Image
+
+    images = {}
+    for f in events:
+        acc = EventAccumulator(str(f), size_guidance={"images": 0}).Reload()
+        for tag in acc.Tags()["images"]:
+            images.update({e.step: e for e in acc.Images(tag)})
+    assert sorted(images) == df.loc[df["reward_mean"].notna(), "epoch"].tolist()
+    png = Image.open(out / "eval" / "epoch_0002.png").convert("RGB")
+    assert (images[2].width, images[2].height) == png.size
     with pytest.raises(ConfigError, match="log_with='tensorbord': names accelerate trackers"):
         DDPOConfig(log_with="tensorbord").validate()

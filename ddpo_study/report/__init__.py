@@ -97,7 +97,16 @@ from .stats import (
     welch_ci,
 )
 from .summary import Summary, notebook_setup, summary_figures, summary_tables, to_markdown, write_summary
-from .tables import cells_table, final_table, learning_table, matched_reward_table, paired_reward_gain
+from .tables import (
+    PLATEAU_LATE_FRACTION,
+    PLATEAU_LATE_GAIN,
+    cells_table,
+    final_table,
+    late_gain_fraction,
+    learning_table,
+    matched_reward_table,
+    paired_reward_gain,
+)
 
 __all__ = [
     # results
@@ -114,7 +123,8 @@ __all__ = [
     # frontier
     "FRONTIER_METRICS", "MATCHED_METRICS", "fig_frontier_points", "final_gains", "frontier_table",
     # tables
-    "cells_table", "final_table", "learning_table", "matched_reward_table", "paired_reward_gain",
+    "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "late_gain_fraction", "learning_table",
+    "matched_reward_table", "paired_reward_gain",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures

@@ -14,6 +14,11 @@ from .levels import MATCH_FRACTIONS, matched_runs
 from .results import FINAL_METRICS, conditions, eval_epochs, eval_rows, final_rows
 from .stats import mean_ci, paired_gain
 
+#: The plateau rule (here and in ``benchmarks/time_to_plateau.py``): a run has plateaued at eval e when its gain
+#: since the last eval at or before 75% of e (in epochs here, in CPU time there) is at most 15% of its gain at e.
+PLATEAU_LATE_FRACTION = 0.75
+PLATEAU_LATE_GAIN = 0.15
+
 
 # ================================================================================================ tables
 def final_table(df: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS) -> pd.DataFrame:
@@ -74,14 +79,33 @@ def paired_reward_gain(cell_dir: str | Path, epoch: int | None = None) -> dict[s
             **paired_gain(before, after)}
 
 
+def late_gain_fraction(run: pd.DataFrame, metric: str = "reward_mean") -> float:
+    """The share of a run's eval-reward gain (last eval vs epoch 0) made after the last eval at or before
+    :data:`PLATEAU_LATE_FRACTION` of its last epoch (NaN without such an eval or a positive gain)."""
+    ev = run[run[metric].notna()].sort_values("epoch")
+    if len(ev) < 3 or ev["epoch"].iloc[0] != 0:
+        return math.nan
+    last = ev.iloc[-1]
+    earlier = ev[(ev["epoch"] > 0) & (ev["epoch"] <= PLATEAU_LATE_FRACTION * last["epoch"])]
+    gain = last[metric] - ev[metric].iloc[0]
+    if earlier.empty or not gain > 0:
+        return math.nan
+    return float((last[metric] - earlier[metric].iloc[-1]) / gain)
+
+
 def learning_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Did each run learn? One row per cell: paired eval-reward gain since epoch 0 (:func:`paired_reward_gain`)
-    at its last evaluation, its standard error clustered by prompt, ``z`` and ``learned`` (z > 3)."""
+    """Did each run learn, and has it stopped? One row per cell: paired eval-reward gain since epoch 0
+    (:func:`paired_reward_gain`) at its last evaluation, its standard error clustered by prompt, ``z``,
+    ``learned`` (z > 3), ``late_gain_frac`` (:func:`late_gain_fraction`) and ``plateaued`` (learned, and at most
+    :data:`PLATEAU_LATE_GAIN` of the gain came in the last quarter of the epochs)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
+        learned = bool(gain["z"] > 3) if np.isfinite(gain["z"]) else False
+        late = late_gain_fraction(g)
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0], **gain,
-                     "learned": bool(gain["z"] > 3) if np.isfinite(gain["z"]) else False})
+                     "learned": learned, "late_gain_frac": late,
+                     "plateaued": bool(learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN)})
     return pd.DataFrame(rows)
 
 

@@ -65,3 +65,19 @@ def test_final_and_cells_tables(fake_grid):
     assert len(final) == 12 and (final["seeds"] == 3).all() and (final["epoch"] == 12).all()
     assert final.loc["toy_30, lora, λ=0", "reward_mean"] == pytest.approx(2.0, abs=0.01)
     assert len(report.cells_table(df)) == 36
+
+
+def test_late_gain_fraction_and_the_plateau_flag(fake_grid):
+    import pandas as pd
+
+    def run(rewards):  # evals every 10 epochs from 0
+        return pd.DataFrame({"epoch": [10 * i for i in range(len(rewards))], "reward_mean": rewards})
+
+    # 0 -> 80 epochs; the last eval at or before 60 is epoch 60: (1.05 - 1.00) / (1.05 - 0.00)
+    assert report.late_gain_fraction(run([0, .5, .8, .9, .95, .98, 1.0, 1.02, 1.05])) == pytest.approx(0.05 / 1.05)
+    assert report.late_gain_fraction(run([0, .1, .2, .3, .4, .5, .6, .8, 1.0])) == pytest.approx(0.4)
+    assert math.isnan(report.late_gain_fraction(run([0, -.1, -.2, -.3])))  # no gain: no plateau to speak of
+    # the fake runs rise as (e / 12) ** 0.7 with evals every 2 epochs: 1 - (8 / 12) ** 0.7 of the gain comes late
+    t = report.learning_table(report.load_grid_results(fake_grid))
+    assert t["late_gain_frac"].to_numpy() == pytest.approx(1 - (8 / 12) ** 0.7, abs=0.03)
+    assert not t["plateaued"].any() and report.PLATEAU_LATE_GAIN < 1 - (8 / 12) ** 0.7
