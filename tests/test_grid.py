@@ -8,6 +8,7 @@ the summary notebook at the end. The tests read what those runs left behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,9 +19,11 @@ import pytest
 import yaml
 
 from ddpo_study import cli, grid, report
+from ddpo_study.config import UNUSED_BY_MODE, DDPOConfig
 from ddpo_study.finetune import ADAPTER_NAME
 from tests.test_train import tiny_config
 
+CONFIG_KEYS = {f.name for f in dataclasses.fields(DDPOConfig)}
 REPO = Path(__file__).resolve().parents[1]
 OK, BROKEN = "ok-s0", "later-s0"
 
@@ -418,3 +421,24 @@ def test_find_spec_maps_a_results_folder_to_its_spec(tmp_path):
     assert find_spec("results/q_quick", configs=tmp_path).is_quick
     assert find_spec(tmp_path / "elsewhere", configs=tmp_path) is None
     assert find_spec("results/toy_long").name == "toy_long"  # the repository's configs/
+
+
+def test_every_grid_spec_in_configs_loads_and_the_derived_grids_match_the_study():
+    """Each configs/*.yaml grid spec expands to valid cells; the grids that claim to re-use the study's recipe
+    (toy_plateau's cells, toy_hypotheses' baseline) differ from the study's cells only where they say."""
+    specs = {p.stem: grid.load_spec(p) for p in sorted((REPO / "configs").glob("*.yaml"))
+             if "output_root" in (p.read_text())}
+    cells = {name: grid.expand(spec) for name, spec in specs.items()}
+    assert all(cells.values())
+    study = {c.name: c.params for c in cells["toy_study"]}
+
+    def differ(a: dict, b: dict) -> set[str]:  # as validated configs (defaults filled in); unread keys do not count
+        a, b = (DDPOConfig.from_dict({k: v for k, v in p.items() if k in CONFIG_KEYS}).to_dict() for p in (a, b))
+        unused = set(UNUSED_BY_MODE.get(a["mode"], ()))
+        return {k for k in set(a) | set(b) if a.get(k) != b.get(k)} - {"output_dir"} - unused
+
+    for c in cells["toy_plateau"]:
+        ref = study[f"toy_30-{c.params['mode']}-lam0.0-s0"]
+        assert differ(c.params, ref) == {"num_epochs"}, c.name
+    base = next(c for c in cells["toy_hypotheses"] if c.name == "lora-base-s1")
+    assert differ(base.params, study["toy_30-lora-lam0.0-s1"]) == {"num_epochs"}
