@@ -201,7 +201,7 @@ def setup(cfg: DDPOConfig) -> RunState:
         _prepare_output_dir(cfg)
         if lpips_warning:
             (out / "warnings.txt").write_text(lpips_warning + "\n")
-        if cfg.log_with:
+        if cfg.trackers:
             acc.init_trackers(out.name, config=cfg.to_dict())
     acc.wait_for_everyone()
 
@@ -502,7 +502,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     if main:
         export_final(s.out / "final", s.unet, full_unet=cfg.mode != "lora")  # the trained weights, kept after the checkpoints are deleted
         (s.out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
-    if cfg.log_with:
+    if cfg.trackers:
         s.acc.end_training()
     return s.out
 
@@ -510,7 +510,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
 def _log(s: RunState, row: dict[str, Any], epoch: int) -> None:
     """The row's numbers to the configured trackers (``log_with``), at step = epoch (NaNs left out), and at an
     eval epoch the eval image grid (``eval/epoch_XXXX.png``: rows are seeds, columns prompts)."""
-    if not s.cfg.log_with:
+    if not s.cfg.trackers:
         return
     s.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v == v}, step=epoch)
     png = s.out / "eval" / f"epoch_{epoch:04d}.png"
@@ -519,10 +519,10 @@ def _log(s: RunState, row: dict[str, Any], epoch: int) -> None:
     from PIL import Image
 
     grid = Image.open(png).convert("RGB")
-    for tracker in s.acc.trackers:
+    for tracker in s.acc.trackers:  # the two whose log_images we know the input of; others get the numbers only
         if tracker.name == "tensorboard":  # SummaryWriter.add_images wants a batch and its layout
             tracker.log_images({"eval_grid": np.asarray(grid)[None]}, step=epoch, dataformats="NHWC")
-        elif hasattr(tracker, "log_images"):
+        elif tracker.name == "wandb":
             tracker.log_images({"eval_grid": [grid]}, step=epoch)
 
 

@@ -21,26 +21,35 @@ def stub(path: Path, body: str) -> Path:
     return path
 
 
-def shard_of_task(tmp_path: Path, spec: str, task: int, first: int, count: int) -> str:
-    """The --shard that grid_array.sbatch passes for array task ``task`` of ids first..first+count-1."""
+def shard_of_task(tmp_path: Path, spec: str, task: int, first: int, count: int, step: int = 1,
+                  shards: int | None = None) -> str:
+    """The --shard that grid_array.sbatch passes for array task id ``task`` of the ids first, first+step, ...
+    (``count`` of them), given SHARDS as its third argument or not."""
     echo = stub(tmp_path / "python", 'echo "$@"\n')
-    env = {**os.environ, "PYTHON": str(echo), "SLURM_ARRAY_TASK_ID": str(task),
+    env = {**os.environ, "PYTHON": str(echo), "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_STEP": str(step),
            "SLURM_ARRAY_TASK_MIN": str(first), "SLURM_ARRAY_TASK_COUNT": str(count), "SLURM_SUBMIT_DIR": str(REPO)}
-    args = subprocess.run(["bash", str(CLUSTER / "grid_array.sbatch"), spec, "2"], env=env, capture_output=True,
-                          text=True, check=True).stdout.split()
+    extra = [] if shards is None else [str(shards)]
+    args = subprocess.run(["bash", str(CLUSTER / "grid_array.sbatch"), spec, "2", *extra], env=env,
+                          capture_output=True, text=True, check=True).stdout.split()
     assert args[:4] == ["-m", "ddpo_study", "grid", "run"] and args[4] == spec and "--no-summary" in args
     assert args[args.index("--jobs") + 1] == "2"
     return args[args.index("--shard") + 1]
 
 
-@pytest.mark.parametrize("first,count", [(0, 5), (1, 4), (0, 1), (3, 7)])
-def test_array_tasks_cover_every_cell_exactly_once(tmp_path, first, count):
+@pytest.mark.parametrize("first,count,step", [(0, 5, 1), (1, 4, 1), (0, 1, 1), (3, 7, 1), (0, 4, 2)])
+def test_array_tasks_cover_every_cell_exactly_once(tmp_path, first, count, step):
     spec = "configs/toy_study.yaml"
     cells = grid.expand(grid.load_spec(REPO / spec))
     taken = []
-    for task in range(first, first + count):
-        taken += [c.index for c in grid.select_shard(cells, shard_of_task(tmp_path, spec, task, first, count))]
+    for task in range(first, first + count * step, step):
+        shard = shard_of_task(tmp_path, spec, task, first, count, step)
+        taken += [c.index for c in grid.select_shard(cells, shard)]
     assert sorted(taken) == [c.index for c in cells]  # every cell once: none lost, none run twice
+
+
+def test_a_resubmitted_task_keeps_its_shard_of_the_original_partition(tmp_path):
+    # submit_grid.sh passes N; re-running task 5 alone (--array=5: one task) must still be shard 5 of 8
+    assert shard_of_task(tmp_path, "configs/toy_study.yaml", 5, 5, 1, shards=8) == "5/8"
 
 
 def test_outside_an_array_job_the_task_script_says_so(tmp_path):
@@ -58,8 +67,9 @@ def test_submit_runs_the_summary_after_the_whole_array(tmp_path):
     subprocess.run(["bash", str(CLUSTER / "submit_grid.sh"), "configs/toy_study.yaml", "8"], cwd=tmp_path, env=env,
                    check=True, capture_output=True, text=True)
     array, summary = log.read_text().splitlines()
-    assert "-p cpu" in array and "--array=0-7" in array and array.endswith("grid_array.sbatch configs/toy_study.yaml 1")
-    assert "--dependency=afterok:4242 " in summary and summary.endswith("grid_summary.sbatch configs/toy_study.yaml")
+    assert "-p cpu" in array and "--array=0-7" in array and array.endswith("grid_array.sbatch configs/toy_study.yaml 1 8")
+    assert "-p cpu" in summary and "--dependency=afterany:4242 " in summary
+    assert summary.endswith("grid_summary.sbatch configs/toy_study.yaml")
 
 
 def test_every_cluster_script_parses():

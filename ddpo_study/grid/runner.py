@@ -53,7 +53,7 @@ def _now() -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: array tasks may share a file
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

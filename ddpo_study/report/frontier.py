@@ -19,7 +19,7 @@ import pandas as pd
 from ..grid.spec import Question
 from .plotting import new_figure, styled
 from .questions import evaluate_question
-from .results import LABELS, _factors, conditions, eval_rows, final_rows
+from .results import LABELS, conditions, eval_rows, final_rows
 from .stats import mean_ci
 
 FRONTIER_METRICS = ("cross_div_clip", "judge_all", "judge_distinct_frac")
@@ -27,10 +27,10 @@ MATCHED_METRICS = ("judge_all", "cross_div_clip")  # the judge first: it is the 
 MATCHED_FRACTION = 0.5
 
 
-def _selector(df: pd.DataFrame, condition: str) -> dict[str, Any]:
-    """The factor values that pick ``condition``'s cells (``select_runs`` skips keys a mode never reads)."""
-    first = df[df["condition"] == condition].iloc[0]
-    return {f: first[f] for f in _factors(df)}
+def _selector(condition: str) -> dict[str, Any]:
+    """Selects exactly ``condition``'s cells: by its label, not its factor values (two conditions may differ only
+    in a key one mode never reads, which ``select_runs`` does not check)."""
+    return {"condition": condition}
 
 
 def final_gains(df: pd.DataFrame, metric: str = "reward_mean") -> pd.DataFrame:
@@ -55,7 +55,7 @@ def frontier_table(df: pd.DataFrame, reference: str | None = None, metrics: Sequ
     rows = []
     for cond in conds:
         g = fin[fin["condition"] == cond]
-        row: dict[str, Any] = {"condition": cond, "reference": reference, "seeds": len(g),
+        row: dict[str, Any] = {"condition": cond, "reference": reference, "seeds": int(g["seed"].nunique()),
                                "epoch": int(g["epoch"].max())}
         for m in ("reward_gain", *metrics):
             if m in g:
@@ -72,7 +72,7 @@ def _matched_difference(df: pd.DataFrame, cond: str, reference: str, metric: str
     if cond == reference or metric not in df:
         return {f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan,
                 f"{key}_high": math.nan, f"{key}_verdict": "reference" if cond == reference else "not logged"}
-    q = Question(id="frontier", text=f"{cond} vs {reference}", a=_selector(df, cond), b=_selector(df, reference),
+    q = Question(id="frontier", text=f"{cond} vs {reference}", a=_selector(cond), b=_selector(reference),
                  where={}, metrics=(metric,), at="matched", fractions=(MATCHED_FRACTION,))
     row = evaluate_question(df, q)[0]
     verdict = row["verdict"] or (f"95% CI {row['ci_low']:.3g} to {row['ci_high']:.3g} (p {row['p']:.2g}, "

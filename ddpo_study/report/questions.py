@@ -124,7 +124,8 @@ def select_runs(df: pd.DataFrame, cond: dict[str, Any]) -> pd.DataFrame:
 
 
 def _label(cond: dict[str, Any]) -> str:
-    return ", ".join(str(v) if k == "variant" else _format_factor(k, v) for k, v in cond.items()) or "all"
+    return ", ".join(str(v) if k in ("variant", "condition") else _format_factor(k, v)
+                     for k, v in cond.items()) or "all"
 
 
 def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:

@@ -19,7 +19,7 @@ import pandas as pd
 from ..config import MODES, UNUSED_BY_MODE, DDPOConfig
 
 #: Config keys that never define a condition (seed is the replicate; the others are run plumbing).
-NON_FACTORS = ("seed", "output_dir", "num_threads", "device")
+NON_FACTORS = ("seed", "output_dir", "num_threads", "device", "log_with")
 #: Short names of config keys in condition labels.
 SHORT = {"diversity_lambda": "λ", "guidance_scale": "cfg", "lora_rank": "r", "lora_alpha": "α", "kl_beta": "β_KL",
          "per_prompt_stat_tracking": "per-prompt stats", "num_epochs": "epochs", "num_steps": "steps"}
