@@ -54,3 +54,25 @@ def test_the_figure_draws_one_point_per_condition(lora_full):
     fig = fig_frontier_points(lora_full)
     ax = fig.axes[0]
     assert len(ax.containers) == 2  # one errorbar container per condition
+
+
+def test_conditions_that_differ_only_in_a_key_their_mode_never_reads_stay_apart(tmp_path):
+    """Two full-fine-tuning conditions labelled apart by lora_rank (which full never reads): each row is its
+    own 3 seeds, not the 6 cells a selection by factor values would pool."""
+    import json
+
+    for seed in range(3):
+        for rank in (4, 8):
+            for mode in ("lora", "full"):
+                gain = 0.9 if (mode, rank) == ("full", 8) else None  # the r=8 full runs gain more
+                cell = fake_cell(tmp_path / f"r{rank}", mode, seed=seed, gain=gain)
+                cfg = json.loads((cell / "config.json").read_text())
+                (cell / "config.json").write_text(json.dumps({**cfg, "lora_rank": rank}))
+    df = report.load_grid_results(tmp_path)
+    t = frontier_table(df).set_index("condition")
+    assert len(t) == 4 and (t["seeds"] == 3).all()
+    fulls = sorted(c for c in t.index if c.startswith("full"))
+    assert len(fulls) == 2 and all(t.loc[c, "matched_judge_all_verdict"].startswith("95% CI") for c in fulls)
+    # each is matched at half its own gain, so the levels differ (pooled cells would give one level for both)
+    levels = t.loc[fulls, "matched_judge_all_level"].to_numpy()
+    assert levels == pytest.approx([1.0 + 0.5 * GAIN["full"], 1.0 + 0.5 * 0.9], abs=0.01)
