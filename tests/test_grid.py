@@ -283,6 +283,14 @@ def test_sharing_the_theme_css_keeps_the_page_and_is_idempotent(tmp_path):
 def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     cell = tmp_path / "cell"
     (cell / "eval").mkdir(parents=True)
+    # unfinished (running, interrupted): nothing of it is listed, checkpoints and partial metrics included
+    (cell / "metrics.csv").write_text("epoch\n0\n")
+    grid.runner.write_cell_gitignore(cell)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    partial = subprocess.run(["git", "-C", str(cell), "ls-files", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert partial == []
+    (cell / "metrics.csv").unlink()
     (cell / "DONE").write_text(json.dumps({"epochs": 20}))
     for e in (0, 5, 10, 20):
         for ext in ("npz", "png"):

@@ -185,7 +185,8 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], n
 
 
 def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: bool = True) -> Path:
-    """A finished cell's ``.gitignore``: what of it goes into version control with the study's results.
+    """A cell's ``.gitignore``: what of it goes into version control with the study's results (an unfinished
+    cell: nothing, until its ``DONE`` exists; the runner rewrites the file when the cell finishes).
 
     Kept: config, metrics, status, the eval arrays of epoch 0 (the base model, byte-identical across cells, so
     git stores it once) and of the final epoch (enough to re-score the images with another judge), and the final
@@ -199,11 +200,18 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     present, so a clone that lacks the intermediate evals writes the same file (``make study`` leaves
     ``git status`` clean).
     """
+    if not (cell_dir / "DONE").is_file():  # running or interrupted: nothing of it is a result yet
+        lines = ["# Written by the grid runner: an unfinished cell (no DONE yet); nothing of it is committed.", "*"]
+        return _write_gitignore(cell_dir, lines)
     final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
     lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final eval arrays",
              "# and the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
              REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz",
              *([] if keep_report else [REPORT_HTML]), *([] if keep_unet else ["final/unet/"])]
+    return _write_gitignore(cell_dir, lines)
+
+
+def _write_gitignore(cell_dir: Path, lines: list[str]) -> Path:
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
@@ -230,6 +238,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
               "pid": os.getpid(), "host": socket.gethostname(), "num_threads": params.get("num_threads"),
               "attempt": int((old or {}).get("attempt", 0)) + 1}
     _write_json_atomic(cell.dir / STATUS_FILE, status)
+    write_cell_gitignore(cell.dir)  # unfinished: ignored whole until it is done
     (cell.dir / REPORT_HTML).unlink(missing_ok=True)  # a stale report must not mark a re-run as done
     t0 = time.time()
     try:
