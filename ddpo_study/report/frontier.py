@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..grid.spec import Question
+from .figures import _palette
 from .plotting import new_figure, styled
 from .questions import evaluate_question
 from .results import LABELS, conditions, eval_rows, final_rows
@@ -92,9 +93,7 @@ def fig_frontier_points(df: pd.DataFrame, metrics: Sequence[str] = FRONTIER_METR
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
         return fig
-    import seaborn as sns
-
-    colors = sns.color_palette("colorblind" if len(table) <= 10 else "tab20", len(table))
+    colors = _palette(len(table))
     ev = eval_rows(df)
     base = ev[ev["epoch"] == 0]
     axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
