@@ -19,6 +19,8 @@ Commands:
   diagnose TUNED [--base MODEL] [--prompts SET] [--out DIR] ...
                                        any fine-tuned model (LoRA file/folder, ddpo-pytorch checkpoint, UNet
                                        folder, run folder) against its base: collapse or loading bug? (HTML)
+  remedies SPEC [--no-sample]          inference-time remedies (LoRA scale, base for the first k steps) on a
+                                       grid's finished runs vs the same runs stopped earlier at equal reward
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (a bad spec or config): one line, no traceback."""
     from .config import ConfigError
     from .diagnose import DiagnoseError, TunedModelError
+    from .diagnose.remedies import RemedySpecError
     from .explore import MissingWeightsError
     from .grid import GridError
     from .models import ModelLoadError
@@ -51,7 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .rewards import RewardError
 
     return (GridError, ConfigError, PromptSetError, ModelLoadError, RewardError, TunedModelError, DiagnoseError,
-            MissingWeightsError)
+            MissingWeightsError, RemedySpecError)
 
 
 def cmd_train(args) -> int:
@@ -207,6 +210,23 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_remedies(args) -> int:
+    """Sweep the spec's runs (resumable), then write the comparison with early stopping next to points.csv."""
+    from .diagnose.remedies import POINTS_FILE, load_remedy_spec, run_remedies
+    from .grid import load_spec
+    from .report.remedies import write_remedies_summary
+
+    spec = load_remedy_spec(args.spec)
+    if not args.no_sample:
+        run_remedies(spec, device=args.device)
+    elif not (Path(spec.output) / POINTS_FILE).is_file():
+        print(f"error: --no-sample but {Path(spec.output) / POINTS_FILE} does not exist", file=sys.stderr)
+        return 2
+    files = write_remedies_summary(spec.output, load_spec(spec.grid).output_root, spec.metrics, spec.primary)
+    print(f"wrote {len(files)} files to {spec.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ddpo-study", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -298,6 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aesthetic-model", default="", help="aesthetic predictor (the toy model's, or a LAION file)")
     p.add_argument("--out", default="", help="report folder (default: runs/diagnose/<tuned model's name>)")
     p.set_defaults(fn=cmd_diagnose)
+
+    p = sub.add_parser("remedies", help="inference-time remedies on a grid's runs vs early stopping at equal reward",
+                       description="For every finished run the spec selects: the LoRA scale sweep and the "
+                       "base-for-the-first-k-steps sweep at the run's own eval prompts and seeds (appended to "
+                       "<output>/points.csv, resumable), then each point against the same run's training trajectory "
+                       "at the same reward (remedies.md, matched_points.csv, checks.md, remedies.png).")
+    p.add_argument("spec", help="a remedy spec, e.g. configs/inference_remedies.yaml")
+    p.add_argument("--no-sample", action="store_true", help="only rewrite the tables and figure from points.csv")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_remedies)
 
     args = ap.parse_args(argv)
     try:

@@ -290,3 +290,53 @@ def test_a_committed_lora_cell_is_diagnosed_as_loaded():
     assert dx.tuned.kind == "lora" and dx.num_steps == json.loads((COMMITTED / "config.json").read_text())["num_steps"]
     found = diagnose.verdict(diagnose.symptom(dx), diagnose.loading_checks(dx))
     assert found.label in ("loaded and collapsed", "loaded, no collapse") and not found.warnings, str(found)
+
+
+# ================================================================================================ remedies
+REMEDY_SPEC = dict(name="r", grid="configs/toy_study.yaml", where={"mode": "lora"}, scales=[0.5], switch_steps=[2],
+                   primary=[{"remedy": "scale", "value": 0.5}], metrics=["cross_div_clip"], output="unused")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"scale": [0.5]}, "unknown remedy spec key"),
+    ({"scales": [1.0]}, "strictly between 0 and 1"),
+    ({"switch_steps": [0]}, "switch_steps must be > 0"),
+    ({"primary": [{"remedy": "stop", "value": 1}]}, "each primary point"),
+    ({"metrics": []}, "at least one metric"),
+])
+def test_a_bad_remedy_spec_is_one_line_naming_the_key(change, words):
+    from ddpo_study.diagnose.remedies import RemedySpec, RemedySpecError
+
+    with pytest.raises(RemedySpecError, match=words):
+        RemedySpec.from_dict({**REMEDY_SPEC, **change})
+    missing = dict(REMEDY_SPEC)
+    del missing["output"]
+    with pytest.raises(RemedySpecError, match="missing"):
+        RemedySpec.from_dict(missing)
+
+
+def test_remedy_sweep_reproduces_the_runs_own_evals_and_resumes(tmp_path, tiny_model_dir, tiny_prompt_files,
+                                                                 monkeypatch):
+    from ddpo_study import train
+    from ddpo_study.diagnose import remedies
+    from tests.conftest import tiny_config
+
+    run = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "cell", num_epochs=2,
+                                lora_learning_rate=0.05), progress=False)
+    spec = remedies.RemedySpec.from_dict({**REMEDY_SPEC, "output": str(tmp_path / "out")})
+    rows = remedies.sweep_run(run, spec)
+    assert sorted(zip(rows["remedy"], rows["value"])) == [("scale", 0.0), ("scale", 0.5), ("scale", 1.0),
+                                                          ("switch", 2.0)]
+    # scale 1 is the final weights and scale 0 the base, sampled at the run's eval prompts and seeds: its own evals
+    assert abs(rows["check_final_reward_diff"].iloc[0]) < 1e-4 and abs(rows["check_base_reward_diff"].iloc[0]) < 1e-4
+    metrics = pd.read_csv(run / "metrics.csv").dropna(subset=["reward_mean"])
+    assert metrics["reward_mean"].iloc[-1] != pytest.approx(metrics["reward_mean"].iloc[0], abs=1e-4)  # it moved
+    with pytest.raises(remedies.RemedySpecError, match="not below"):
+        remedies.sweep_run(run, remedies.RemedySpec.from_dict({**REMEDY_SPEC, "switch_steps": [4], "output": "x"}))
+
+    calls = []
+    monkeypatch.setattr(remedies, "selected_runs", lambda s: [run])
+    monkeypatch.setattr(remedies, "sweep_run", lambda r, s, device="auto": calls.append(r) or rows)
+    path = remedies.run_remedies(spec, log=lambda msg: None)
+    remedies.run_remedies(spec, log=lambda msg: None)  # resumes: the run is in points.csv, not swept again
+    assert calls == [run] and len(pd.read_csv(path)) == len(rows)

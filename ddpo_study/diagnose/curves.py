@@ -14,11 +14,14 @@ import pandas as pd
 
 from .sampling import Diagnosis
 
+#: What a curve point keeps of :meth:`Diagnosis.measure` (the judge's only on toy prompts).
+CURVE_METRICS = ("reward_mean", "cross_div_clip", "retrieval_acc", "within_div_clip", "judge_all", "judge_distinct",
+                 "judge_distinct_frac")
+
 
 def _curve_row(dx: Diagnosis, name: str, **keys) -> dict[str, Any]:
     m = dx.measure(name)
-    return {**keys, "reward_mean": m["reward_mean"], "cross_div_clip": m["cross_div_clip"],
-            "retrieval_acc": m["retrieval_acc"], "within_div_clip": m["within_div_clip"]}
+    return {**keys, **{k: m[k] for k in CURVE_METRICS if k in m}}
 
 
 def scale_sweep(dx: Diagnosis, scales: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:

@@ -130,14 +130,20 @@ class Diagnosis:
         return self.images[name]
 
     def measure(self, name: str) -> dict[str, float]:
-        """Reward, diversity and retrieval of the cached images ``name`` (:func:`ddpo_study.metrics.compute_eval_metrics`)."""
+        """Reward, diversity and retrieval of the cached images ``name`` (:func:`ddpo_study.metrics.compute_eval_metrics`),
+        and on toy prompts the geometric judge's (:func:`ddpo_study.evaluation.judge_metrics`)."""
         if name not in self.metrics:
             from ..metrics import compute_eval_metrics, image_rewards
 
             images = self.images[name]
             rewards = image_rewards(images, self.prompts, self.reward, batch_size=self.batch_size)
-            self.metrics[name] = compute_eval_metrics(images, self.prompts, self.clip, rewards=rewards,
-                                                      batch_size=self.batch_size)
+            metrics = compute_eval_metrics(images, self.prompts, self.clip, rewards=rewards,
+                                           batch_size=self.batch_size)
+            from ..evaluation import judge_metrics
+            from ..images import from_uint8
+
+            metrics.update(judge_metrics(from_uint8(images), self.prompts))  # toy prompts only; {} otherwise
+            self.metrics[name] = metrics
         return self.metrics[name]
 
     def base(self, seeds: str = "shared") -> np.ndarray:
