@@ -101,8 +101,12 @@ def cmd_base_eval(args) -> int:
     return 0
 
 
+REMEDIES_SPEC = "configs/inference_remedies.yaml"  # the inference-time remedies on the study's LoRA runs
+
+
 def cmd_study(args) -> int:
-    """The study's main job: a demo grid of the base toy model, then the default toy grid and its summary."""
+    """The study's main job: a demo grid of the base toy model, the default toy grid and its summary, then the
+    inference-time remedies on its finished LoRA runs."""
     from .grid import run_grid
 
     spec = "configs/toy_study.yaml"
@@ -110,6 +114,8 @@ def cmd_study(args) -> int:
     demo_out.mkdir(parents=True, exist_ok=True)
     cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=5.0, out=str(demo_out)))
     result = run_grid(spec, quick=args.quick, jobs=args.jobs, shard=None, summary=True)
+    if not args.quick and result.ok:
+        cmd_remedies(argparse.Namespace(spec=REMEDIES_SPEC, no_sample=False, device="auto"))
     return 0 if result.ok else 1
 
 

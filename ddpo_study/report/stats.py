@@ -157,6 +157,29 @@ def paired_gain(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
             "n_prompts": clusters, "n_images": len(flat)}
 
 
+def paired_seeds_needed(differences: Sequence[float], alpha: float = 0.05, power: float = 0.8,
+                        max_n: int = 10_000) -> float:
+    """Seeds a two-sided paired t-test at ``alpha`` needs for ``power`` if the true effect were the one observed
+    (a pilot's ``mean / sd`` of the seed-wise differences): the smallest n with noncentral-t power >= ``power``.
+    NaN for fewer than 2 finite differences or a zero mean; ``inf`` beyond ``max_n``. Optimistic when the
+    pilot's effect is itself a lucky draw, so read it as "at least"."""
+    from scipy.stats import nct, t
+
+    d = np.asarray([x for x in differences if np.isfinite(x)], dtype=float)
+    if len(d) < 2 or d.mean() == 0:
+        return math.nan
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return 2.0
+    effect = abs(float(d.mean())) / sd
+    for n in range(2, max_n + 1):
+        crit = t.ppf(1 - alpha / 2, n - 1)
+        nc = effect * math.sqrt(n)
+        if nct.sf(crit, n - 1, nc) + nct.cdf(-crit, n - 1, nc) >= power:
+            return float(n)
+    return math.inf
+
+
 # ================================================================================================ multiplicity
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the input order (NaN stays NaN and is not counted).

@@ -48,7 +48,7 @@ def test_points_are_read_on_their_own_trajectory_at_the_same_reward(two_runs):
     a, b = m.loc[("a", "scale", 0.5)], m.loc[("b", "scale", 0.5)]
     assert (a["train_judge_all"], a["train_epoch"], a["refused"]) == (pytest.approx(0.4), pytest.approx(7.5), "")
     assert b["train_judge_all"] == pytest.approx(0.3)
-    assert a["reward_gain"] == pytest.approx(1.5) and a["gain_kept"] == pytest.approx(0.75)
+    assert a["reward_gain"] == pytest.approx(1.5) and a["reward_cost"] == pytest.approx(0.5)
     assert m.loc[("a", "switch", 2.0), "refused"] == "before the first eval"
     assert m.loc[("b", "switch", 2.0), "refused"] == "never reached"
     assert math.isnan(m.loc[("a", "switch", 2.0), "train_judge_all"])
@@ -70,6 +70,8 @@ def test_table_pairs_by_seed_and_counts_refusals(two_runs):
     assert math.isnan(sw["judge_all_vs_train"])
     # Holm over the primaries: only scale 0.5 has a p-value, so its adjusted p is its own
     assert s["judge_all_vs_train_p_holm"] == pytest.approx(s["judge_all_vs_train_p"])
+    # effect 0.25 / 0.0707 = 3.54 sd at alpha 0.05 / 2: a paired t-test needs 4 seeds for power 0.8
+    assert s["judge_all_seeds_needed"] == 4
 
 
 def test_summary_files_are_written_and_reproducible(two_runs):

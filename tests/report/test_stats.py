@@ -76,3 +76,13 @@ def test_holm_against_a_hand_computed_example():
     assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
     assert report.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1, monotone
     assert report.holm([]) == [] and report.holm([0.2]) == [0.2]
+
+
+def test_paired_seeds_needed_matches_the_standard_power_table():
+    from ddpo_study.report.stats import paired_seeds_needed
+
+    unit = np.array([-1.0, 1.0]) / np.std([-1.0, 1.0], ddof=1)  # sd 1
+    # two-sided paired t at alpha 0.05, power 0.8 (G*Power): effect 1 sd -> 10 seeds, 0.5 sd -> 34
+    assert paired_seeds_needed(unit + 1.0) == 10 and paired_seeds_needed(unit - 0.5) == 34
+    assert paired_seeds_needed(unit + 1.0, alpha=0.01) > 10
+    assert np.isnan(paired_seeds_needed([0.3])) and np.isnan(paired_seeds_needed(unit))
