@@ -8,6 +8,7 @@ eval reward would depend on how eval images are batched.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,55 @@ def eval_file(out: Path, epoch: int) -> Path:
     return Path(out) / "eval" / f"epoch_{epoch:04d}.npz"
 
 
+def rewards_file(out: Path, epoch: int) -> Path:
+    return Path(out) / "eval" / f"epoch_{epoch:04d}.rewards.npz"
+
+
+def save_eval_rewards(out: Path, epoch: int, rewards, prompts: list[str]) -> Path:
+    """``eval/epoch_XXXX.rewards.npz``: ``rewards`` (float64 prompts x seeds) and ``prompts`` alone, a few kB.
+
+    The images' npz holds the same rewards; this small copy is what a grid commits for every cell (the paired,
+    prompt-clustered reward gain needs only it), while the images are committed for a few cells (``keep_eval``).
+    """
+    path = rewards_file(out, epoch)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, rewards=torch.as_tensor(rewards).double().numpy(), prompts=np.array(prompts))
+    os.replace(tmp, path)
+    return path
+
+
+def load_eval_rewards(out: Path, epoch: int) -> np.ndarray | None:
+    """Per-image rewards (prompts x seeds) of ``epoch``'s eval: from the rewards file, else from the images' npz;
+    None if neither holds them."""
+    for path in (rewards_file(out, epoch), eval_file(out, epoch)):
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                if "rewards" in data:
+                    return np.asarray(data["rewards"], dtype=np.float64)
+    return None
+
+
+def ensure_rewards_file(out: Path, epoch: int) -> bool:
+    """Write ``epoch``'s rewards file from its images' npz if it is missing (runs saved before the rewards files
+    existed); True if the rewards file exists afterwards."""
+    if rewards_file(out, epoch).is_file():
+        return True
+    if not eval_file(out, epoch).is_file():
+        return False
+    try:
+        with np.load(eval_file(out, epoch), allow_pickle=False) as data:
+            if "rewards" not in data:
+                return False
+            rewards, prompts = np.asarray(data["rewards"], dtype=np.float64), [str(x) for x in data["prompts"]]
+    except (OSError, ValueError, zipfile.BadZipFile):  # not an npz we wrote: nothing to derive the file from
+        return False
+    save_eval_rewards(out, epoch, rewards, prompts)
+    return True
+
+
 def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[str],
                      rewards: torch.Tensor | None = None) -> None:
-    """``eval/epoch_XXXX.npz`` and a PNG grid (rows = seeds).
+    """``eval/epoch_XXXX.npz`` and a PNG grid (rows = seeds), and with ``rewards`` :func:`save_eval_rewards`.
 
     The npz holds ``images`` (uint8 prompts x seeds x H x W x 3), ``prompts`` and, when given, ``rewards``
     (float64 prompts x seeds: the task reward of each image, for paired before/after comparisons).
@@ -83,6 +130,8 @@ def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[
     extra = {} if rewards is None else {"rewards": torch.as_tensor(rewards).double().numpy()}
     np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
     os.replace(tmp, path)
+    if rewards is not None:
+        save_eval_rewards(out, epoch, rewards, prompts)
     p, s = arr.shape[:2]
     tiles = [Image.fromarray(arr[j, i]) for i in range(s) for j in range(p)]  # row i = seed i, column = prompt
     grid = make_image_grid(tiles, rows=s, cols=p)

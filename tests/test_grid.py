@@ -14,6 +14,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -79,9 +80,11 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert len(css) == 1 and '<style type="text/css">' not in html.split("<body")[0]
     assert len((grid_runs["root"] / css[0]).read_text()) > 50_000
     assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
-    ignored = (cell / ".gitignore").read_text().splitlines()[2:]
-    assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.npz", "!eval/epoch_0001.npz",
-                       "final/unet/"]  # the eval arrays of epochs 0 and 1 (the last) kept
+    ignored = [line for line in (cell / ".gitignore").read_text().splitlines() if not line.startswith("#")]
+    assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.rewards.npz",
+                       "!eval/epoch_0001.rewards.npz", "!eval/epoch_0000.npz", "!eval/epoch_0001.npz",
+                       "final/unet/"]  # the eval rewards and images of epochs 0 and 1 (the last) kept
+    assert (cell / "eval" / "epoch_0001.rewards.npz").is_file()  # written by the run itself
     for code in ("train.run(cfg", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no tqdm bar in a red stderr box
@@ -292,9 +295,11 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     assert partial == []
     (cell / "metrics.csv").unlink()
     (cell / "DONE").write_text(json.dumps({"epochs": 20}))
-    for e in (0, 5, 10, 20):
-        for ext in ("npz", "png"):
-            (cell / "eval" / f"epoch_{e:04d}.{ext}").write_bytes(b"x")
+    rewards = {e: np.arange(6.0).reshape(3, 2) + e for e in (0, 5, 10, 20)}
+    for e in (0, 5, 10, 20):  # images' npz as the runs write them (older runs: no rewards file beside them)
+        np.savez_compressed(cell / "eval" / f"epoch_{e:04d}.npz", images=np.zeros((3, 2, 4, 4, 3), np.uint8),
+                            prompts=np.array(["a", "b", "c"]), rewards=rewards[e])
+        (cell / "eval" / f"epoch_{e:04d}.png").write_bytes(b"x")
     for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json"):
         (cell / "final" / part).parent.mkdir(parents=True, exist_ok=True)
         (cell / "final" / part).write_text("x")
@@ -316,18 +321,35 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
                                          capture_output=True, text=True, check=True).stdout.split())
 
         (cell / "report.html").write_text("<html>")
-        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0020.npz",
+        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0000.rewards.npz",
+                            "eval/epoch_0020.npz", "eval/epoch_0020.rewards.npz",
                             "final/lora/pytorch_lora_weights.safetensors", "report.html"]
-        grid.runner.write_cell_gitignore(cell, keep_unet=True, keep_report=False)
+        grid.runner.write_cell_gitignore(cell, keep_unet=True, keep_report=False, keep_eval=False)
         assert "final/unet/config.json" in listed() and "report.html" not in listed()
+        assert [f for f in listed() if f.startswith("eval/")] == ["eval/epoch_0000.rewards.npz",
+                                                                  "eval/epoch_0020.rewards.npz"]
+        grid.runner.write_cell_gitignore(cell, keep_lora=False)
+        assert not [f for f in listed() if f.startswith("final/")] and "eval/epoch_0020.npz" in listed()
+    # the rewards files were written from the images' npz, and the report reads the same rewards from either
+    from ddpo_study.evaluation import load_eval_rewards
+    from ddpo_study.report.tables import paired_reward_gain
+
+    both = paired_reward_gain(cell)
+    for e in (0, 20):
+        assert np.array_equal(load_eval_rewards(cell, e), rewards[e])
+        (cell / "eval" / f"epoch_{e:04d}.npz").unlink()  # a clone of a cell without kept images
+    assert np.array_equal(load_eval_rewards(cell, 20), rewards[20])
+    assert paired_reward_gain(cell) == both and both["gain"] == pytest.approx(20.0)
 
 
 def test_exclude_drops_axis_combinations_and_keep_unet_marks_cells():
     spec = grid.load_spec(questions_spec(None, exclude=[{"seed": [1, 2], "prompt_set": "toy_300"}],
                                          keep_unet={"seed": 0, "mode": "full"}, keep_report={"seed": 0})
-                          | {"questions": []})
+                          | {"questions": [], "keep_eval": {"seed": 0, "mode": "lora"}, "keep_lora": {"seed": 1}})
     cells = grid.expand(spec, check_notebook=False)
     assert {c.params["seed"] for c in cells if c.keep_report} == {0} and any(not c.keep_report for c in cells)
+    assert {(c.params["seed"], c.params["mode"]) for c in cells if c.keep_eval} == {(0, "lora")}
+    assert {c.params["seed"] for c in cells if c.keep_lora} == {1}
     combos = {(c.params["seed"], c.params["prompt_set"], c.params["mode"]) for c in cells}
     assert len(cells) == 12 - 4 and (1, "toy_300", "lora") not in combos and (0, "toy_300", "full") in combos
     assert [c.name for c in cells if c.keep_unet] == ["0-toy_30-full", "0-toy_300-full"]

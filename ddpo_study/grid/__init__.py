@@ -22,6 +22,8 @@ Spec format (``configs/*.yaml``)::
       - {seed: 3, variant: rank64}          # `variant` (a variant's name) may be named like an axis
     keep_unet: {seed: 0}                    # optional: cells that commit final/unet (default: none)
     keep_report: {seed: 0}                  # optional: cells that commit report.html (default: all)
+    keep_eval: {seed: 0}                    # optional: cells that commit their eval images (default: all)
+    keep_lora: {seed: 0}                    # optional: cells that commit final/lora (default: all)
     quick:                                  # overrides applied by --quick
       num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
       seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)

@@ -184,30 +184,41 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], n
                                    log_output=False, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT))
 
 
-def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: bool = True) -> Path:
+def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: bool = True,
+                         keep_eval: bool = True, keep_lora: bool = True) -> Path:
     """A cell's ``.gitignore``: what of it goes into version control with the study's results (an unfinished
     cell: nothing, until its ``DONE`` exists; the runner rewrites the file when the cell finishes).
 
-    Kept: config, metrics, status, the eval arrays of epoch 0 (the base model, byte-identical across cells, so
-    git stores it once) and of the final epoch (enough to re-score the images with another judge), and the final
-    LoRA adapter (``final/lora``, tens of kB; explore and diagnose load it). ``report.html`` only with
-    ``keep_report`` and ``final/unet`` (a full-tuned UNet, a few MB in fp16) only with ``keep_unet``: the grid
-    spec's ``keep_report`` / ``keep_unet`` choose the cells, to keep the tree small (``grid run`` renders a
-    missing report from the data without training). Left local: the executed ``report.ipynb``, the eval PNG
-    grids (the npz holds the same images), intermediate evals and checkpoints.
+    Kept: config, metrics, status, the per-image eval rewards of epoch 0 and of the final epoch
+    (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; written from
+    the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
+    (``final/lora``, ~130 kB at rank 4; explore and diagnose load it). With ``keep_eval`` (default): the eval
+    images of epoch 0 (the base model) and of the final epoch, ~0.6 MB a cell. With ``keep_report`` (default):
+    ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
+    (``grid run`` renders a missing report from the data without training; a kept adapter re-samples the
+    images). Left local: the executed ``report.ipynb``, the eval PNG grids (the npz holds the same images),
+    intermediate evals and checkpoints.
 
-    The patterns depend only on the epochs the run was trained to (its ``DONE`` file), never on which files are
-    present, so a clone that lacks the intermediate evals writes the same file (``make study`` leaves
-    ``git status`` clean).
+    The patterns depend only on the epochs the run was trained to (its ``DONE`` file) and the flags, never on
+    which files are present, so a clone that lacks the intermediate evals writes the same file (``make study``
+    leaves ``git status`` clean).
     """
     if not (cell_dir / "DONE").is_file():  # running or interrupted: nothing of it is a result yet
         lines = ["# Written by the grid runner: an unfinished cell (no DONE yet); nothing of it is committed.", "*"]
         return _write_gitignore(cell_dir, lines)
+    from ..evaluation import ensure_rewards_file
+
     final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
-    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): base and final eval arrays",
-             "# and the final adapter are committed; the executed notebook, other evals and checkpoints stay local.",
-             REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz",
-             *([] if keep_report else [REPORT_HTML]), *([] if keep_unet else ["final/unet/"])]
+    for epoch in (0, final):
+        ensure_rewards_file(cell_dir, epoch)
+    images = ["!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz"] if keep_eval else []
+    lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): the base and final eval",
+             "# rewards (and, for some cells, images) and the final adapter are committed; the executed notebook,",
+             "# other evals and checkpoints stay local.",
+             REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.rewards.npz",
+             f"!eval/epoch_{final:04d}.rewards.npz", *images,
+             *([] if keep_report else [REPORT_HTML]), *([] if keep_unet else ["final/unet/"]),
+             *([] if keep_lora else ["final/lora/"])]
     return _write_gitignore(cell_dir, lines)
 
 
@@ -246,7 +257,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
-        write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report)
+        write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report, cell.keep_eval, cell.keep_lora)
         status.update(state="done")
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
@@ -314,7 +325,8 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     done_cells = [c for c in selected if c not in todo]
     states = {c.name: "skipped" for c in done_cells}
     for c in done_cells:
-        write_cell_gitignore(c.dir, c.keep_unet, c.keep_report)  # idempotent; also covers cells finished by an older version
+        write_cell_gitignore(c.dir, c.keep_unet, c.keep_report, c.keep_eval, c.keep_lora)  # idempotent; also
+        # covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (

@@ -23,7 +23,8 @@ from ..config import ConfigError, DDPOConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
-             "questions", "exclude", "keep_unet", "keep_report")
+             "questions", "exclude", "keep_unet", "keep_report", "keep_eval",
+             "keep_lora")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -53,6 +54,8 @@ class GridSpec:
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)  # axis combinations that are not run
     keep_unet: dict[str, list[Any]] | None = None  # cells whose final full UNet is committed (None: none)
     keep_report: dict[str, list[Any]] | None = None  # cells whose report.html is committed (None: all)
+    keep_eval: dict[str, list[Any]] | None = None  # cells whose eval images are committed (None: all)
+    keep_lora: dict[str, list[Any]] | None = None  # cells whose final LoRA adapter is committed (None: all)
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Cell:
     threads_from_spec: bool = False
     keep_unet: bool = False  # commit final/unet (spec's keep_unet)
     keep_report: bool = True  # commit report.html (spec's keep_report)
+    keep_eval: bool = True  # commit the epoch-0 and final eval images (spec's keep_eval)
+    keep_lora: bool = True  # commit final/lora (spec's keep_lora)
 
     @property
     def num_epochs(self) -> int:
@@ -123,6 +128,8 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     keep_unet = _partial_assignment(data["keep_unet"], selectable, "keep_unet") if data.get("keep_unet") else None
     keep_report = _partial_assignment(data["keep_report"], selectable, "keep_report") \
         if data.get("keep_report") else None
+    keep_eval = _partial_assignment(data["keep_eval"], selectable, "keep_eval") if data.get("keep_eval") else None
+    keep_lora = _partial_assignment(data["keep_lora"], selectable, "keep_lora") if data.get("keep_lora") else None
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -148,7 +155,8 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
-                    questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report)
+                    questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report,
+                    keep_eval=keep_eval, keep_lora=keep_lora)
 
 
 def _as_list(value: Any, key: str) -> list:
@@ -277,7 +285,9 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
             cells.append(Cell(index=index, name=name, dir=cell_dir, params=params, variant=label,
                               threads_from_spec="num_threads" in params,
                               keep_unet=spec.keep_unet is not None and _matches(spec.keep_unet, at),
-                              keep_report=spec.keep_report is None or _matches(spec.keep_report, at)))
+                              keep_report=spec.keep_report is None or _matches(spec.keep_report, at),
+                              keep_eval=spec.keep_eval is None or _matches(spec.keep_eval, at),
+                              keep_lora=spec.keep_lora is None or _matches(spec.keep_lora, at)))
     return cells
 
 

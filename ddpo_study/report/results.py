@@ -224,6 +224,12 @@ def eval_epochs(cell_dir: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
+def reward_epochs(cell_dir: str | Path) -> list[int]:
+    """Epochs with saved per-image eval rewards (``eval/epoch_XXXX.rewards.npz`` or the images' npz), sorted."""
+    found = [re.fullmatch(r"epoch_(\d+)(\.rewards)?\.npz", p.name) for p in (Path(cell_dir) / "eval").glob("epoch_*.npz")]
+    return sorted({int(m.group(1)) for m in found if m})
+
+
 def load_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
     """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch``."""
     with np.load(Path(cell_dir) / "eval" / f"epoch_{epoch:04d}.npz", allow_pickle=False) as data:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .levels import MATCH_FRACTIONS, matched_runs
-from .results import FINAL_METRICS, conditions, eval_epochs, eval_rows, final_rows
+from .results import FINAL_METRICS, conditions, eval_rows, final_rows, reward_epochs
 from .stats import mean_ci, paired_gain
 
 #: The plateau rule (here and in ``benchmarks/time_to_plateau.py``): a run has plateaued at eval e when its gain
@@ -57,23 +57,22 @@ def paired_reward_gain(cell_dir: str | Path, epoch: int | None = None) -> dict[s
     ``gain_se`` is the standard error of the mean paired difference *clustered by prompt* (the images of one
     prompt move together; :func:`~ddpo_study.report.stats.clustered_mean_se`) and ``z`` the gain in those
     standard errors (> 3: it learned); ``gain_se_iid`` / ``z_iid`` treat the images as independent. Reads the
-    ``rewards`` saved in ``eval/epoch_XXXX.npz`` (written since the per-image rewards were added); NaNs when they
-    are missing.
+    per-image rewards of ``eval/epoch_XXXX.rewards.npz`` or ``eval/epoch_XXXX.npz``
+    (:func:`~ddpo_study.evaluation.load_eval_rewards`); NaNs when they are missing.
     """
+    from ..evaluation import load_eval_rewards
+
     cell_dir = Path(cell_dir)
-    epochs = eval_epochs(cell_dir)
+    epochs = reward_epochs(cell_dir)
     epoch = epochs[-1] if epoch is None and epochs else epoch
     nan = {"epoch": epoch if epoch is not None else math.nan, "reward_0": math.nan, "reward_end": math.nan,
            "gain": math.nan, "gain_se": math.nan, "z": math.nan, "gain_se_iid": math.nan, "z_iid": math.nan,
            "n_prompts": 0, "n_images": 0}
     if epoch is None or 0 not in epochs or epoch not in epochs:
         return nan
-    rewards = []
-    for e in (0, epoch):
-        with np.load(cell_dir / "eval" / f"epoch_{e:04d}.npz", allow_pickle=False) as data:
-            if "rewards" not in data:
-                return nan
-            rewards.append(np.asarray(data["rewards"], dtype=np.float64))
+    rewards = [load_eval_rewards(cell_dir, e) for e in (0, epoch)]
+    if any(r is None for r in rewards):
+        return nan
     before, after = (r.reshape(len(r), -1) for r in rewards)  # prompts x seeds
     return {"epoch": epoch, "reward_0": float(before.mean()), "reward_end": float(after.mean()),
             **paired_gain(before, after)}
