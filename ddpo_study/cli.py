@@ -228,7 +228,8 @@ def cmd_remedies(args) -> int:
     elif not (Path(spec.output) / POINTS_FILE).is_file():
         print(f"error: --no-sample but {Path(spec.output) / POINTS_FILE} does not exist", file=sys.stderr)
         return 2
-    files = write_remedies_summary(spec.output, load_spec(spec.grid).output_root, spec.metrics, spec.primary)
+    files = write_remedies_summary(spec.output, load_spec(spec.grid).output_root, spec.metrics, spec.primary,
+                                   keep=spec.points())
     print(f"wrote {len(files)} files to {spec.output}")
     return 0
 

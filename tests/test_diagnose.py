@@ -303,6 +303,7 @@ REMEDY_SPEC = dict(name="r", grid="configs/toy_study.yaml", where={"mode": "lora
     ({"switch_steps": [0]}, "switch_steps must be > 0"),
     ({"primary": [{"remedy": "stop", "value": 1}]}, "each primary point"),
     ({"metrics": []}, "at least one metric"),
+    ({"primary": [{"remedy": "scale", "value": 0.6}]}, "not among the swept values"),
 ])
 def test_a_bad_remedy_spec_is_one_line_naming_the_key(change, words):
     from ddpo_study.diagnose.remedies import RemedySpec, RemedySpecError
@@ -336,7 +337,37 @@ def test_remedy_sweep_reproduces_the_runs_own_evals_and_resumes(tmp_path, tiny_m
 
     calls = []
     monkeypatch.setattr(remedies, "selected_runs", lambda s: [run])
+    stale = rows[rows["value"] != 2.0]  # swept before switch step 2 was in the spec: swept again, rows replaced
+    (tmp_path / "out").mkdir()
+    stale.assign(reward_mean=-1.0).to_csv(tmp_path / "out" / remedies.POINTS_FILE, index=False)
     monkeypatch.setattr(remedies, "sweep_run", lambda r, s, device="auto": calls.append(r) or rows)
     path = remedies.run_remedies(spec, log=lambda msg: None)
     remedies.run_remedies(spec, log=lambda msg: None)  # resumes: the run is in points.csv, not swept again
-    assert calls == [run] and len(pd.read_csv(path)) == len(rows)
+    table = pd.read_csv(path)
+    assert calls == [run] and len(table) == len(rows) and (table["reward_mean"] > -1).all()
+
+
+def test_remedies_select_one_finished_run_per_seed(tmp_path):
+    import yaml
+
+    from ddpo_study.diagnose import remedies
+
+    root = tmp_path / "results"
+    for name, seed, mode, done in (("a", 0, "lora", True), ("b", 1, "lora", True), ("c", 0, "full", True),
+                                   ("d", 2, "lora", False)):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps({"seed": seed, "mode": mode}))
+        (root / name / "metrics.csv").write_text("epoch\n0\n")
+        if done:
+            (root / name / "DONE").write_text("{}")
+    spec_file = tmp_path / "grid.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "g", "notebook": "notebooks/cell.ipynb", "output_root": str(root),
+                                         "fixed": {"model": "toy"}, "axes": {"seed": [0, 1]}}))
+    spec = remedies.RemedySpec.from_dict({**REMEDY_SPEC, "grid": str(spec_file)})
+    assert [p.name for p in remedies.selected_runs(spec)] == ["a", "b"]  # unfinished d and full c left out
+    loose = remedies.RemedySpec.from_dict({**REMEDY_SPEC, "grid": str(spec_file), "where": {}})
+    with pytest.raises(remedies.RemedySpecError, match="several runs of one seed"):
+        remedies.selected_runs(loose)
+    typo = remedies.RemedySpec.from_dict({**REMEDY_SPEC, "grid": str(spec_file), "where": {"modee": "lora"}})
+    with pytest.raises(remedies.RemedySpecError, match="'modee' is not a config key"):
+        remedies.selected_runs(typo)

@@ -472,3 +472,23 @@ def test_every_grid_spec_in_configs_loads_and_the_derived_grids_match_the_study(
         assert differ(c.params, ref) == {"num_epochs"}, c.name
     base = next(c for c in cells["toy_hypotheses"] if c.name == "lora-base-s1")
     assert differ(base.params, study["toy_30-lora-lam0.0-s1"]) == {"num_epochs"}
+
+
+def test_a_trained_cell_whose_report_is_not_kept_is_done_without_one(tmp_path):
+    """A clone has only the committed reports: `grid run` must not re-render (and re-stamp) the other cells."""
+    spec = grid.load_spec(questions_spec(None, keep_report={"seed": 0}) | {"questions": [],
+                                                                           "output_root": str(tmp_path)})
+    cells = {c.params["seed"]: c for c in grid.expand(spec, check_notebook=False) if c.params["mode"] == "lora"
+             and c.params["prompt_set"] == "toy_30"}
+    for c in cells.values():
+        c.dir.mkdir(parents=True)
+        (c.dir / "DONE").write_text(json.dumps({"epochs": c.num_epochs}))
+        (c.dir / "metrics.csv").write_text(f"epoch\n0\n{c.num_epochs}\n")
+    kept, other = cells[0], cells[1]
+    assert not grid.is_done(kept) and grid.is_done(other)  # the kept report is missing; the other is not wanted
+    assert not grid.is_done(other, need_report=True)  # asked for by name: rendered
+    for bad in (False, {}, [0]):
+        with pytest.raises(grid.GridError, match="'keep_eval' must map axes"):
+            grid.load_spec(questions_spec(None, keep_eval=bad) | {"questions": []})
+    (kept.dir / "report.html").write_text("<html>")
+    assert grid.is_done(kept)

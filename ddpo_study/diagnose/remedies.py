@@ -59,13 +59,24 @@ class RemedySpec:
             if not isinstance(item, dict) or set(item) != {"remedy", "value"} or item["remedy"] not in REMEDIES:
                 raise RemedySpecError(f"each primary point is {{remedy: {'|'.join(REMEDIES)}, value: ...}}, got {item!r}")
             primary.append((str(item["remedy"]), float(item["value"])))
+        for remedy, value in primary:
+            swept = scales if remedy == "scale" else switch
+            if not any(abs(value - v) < 1e-9 for v in swept):
+                raise RemedySpecError(f"primary point {remedy} {value:g} is not among the swept values {list(swept)}")
         metrics = tuple(str(m) for m in raw["metrics"])
         if not metrics:
             raise RemedySpecError("metrics must name at least one metric")
         if not isinstance(raw["where"], dict):
             raise RemedySpecError(f"where must map config keys to values, got {raw['where']!r}")
-        return cls(str(raw["name"]), str(raw["grid"]), dict(raw["where"]), scales, switch, tuple(primary), metrics,
-                   str(raw["output"]))
+        from ..grid.spec import _resolve
+
+        return cls(str(raw["name"]), str(_resolve(raw["grid"])), dict(raw["where"]), scales, switch, tuple(primary),
+                   metrics, str(_resolve(raw["output"])))  # both relative to the repository, as a grid's paths
+
+    def points(self) -> set[tuple[str, float]]:
+        """Every (remedy, value) a swept run has: the scales with 0 and 1 (the checks), and the switch steps."""
+        return {("scale", 0.0), ("scale", 1.0), *(("scale", s) for s in self.scales),
+                *(("switch", float(k)) for k in self.switch_steps)}
 
 
 def load_remedy_spec(path: str | Path) -> RemedySpec:
@@ -81,7 +92,7 @@ def load_remedy_spec(path: str | Path) -> RemedySpec:
 
 
 def selected_runs(spec: RemedySpec) -> list[Path]:
-    """The grid's finished cells (``DONE``) whose config has every value of ``spec.where``, by name."""
+    """The grid's finished cells (``DONE``) whose config has every value of ``spec.where``, by name; one per seed."""
     from ..grid.spec import load_spec, same_value
     from ..report.results import find_cells, read_cell
 
@@ -95,8 +106,12 @@ def selected_runs(spec: RemedySpec) -> list[Path]:
             if key not in cfg:
                 raise RemedySpecError(f"where: {key!r} is not a config key of {cell.name}")
         if all(same_value(cfg[k], v) for k, v in spec.where.items()):
-            out.append(cell)
-    return out
+            out.append((cell, cfg["seed"]))
+    seeds = [seed for _, seed in out]
+    if len(set(seeds)) < len(seeds):  # seeds are the pairing unit: one run each
+        raise RemedySpecError(f"where: {spec.where} selects several runs of one seed ({sorted(seeds)}); name every "
+                              "factor that differs between them")
+    return [cell for cell, _ in out]
 
 
 def sweep_run(run_dir: str | Path, spec: RemedySpec, device: str = "auto") -> pd.DataFrame:
@@ -127,20 +142,22 @@ def sweep_run(run_dir: str | Path, spec: RemedySpec, device: str = "auto") -> pd
 
 
 def run_remedies(spec: RemedySpec, device: str = "auto", log=print) -> Path:
-    """Sweep every selected run not yet in ``<output>/points.csv``; returns that file."""
+    """Sweep every selected run whose points in ``<output>/points.csv`` do not cover the spec's (a run swept
+    with other values is swept again and its rows replaced); returns that file."""
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
     path = out / POINTS_FILE
-    done = set(pd.read_csv(path)["cell"]) if path.is_file() else set()
     runs = selected_runs(spec)
     if not runs:
         raise RemedySpecError(f"no finished cell of {spec.grid} has {spec.where}")
     for run in runs:
-        if run.name in done:
+        old = pd.read_csv(path) if path.is_file() else None
+        have = set() if old is None else {(r, float(v)) for r, v in old.loc[old["cell"] == run.name,
+                                                                             ["remedy", "value"]].itertuples(index=False)}
+        if spec.points() <= have:
             continue
         rows = sweep_run(run, spec, device)
-        old = pd.read_csv(path) if path.is_file() else None
-        table = rows if old is None else pd.concat([old, rows], ignore_index=True)
+        table = rows if old is None else pd.concat([old[old["cell"] != run.name], rows], ignore_index=True)
         tmp = path.with_suffix(".tmp")
         table.to_csv(tmp, index=False)
         tmp.replace(path)  # one whole run at a time: an interruption loses at most the run being swept

@@ -77,9 +77,14 @@ def is_trained(cell: Cell) -> bool:
     return is_finished(cell.dir, cell.num_epochs)
 
 
-def is_done(cell: Cell) -> bool:
-    """Trained and rendered (``report.html``): the cell is complete."""
-    return (cell.dir / REPORT_HTML).is_file() and is_trained(cell)
+def is_done(cell: Cell, need_report: bool | None = None) -> bool:
+    """Trained, and rendered (``report.html``) if its report is wanted: the cell is complete.
+
+    ``need_report`` None: the report is wanted where the spec commits it (``keep_report``), so a clone, which has
+    only the committed reports, does not re-render (and re-stamp) every other cell; True: always (a cell asked
+    for by name)."""
+    need = cell.keep_report if need_report is None else need_report
+    return is_trained(cell) and (not need or (cell.dir / REPORT_HTML).is_file())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -230,13 +235,14 @@ def _write_gitignore(cell_dir: Path, lines: list[str]) -> Path:
     return path
 
 
-def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, Any]:
+def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bool | None = None) -> dict[str, Any]:
     """Execute one cell's notebook and write its report and ``status.json``; never raises for cell errors.
 
-    Returns the final status dict (``state`` is ``done``, ``failed`` or ``skipped``).
+    Returns the final status dict (``state`` is ``done``, ``failed`` or ``skipped``); ``need_report``: as in
+    :func:`is_done`.
     """
     cell.dir.mkdir(parents=True, exist_ok=True)
-    if is_done(cell):
+    if is_done(cell, need_report):
         return {"state": "skipped", "cell": cell.name}
     old = read_status(cell.dir)
     if _running_elsewhere(old):
@@ -270,10 +276,10 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int) -> dict[str, An
     return status
 
 
-def _run_cell_worker(args: tuple[str, Cell, int]) -> dict[str, Any]:
-    notebook, cell, num_threads = args
+def _run_cell_worker(args: tuple[str, Cell, int, bool | None]) -> dict[str, Any]:
+    notebook, cell, num_threads, need_report = args
     try:
-        return run_cell(notebook, cell, num_threads)
+        return run_cell(notebook, cell, num_threads, need_report)
     except BaseException as err:  # noqa: BLE001 - report, never hang the pool
         return {"state": "failed", "cell": cell.name, "error": _error_text(err)}
 
@@ -319,7 +325,8 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
         selected = [c for c in selected if c.name in wanted]
     threads = max(1, cpu_count() // jobs)
     spec.output_root.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in selected if not is_done(c)]
+    need_report = True if only is not None else None  # a cell asked for by name gets its report rendered
+    todo = [c for c in selected if not is_done(c, need_report)]
     echo(f"grid {spec.name}: {len(cells)} cells, {len(selected)} selected, {len(selected) - len(todo)} already done, "
          f"{len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {spec.output_root}")
     done_cells = [c for c in selected if c not in todo]
@@ -341,14 +348,14 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     if jobs == 1 or len(todo) <= 1:
         for i, cell in enumerate(todo, 1):
             echo(f"running {cell.name} ...")
-            report(i, run_cell(spec.notebook, cell, threads))
+            report(i, run_cell(spec.notebook, cell, threads, need_report))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker; papermill starts kernels
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_cell_worker, (str(spec.notebook), c, threads)) for c in todo]
+            futures = [pool.submit(_run_cell_worker, (str(spec.notebook), c, threads, need_report)) for c in todo]
             for i, fut in enumerate(as_completed(futures), 1):
                 report(i, fut.result())
 

@@ -125,11 +125,8 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     # later, so the names are checked against the full list.
     selectable = {**axes, **({VARIANT_KEY: _variant_labels(variants)} if variants else {})}
     exclude = [_partial_assignment(e, selectable, "exclude") for e in _as_list(data.get("exclude"), "exclude")]
-    keep_unet = _partial_assignment(data["keep_unet"], selectable, "keep_unet") if data.get("keep_unet") else None
-    keep_report = _partial_assignment(data["keep_report"], selectable, "keep_report") \
-        if data.get("keep_report") else None
-    keep_eval = _partial_assignment(data["keep_eval"], selectable, "keep_eval") if data.get("keep_eval") else None
-    keep_lora = _partial_assignment(data["keep_lora"], selectable, "keep_lora") if data.get("keep_lora") else None
+    keep_unet, keep_report, keep_eval, keep_lora = (_keep(data, key, selectable)
+                                                     for key in ("keep_unet", "keep_report", "keep_eval", "keep_lora"))
     if quick:
         for key, value in quick_over.items():
             if key == "output_root":
@@ -157,6 +154,16 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
                     questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report,
                     keep_eval=keep_eval, keep_lora=keep_lora)
+
+
+def _keep(data: dict[str, Any], key: str, selectable: dict[str, list[Any]]) -> dict[str, list[Any]] | None:
+    """A ``keep_*`` key: the axis values of the cells it selects, or None when absent (its default)."""
+    if data.get(key) is None:
+        return None
+    if not isinstance(data[key], dict) or not data[key]:
+        raise GridError(f"{key!r} must map axes (or 'variant') to the values of the cells it selects, got "
+                        f"{data[key]!r}; leave it out for its default")
+    return _partial_assignment(data[key], selectable, key)
 
 
 def _as_list(value: Any, key: str) -> list:

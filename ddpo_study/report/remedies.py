@@ -48,7 +48,9 @@ def matched_points(points: pd.DataFrame, runs: dict[str, pd.DataFrame], metrics:
         # reward_cost: what the remedy gives up against the tuned model's own final eval (< 0: it gains reward)
         row = {**p.to_dict(), "reward_gain": p["reward_mean"] - base, "reward_cost": final - p["reward_mean"]}
         _, epoch, lower = crossing(run, float(p["reward_mean"]), "reward_mean")
-        if not np.isfinite(epoch):
+        if p["reward_mean"] <= base:
+            refused = "at or below the base model"
+        elif not np.isfinite(epoch):
             refused = "never reached"
         elif lower <= start_epoch(run):
             refused = "before the first eval"
@@ -98,7 +100,9 @@ def remedies_table(matched: pd.DataFrame, metrics: Sequence[str], primary: Seque
     table[f"{metrics[0]}_vs_train_p_holm"] = math.nan
     is_primary = table["role"] == "primary"
     if is_primary.any() and first in table:
-        table.loc[is_primary, f"{metrics[0]}_vs_train_p_holm"] = holm(table.loc[is_primary, first].tolist())
+        # a primary point without a p-value (under 2 runs read) stays in the family as p = 1, never shrinks it
+        family = table.loc[is_primary, first].fillna(1.0).tolist()
+        table.loc[is_primary, f"{metrics[0]}_vs_train_p_holm"] = holm(family)
     order = {"primary": 0, "exploratory": 1}
     return table.sort_values(["role", "remedy", "value"], key=lambda s: s.map(order) if s.name == "role" else s,
                              kind="stable").reset_index(drop=True)
@@ -159,7 +163,8 @@ def _half(x: pd.Series) -> float:
 
 
 def write_remedies_summary(out_dir: str | Path, root: str | Path, metrics: Sequence[str],
-                           primary: Sequence[tuple[str, float]]) -> list[Path]:
+                           primary: Sequence[tuple[str, float]], keep: set[tuple[str, float]] | None = None
+                           ) -> list[Path]:
     """``remedies.{csv,md}``, ``matched_points.csv``, ``checks.md`` and ``remedies.{png,pdf}`` in ``out_dir``
     from its ``points.csv``; the same inputs give the same bytes."""
     from ..diagnose.remedies import POINTS_FILE
@@ -167,6 +172,8 @@ def write_remedies_summary(out_dir: str | Path, root: str | Path, metrics: Seque
 
     out = Path(out_dir)
     points = pd.read_csv(out / POINTS_FILE)
+    if keep is not None:  # the spec's points only (a run swept before the spec changed keeps no stale rows here)
+        points = points[[(r, float(v)) in keep for r, v in zip(points["remedy"], points["value"])]]
     runs = load_runs(points, root)
     matched = matched_points(points, runs, metrics)
     table = remedies_table(matched, metrics, primary)

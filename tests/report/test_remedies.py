@@ -50,6 +50,7 @@ def test_points_are_read_on_their_own_trajectory_at_the_same_reward(two_runs):
     assert b["train_judge_all"] == pytest.approx(0.3)
     assert a["reward_gain"] == pytest.approx(1.5) and a["reward_cost"] == pytest.approx(0.5)
     assert m.loc[("a", "switch", 2.0), "refused"] == "before the first eval"
+    assert m.loc[("a", "scale", 1.0), "refused"] == ""  # reached at the final eval itself
     assert m.loc[("b", "switch", 2.0), "refused"] == "never reached"
     assert math.isnan(m.loc[("a", "switch", 2.0), "train_judge_all"])
 
@@ -68,8 +69,9 @@ def test_table_pairs_by_seed_and_counts_refusals(two_runs):
     sw = t.loc[("switch", 2.0)]
     assert (sw["read"], sw["refused"]) == (0, "1 before the first eval; 1 never reached")
     assert math.isnan(sw["judge_all_vs_train"])
-    # Holm over the primaries: only scale 0.5 has a p-value, so its adjusted p is its own
-    assert s["judge_all_vs_train_p_holm"] == pytest.approx(s["judge_all_vs_train_p"])
+    # Holm over both primaries: switch 2 has no p-value and counts as p = 1, so the family stays two
+    assert s["judge_all_vs_train_p_holm"] == pytest.approx(min(1.0, 2 * s["judge_all_vs_train_p"]))
+    assert sw["judge_all_vs_train_p_holm"] == 1.0
     # effect 0.25 / 0.0707 = 3.54 sd at alpha 0.05 / 2: a paired t-test needs 4 seeds for power 0.8
     assert s["judge_all_seeds_needed"] == 4
 
