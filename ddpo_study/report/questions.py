@@ -4,7 +4,9 @@ default exploratory questions (:func:`default_questions`).
 
 For each question and metric (and each matched reward level): the paired-by-seed difference a - b
 (:func:`~ddpo_study.report.stats.paired_seed_ci`), its 95% CI and two-sided p; Holm's adjustment over every
-row of the primary questions (:func:`~ddpo_study.report.stats.holm`); and a verdict, ``answered: ...`` or
+row of the primary questions, unanswered rows counted as p = 1 (:func:`~ddpo_study.report.stats.holm`); the seeds
+a paired test would need to detect the observed difference (:func:`~ddpo_study.report.stats.paired_seeds_needed`);
+and a verdict, ``answered: ...`` or
 ``not answered: <reason>`` (a condition not in the grid, a metric not logged, neither condition moved, a level
 refused, fewer than ``min_seeds`` common seeds). Matched levels: :func:`~ddpo_study.report.levels.matched_levels`.
 """
@@ -22,11 +24,11 @@ from ..config import UNUSED_BY_MODE
 from ..grid.spec import DEFAULT_QUESTION_METRICS, REPO_ROOT, GridSpec, Question, find_spec, load_spec, same_value
 from .levels import crossing, matched_levels, start_epoch
 from .results import _factors, _format_factor, _order_key, eval_rows, final_rows
-from .stats import holm, paired_seed_ci
+from .stats import holm, paired_seed_ci, paired_seeds_needed
 
 ALPHA = 0.05
 COLUMNS = ["id", "kind", "question", "a", "b", "where", "at", "fraction", "reward_level", "metric", "n_seeds",
-           "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p", "p_holm", "verdict"]
+           "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p", "p_holm", "seeds_needed", "verdict"]
 
 # The default questions (a spec without ``questions:``): factor, the two sides, metrics and where they are read.
 # Sides may be a value or "max"/"min" (numeric factors) or "most"/"fewest" (prompt sets). All exploratory.
@@ -143,8 +145,10 @@ def _row(q: Question, metric: str, at: str, **kw) -> dict[str, Any]:
 
 def _compare(q: Question, metric: str, at: str, va: pd.Series, vb: pd.Series, **kw) -> dict[str, Any]:
     res = paired_seed_ci(va, vb)
+    common = sorted(set(va.dropna().index) & set(vb.dropna().index))
     row = _row(q, metric, at, n_seeds=res["n"], mean_a=res["mean_a"], mean_b=res["mean_b"],
                difference=res["difference"], ci_low=res["low"], ci_high=res["high"], p=res["p"], **kw)
+    row["_differences"] = [float(va[s] - vb[s]) for s in common]  # for seeds_needed, dropped from the table
     if res["n"] < q.min_seeds:
         reach = " reaching this level" if at != "final epoch" else " with a final epoch"
         row.update(p=math.nan, verdict=f"not answered: fewer than {q.min_seeds} seeds ({res['n']} common seeds "
@@ -232,10 +236,17 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
     else:
         for q in questions:
             rows += evaluate_question(df, q, alpha)
-    family = [i for i, r in enumerate(rows) if r["kind"] == "primary" and not r["verdict"] and np.isfinite(r["p"])]
-    for i, adj in zip(family, holm([rows[i]["p"] for i in family])):
-        rows[i]["p_holm"] = adj
+    # Holm over every pre-registered primary row: one that could not be answered stays in the family as p = 1,
+    # so missing levels never make the others' adjustment milder than the spec's design.
+    family = [i for i, r in enumerate(rows) if r["kind"] == "primary"]
+    for i, adj in zip(family, holm([rows[i]["p"] if np.isfinite(rows[i]["p"]) else 1.0 for i in family])):
+        if not rows[i]["verdict"] and np.isfinite(rows[i]["p"]):
+            rows[i]["p_holm"] = adj
     for r in rows:
+        # seeds a paired t-test would need for power 0.8 if the observed difference were the true one, at the
+        # row's own level (primary: Holm's strictest, alpha / family size)
+        level = alpha / max(1, len(family)) if r["kind"] == "primary" else alpha
+        r["seeds_needed"] = paired_seeds_needed(r.pop("_differences", []), alpha=level)
         if not r["verdict"]:
             r["verdict"] = _verdict(r, alpha) if np.isfinite(r["p"]) else "not answered: no p-value"
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -95,16 +95,19 @@ def late_gain_fraction(run: pd.DataFrame, metric: str = "reward_mean") -> float:
 def learning_table(df: pd.DataFrame) -> pd.DataFrame:
     """Did each run learn, and has it stopped? One row per cell: paired eval-reward gain since epoch 0
     (:func:`paired_reward_gain`) at its last evaluation, its standard error clustered by prompt, ``z``,
-    ``learned`` (z > 3), ``late_gain_frac`` (:func:`late_gain_fraction`) and ``plateaued`` (learned, and at most
-    :data:`PLATEAU_LATE_GAIN` of the gain came in the last quarter of the epochs)."""
+    ``learned`` (z > 3), ``finished`` (trained to its ``num_epochs``), ``late_gain_frac``
+    (:func:`late_gain_fraction`) and ``plateaued`` (finished, learned, and at most :data:`PLATEAU_LATE_GAIN` of the
+    gain came in the last quarter of the epochs)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
         learned = bool(gain["z"] > 3) if np.isfinite(gain["z"]) else False
         late = late_gain_fraction(g)
+        # a run still training has no plateau yet (its "last quarter" is of the epochs so far)
+        finished = "num_epochs" not in g or bool((g["epoch"] == g["num_epochs"].iloc[0]).any())
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0], **gain,
-                     "learned": learned, "late_gain_frac": late,
-                     "plateaued": bool(learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN)})
+                     "learned": learned, "finished": finished, "late_gain_frac": late,
+                     "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN)})
     return pd.DataFrame(rows)
 
 

@@ -112,3 +112,17 @@ def test_rerunning_the_summary_gives_byte_identical_question_files(tmp_path):
     assert csv.startswith("id,kind,question,a,b,where,at,fraction,reward_level,metric,n_seeds,mean_a,mean_b,")
     assert "\r" not in csv and "Holm p" in csv
     assert "Questions: pre-registered in" in (root / "summary" / "README.md").read_text()
+
+
+def test_holm_keeps_unanswered_primaries_in_the_family_and_seeds_needed_is_given(tmp_path):
+    root = tiny_grid(tmp_path / "grid")
+    unlogged = {**QUESTIONS[1], "id": "E1", "metrics": ["judge_distinct_frac"]}  # not logged by fakes
+    questions = [QUESTIONS[1], unlogged]
+    t = report.questions_table(report.load_grid_results(root), load_spec(spec_of(root, questions)).questions)
+    answered = t[t["id"] == "Q1 final"]
+    assert t.loc[t["id"] == "E1", "verdict"].str.contains("not logged").all()
+    family = answered["p"].tolist() + [1.0]  # E1's row counts as p = 1
+    assert answered["p_holm"].tolist() == pytest.approx(report.holm(family)[:2])
+    assert np.isnan(t.loc[t["id"] == "E1", "p_holm"]).all()
+    # seeds for power 0.8 at Holm's strictest level (0.05 / 3), from the rows' own seed-wise differences
+    assert (answered["seeds_needed"] >= 2).all() and t.loc[t["id"] == "E1", "seeds_needed"].isna().all()

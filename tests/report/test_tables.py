@@ -81,3 +81,18 @@ def test_late_gain_fraction_and_the_plateau_flag(fake_grid):
     t = report.learning_table(report.load_grid_results(fake_grid))
     assert t["late_gain_frac"].to_numpy() == pytest.approx(1 - (8 / 12) ** 0.7, abs=0.03)
     assert not t["plateaued"].any() and report.PLATEAU_LATE_GAIN < 1 - (8 / 12) ** 0.7
+
+
+def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
+    import pandas as pd
+
+    from tests.report.fakes import fake_cell
+
+    fake_cell(tmp_path, "lora", seed=0)
+    fake_cell(tmp_path, "lora", seed=1)
+    cell = next(p for p in tmp_path.iterdir() if p.name.endswith("-s0"))
+    metrics = pd.read_csv(cell / "metrics.csv")
+    metrics[metrics["epoch"] <= 8].to_csv(cell / "metrics.csv", index=False)  # 8 of its 12 epochs so far
+    t = report.learning_table(report.load_grid_results(tmp_path)).set_index("seed")
+    assert t.loc[0, "finished"] == False and t.loc[1, "finished"] == True  # noqa: E712
+    assert t.loc[0, "plateaued"] == False  # noqa: E712
