@@ -263,3 +263,14 @@ def test_log_with_tensorboard_logs_every_metrics_row(tiny_model_dir, tiny_prompt
     assert (images[2].width, images[2].height) == png.size
     with pytest.raises(ConfigError, match="log_with='tensorbord': names accelerate trackers"):
         DDPOConfig(log_with="tensorbord").validate()
+
+
+def test_eval_cadence_does_not_change_training(tiny_model_dir, tiny_prompt_files, tmp_path):
+    """Evals draw their own per-image noise, so evaluating less often (a shorter demo) trains the same run."""
+    runs = {every: train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / f"e{every}", num_epochs=2,
+                                         eval_every=every), progress=False) for every in (1, 2)}
+    a, b = (pd.read_csv(runs[every] / "metrics.csv").set_index("epoch") for every in (1, 2))
+    assert a["reward_mean"].notna().sum() == 3 and b["reward_mean"].notna().sum() == 2  # epochs 0, 1, 2 vs 0, 2
+    cols = ["train_loss", "train_reward_mean", "train_step_kl", "learning_rate", "param_dist"]
+    pd.testing.assert_frame_equal(a.loc[[1, 2], cols], b.loc[[1, 2], cols])
+    assert a.loc[2, "reward_mean"] == b.loc[2, "reward_mean"]  # the last eval sees the same weights
