@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,9 @@ def reproduction_check(cell: LoadedCell, max_prompts: int = 8) -> pd.DataFrame:
     """
     rows = []
     epochs = eval_epochs(cell.cell_dir)
+    if not epochs:  # a grid commits eval images for some cells only (its spec's keep_eval)
+        return pd.DataFrame([{"model": "", "epoch": math.nan, "images": 0, "verdict": "no saved eval images to "
+                              "compare with (this cell's were not committed: the grid spec's keep_eval)"}])
     targets = [("base", 0)]
     saved = [e for e in epochs if e <= cell.checkpoint_epoch]
     if saved:

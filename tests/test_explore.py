@@ -98,3 +98,18 @@ def test_the_committed_lora_cell_loads_and_reproduces_its_saved_eval_images():
     assert cell.weights.source == "final" and cell.checkpoint_epoch == json.loads((COMMITTED / "DONE").read_text())["epochs"]
     check = explore.reproduction_check(cell, max_prompts=2).set_index("model")
     assert list(check["verdict"]) == ["match", "match"], check
+
+
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / explore.LORA_FILE).is_file(),
+                    reason="the committed study cell keeps no final/lora adapter yet")
+def test_a_cell_committed_without_eval_images_says_so(tmp_path):
+    """A grid commits eval images for some cells only (keep_eval): the check says why there is nothing to compare."""
+    import shutil
+
+    cell_dir = tmp_path / COMMITTED.name
+    cell_dir.mkdir()
+    for name in ("config.json", "metrics.csv", "DONE"):
+        shutil.copy(COMMITTED / name, cell_dir / name)
+    shutil.copytree(COMMITTED / "final" / "lora", cell_dir / "final" / "lora")
+    check = explore.reproduction_check(explore.load_cell(cell_dir, device="cpu"))
+    assert len(check) == 1 and "keep_eval" in check["verdict"].iloc[0]
