@@ -128,8 +128,10 @@ def _prompt_count(name: Any) -> float:
         return float(digits[-1]) if digits else math.inf
 
 
-def load_grid_results(root: str | Path) -> pd.DataFrame:
-    """Every cell's ``metrics.csv`` rows under ``root``, with its config columns and labels.
+def load_grid_results(root: str | Path, finished_only: bool = False) -> pd.DataFrame:
+    """Every cell's ``metrics.csv`` rows under ``root``, with its config columns and labels; ``finished_only``:
+    only cells with ``DONE`` (what a clone of the committed results has), so a summary does not depend on which
+    cells happen to be running.
 
     Added columns: ``cell`` (folder relative to root), ``cell_dir``, ``done`` (``DONE`` exists), ``variant``
     (from the runner's ``status.json``, if any), ``condition`` (label of the varying config keys, seed
@@ -139,6 +141,8 @@ def load_grid_results(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     frames = []
     for cell_dir in find_cells(root):
+        if finished_only and not (cell_dir / "DONE").is_file():
+            continue
         try:
             cfg, metrics = read_cell(cell_dir)
         except (pd.errors.EmptyDataError, json.JSONDecodeError, FileNotFoundError):

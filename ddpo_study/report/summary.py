@@ -59,14 +59,15 @@ def summary_tables(df: pd.DataFrame, questions=None) -> dict[str, pd.DataFrame]:
 def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:
     """Every summary figure (PNG + PDF) and table (CSV + Markdown) of the grid under ``root``, written to
     ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
-    ``grid_results.csv`` (the tidy data). Re-running on the same results gives byte-identical files.
+    ``grid_results.csv`` (the tidy data), from the finished cells (``DONE``) only. Re-running on the same results
+    gives byte-identical files.
 
     The questions are the ``questions:`` of ``spec`` (a path, dict or GridSpec), or else of the spec in
     ``configs/`` whose output_root is ``root``; without one, the default exploratory questions."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root / "summary"
     out.mkdir(parents=True, exist_ok=True)
-    df = load_grid_results(root)
+    df = load_grid_results(root, finished_only=True)  # the committed cells only: a clone writes the same files
     summary = Summary(out_dir=out)
     if df.empty:
         return summary

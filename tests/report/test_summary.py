@@ -21,3 +21,16 @@ def test_write_summary_is_byte_identical_when_rerun(fake_grid):
     assert md.startswith("| id | kind | question |") and "Q1" in md
     assert "Questions: default questions, all exploratory (no grid spec found)" in (
         fake_grid / "summary" / "README.md").read_text()
+
+
+def test_the_summary_reads_finished_cells_only(tmp_path):
+    """A running cell (no DONE) is left out, so the summary a clone writes equals the committed one."""
+    from tests.report.fakes import fake_cell
+
+    for seed in range(2):
+        fake_cell(tmp_path, "lora", seed=seed)
+    running = next(p for p in tmp_path.iterdir() if p.name.endswith("-s1"))
+    (running / "DONE").unlink()
+    cells = report.write_summary(tmp_path).tables["cells"]
+    assert len(cells) == 1 and running.name not in set(cells.iloc[:, 0])
+    assert running.name in set(report.load_grid_results(tmp_path)["cell"])  # still there for a live view
