@@ -85,14 +85,26 @@ def save_eval_rewards(out: Path, epoch: int, rewards, prompts: list[str]) -> Pat
     return path
 
 
+def _saved_rewards(path: Path) -> tuple[np.ndarray, list[str]] | None:
+    """(rewards, prompts) of an eval npz (images' or rewards file); None if absent, unreadable or rewardless."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "rewards" not in data:
+                return None
+            return np.asarray(data["rewards"], dtype=np.float64), [str(x) for x in data["prompts"]]
+    except (OSError, ValueError, zipfile.BadZipFile):  # not an npz we wrote
+        return None
+
+
 def load_eval_rewards(out: Path, epoch: int) -> np.ndarray | None:
     """Per-image rewards (prompts x seeds) of ``epoch``'s eval: from the rewards file, else from the images' npz;
     None if neither holds them."""
     for path in (rewards_file(out, epoch), eval_file(out, epoch)):
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                if "rewards" in data:
-                    return np.asarray(data["rewards"], dtype=np.float64)
+        saved = _saved_rewards(path)
+        if saved is not None:
+            return saved[0]
     return None
 
 
@@ -101,16 +113,10 @@ def ensure_rewards_file(out: Path, epoch: int) -> bool:
     existed); True if the rewards file exists afterwards."""
     if rewards_file(out, epoch).is_file():
         return True
-    if not eval_file(out, epoch).is_file():
+    saved = _saved_rewards(eval_file(out, epoch))
+    if saved is None:
         return False
-    try:
-        with np.load(eval_file(out, epoch), allow_pickle=False) as data:
-            if "rewards" not in data:
-                return False
-            rewards, prompts = np.asarray(data["rewards"], dtype=np.float64), [str(x) for x in data["prompts"]]
-    except (OSError, ValueError, zipfile.BadZipFile):  # not an npz we wrote: nothing to derive the file from
-        return False
-    save_eval_rewards(out, epoch, rewards, prompts)
+    save_eval_rewards(out, epoch, *saved)
     return True
 
 

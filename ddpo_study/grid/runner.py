@@ -227,6 +227,11 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     return _write_gitignore(cell_dir, lines)
 
 
+def _write_finished_gitignore(cell: Cell) -> Path:
+    """:func:`write_cell_gitignore` with the cell's ``keep_*`` flags from its spec."""
+    return write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report, cell.keep_eval, cell.keep_lora)
+
+
 def _write_gitignore(cell_dir: Path, lines: list[str]) -> Path:
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
@@ -263,7 +268,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
-        write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report, cell.keep_eval, cell.keep_lora)
+        _write_finished_gitignore(cell)
         status.update(state="done")
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
@@ -332,8 +337,7 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     done_cells = [c for c in selected if c not in todo]
     states = {c.name: "skipped" for c in done_cells}
     for c in done_cells:
-        write_cell_gitignore(c.dir, c.keep_unet, c.keep_report, c.keep_eval, c.keep_lora)  # idempotent; also
-        # covers cells finished by an older version
+        _write_finished_gitignore(c)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
         states[status["cell"]] = "failed" if status["state"] == "failed" else (
