@@ -6,10 +6,10 @@ Commands:
   base-eval [--out FILE]               prompt-following (geometric judge) and diversity of the base toy model
   study [--quick] [--jobs N]           the study's main job (what `make study` runs): configs/toy_study.yaml
   grid run|status SPEC, summary, cell  the grid runner (see ddpo_study/grid/__init__.py)
-  grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
+  grid run SPEC [--quick] [--jobs N] [--shard i/n] [--match PATTERNS] [--no-summary]
                                        run a grid of cells through the cell notebook (skips done cells)
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
-  grid configs SPEC DIR [--quick] [--shard i/n]
+  grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]
                                        write each unfinished cell's config to DIR/<cell>.json, to train them
                                        elsewhere (`train DIR/<cell>.json`); `grid run` then only renders reports
   summary ROOT_OR_SPEC [--quick] [--no-notebook]
@@ -122,7 +122,8 @@ def cmd_study(args) -> int:
 def cmd_grid_run(args) -> int:
     from .grid import run_grid
 
-    result = run_grid(args.spec, quick=args.quick, jobs=args.jobs, shard=args.shard, summary=not args.no_summary)
+    result = run_grid(args.spec, quick=args.quick, jobs=args.jobs, shard=args.shard, match=args.match,
+                      summary=not args.no_summary)
     return 0 if result.ok else 1
 
 
@@ -155,12 +156,12 @@ def cmd_grid_configs(args) -> int:
 
     A cell trained this way is finished (``DONE``), so ``grid run`` afterwards only renders its report.
     """
-    from .grid import expand, is_trained, load_spec, select_shard
+    from .grid import expand, is_trained, load_spec, select_match, select_shard
 
     spec = load_spec(args.spec, quick=args.quick)
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in select_shard(expand(spec), args.shard) if not is_trained(c)]
+    cells = [c for c in select_match(select_shard(expand(spec), args.shard), args.match) if not is_trained(c)]
     for cell in cells:
         _write_cell_config(cell, out / f"{cell.name}.json")
     print(f"wrote {len(cells)} config(s) to {out} (cells already trained are left out)")
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="apply the spec's quick overrides")
     g.add_argument("--jobs", type=int, default=1, help="cells run at once (each gets cpu_count // jobs threads)")
     g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
+    g.add_argument("--match", default=None, metavar="PATTERNS",
+                   help="only the cells whose name matches one of these comma-separated patterns (e.g. 'lora-base-*')")
     g.add_argument("--no-summary", action="store_true", help="do not write the summary afterwards")
     g.set_defaults(fn=cmd_grid_run)
     g = gsub.add_parser("status", help="one line per cell")
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("dir", help="folder for <cell>.json files")
     g.add_argument("--quick", action="store_true")
     g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
+    g.add_argument("--match", default=None, metavar="PATTERNS", help="only the cells whose name matches a pattern")
     g.set_defaults(fn=cmd_grid_configs)
 
     p = sub.add_parser("summary", help="figures and tables from a grid's saved results")

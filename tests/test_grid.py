@@ -206,7 +206,7 @@ def test_cells_order_quick_overrides_and_shards():
 
 
 def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, monkeypatch):
-    """Threads per cell, skipping, stale 'running' entries and --shard, without starting kernels."""
+    """Threads per cell, skipping, stale 'running' entries, --shard and --match, without starting kernels."""
     import nbformat
 
     calls = []
@@ -226,9 +226,14 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     result = grid.run_grid(spec, shard="1/4", summary=False, echo=None)
     assert [c.name for c in result.cells] == ["later-s0"] and len(calls) == 1
     assert calls[0]["num_threads"] == max(1, grid.cpu_count())
+    result = grid.run_grid(spec, match="ok-*", summary=False, echo=None)  # a subset by name, in grid order
+    assert [c.name for c in result.cells] == ["ok-s0", "ok-s1"] and len(calls) == 3
+    with pytest.raises(grid.GridError, match="'okk-\\*' matches no cell"):
+        grid.run_grid(spec, match="ok-s0,okk-*", summary=False, echo=None)  # a typo runs nothing
+    assert len(calls) == 3
     result = grid.run_grid(spec, jobs=1, summary=False, echo=None)
-    assert result.ok and len(calls) == 4  # the done cell was skipped
-    assert result.states == {"ok-s0": "done", "later-s0": "skipped", "ok-s1": "done", "later-s1": "done"}
+    assert result.ok and len(calls) == 4  # the done cells were skipped
+    assert result.states == {"ok-s0": "skipped", "later-s0": "skipped", "ok-s1": "skipped", "later-s1": "done"}
     # A cell marked running by a process that is gone is "interrupted" and runs again.
     cell_dir = tmp_path / "results" / "ok-s1"
     (cell_dir / "DONE").unlink()

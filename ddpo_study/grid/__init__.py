@@ -64,14 +64,15 @@ atomically. ``<cell>/status.json`` records ``state`` (running / done / failed), 
 ``started``/``finished`` times and ``seconds``. A cell with ``DONE`` (for its number of epochs) and
 ``report.html`` is skipped; an interrupted cell is simply run again (``train.run`` resumes from its checkpoint);
 a failed cell does not stop the others, and :func:`run_grid` reports it (the CLI exits non-zero).
-``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i.
-After a whole grid (no shard) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
+``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i;
+``--match PATTERNS`` keeps the cells whose name matches a comma-separated shell-style pattern.
+After a whole grid (no shard or match) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
 
 Command line (``python -m ddpo_study``)::
 
-    grid run SPEC [--quick] [--jobs N] [--shard i/n] [--no-summary]
+    grid run SPEC [--quick] [--jobs N] [--shard i/n] [--match PATTERNS] [--no-summary]
     grid status SPEC [--quick]
-    grid configs SPEC DIR [--quick] [--shard i/n]   # each unfinished cell's config, to train elsewhere
+    grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]   # each unfinished cell's config, to train elsewhere
     summary ROOT_OR_SPEC [--quick] [--no-notebook]
     cell SPEC CELL_NAME [--quick]
 
@@ -116,13 +117,15 @@ from .spec import (
     load_spec,
     notebook_parameters,
     parse_shard,
+    select_match,
     select_shard,
 )
 
 __all__ = [
     # spec
     "QUESTION_METRICS", "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridError",
-    "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_shard",
+    "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_match",
+    "select_shard",
     # runner
     "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
     "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status", "run_cell",

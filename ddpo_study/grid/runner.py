@@ -29,6 +29,7 @@ from .spec import (
     _resolve,
     expand,
     load_spec,
+    select_match,
     select_shard,
 )
 
@@ -309,18 +310,19 @@ class GridResult:
 
 def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int = 1,
              shard: str | tuple[int, int] | None = None, summary: bool = True, only: Iterable[str] | None = None,
-             echo: Callable[[str], None] | None = print) -> GridResult:
+             match: str | Iterable[str] | None = None, echo: Callable[[str], None] | None = print) -> GridResult:
     """Validate every cell, then run the ones not yet done (``jobs`` at a time); see :mod:`ddpo_study.grid`.
 
-    ``only``: run just these cell names. The summary (``write_summary`` via the summary notebook) runs after a
-    whole grid (no ``shard``/``only``) when ``summary`` is true.
+    ``only``: run just these cell names (their reports are rendered). ``match``: only the cells whose name matches
+    one of these shell-style patterns (e.g. a question's conditions first). The summary (``write_summary`` via the
+    summary notebook) runs after a whole grid (no ``shard``/``only``/``match``) when ``summary`` is true.
     """
     echo = echo or (lambda _msg: None)
     spec = load_spec(spec, quick=quick)
     if jobs < 1:
         raise GridError(f"--jobs must be >= 1, got {jobs}")
     cells = expand(spec)  # validation of every cell happens here, before anything runs
-    selected = select_shard(cells, shard)
+    selected = select_match(select_shard(cells, shard), match)
     if only is not None:
         wanted = list(only)
         names = {c.name for c in cells}
@@ -367,7 +369,7 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     if result.failed:
         echo(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (see <cell>/status.json, "
              "<cell>/report.ipynb)")
-    if summary and shard is None and only is None:
+    if summary and shard is None and only is None and match is None:
         try:
             result.summary_dir = run_summary(spec.output_root, echo=echo)
         except Exception as err:  # noqa: BLE001 - the cells' results stand; say what went wrong

@@ -8,6 +8,7 @@ section is described at :func:`parse_questions`.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import math
 import os
@@ -333,6 +334,24 @@ def select_shard(cells: list[Cell], shard: str | tuple[int, int] | None) -> list
         return list(cells)
     i, n = parsed
     return [c for c in cells if c.index % n == i]
+
+
+def select_match(cells: list[Cell], patterns: str | Iterable[str] | None) -> list[Cell]:
+    """The cells whose name matches one of ``patterns`` (shell-style, e.g. ``lora-base-*``; a string is split at
+    commas), in grid order. A pattern that matches no cell is a :class:`GridError`: a typo must not silently run
+    nothing."""
+    if patterns is None:
+        return list(cells)
+    if isinstance(patterns, str):
+        patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+    patterns = list(patterns)
+    if not patterns:
+        raise GridError("--match needs at least one cell-name pattern")
+    names = [c.name for c in cells]
+    for pat in patterns:
+        if not fnmatch.filter(names, pat):
+            raise GridError(f"--match {pat!r} matches no cell" + _close_hint(pat, set(names)))
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in patterns)]
 
 
 # ----------------------------------------------------------------------------------------------- questions
