@@ -308,6 +308,10 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json"):
         (cell / "final" / part).parent.mkdir(parents=True, exist_ok=True)
         (cell / "final" / part).write_text("x")
+    from ddpo_study.evaluation import ensure_rewards_file, load_eval_rewards
+
+    for e in (0, 20):  # what the runner does for a finished cell before it writes the file
+        ensure_rewards_file(cell, e)
     path = grid.runner.write_cell_gitignore(cell)
     text = path.read_text()
     # a clone without the intermediate evals writes the same file (git status stays clean)
@@ -336,7 +340,6 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
         grid.runner.write_cell_gitignore(cell, keep_lora=False)
         assert not [f for f in listed() if f.startswith("final/")] and "eval/epoch_0020.npz" in listed()
     # the rewards files were written from the images' npz, and the report reads the same rewards from either
-    from ddpo_study.evaluation import load_eval_rewards
     from ddpo_study.report.tables import paired_reward_gain
 
     both = paired_reward_gain(cell)

@@ -196,8 +196,8 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     cell: nothing, until its ``DONE`` exists; the runner rewrites the file when the cell finishes).
 
     Kept: config, metrics, status, the per-image eval rewards of epoch 0 and of the final epoch
-    (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; written from
-    the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
+    (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; the runner
+    writes them from the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
     (``final/lora``, ~130 kB at rank 4; explore and diagnose load it). With ``keep_eval`` (default): the eval
     images of epoch 0 (the base model) and of the final epoch, ~0.6 MB a cell. With ``keep_report`` (default):
     ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
@@ -212,11 +212,7 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     if not (cell_dir / "DONE").is_file():  # running or interrupted: nothing of it is a result yet
         lines = ["# Written by the grid runner: an unfinished cell (no DONE yet); nothing of it is committed.", "*"]
         return _write_gitignore(cell_dir, lines)
-    from ..evaluation import ensure_rewards_file
-
     final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
-    for epoch in (0, final):
-        ensure_rewards_file(cell_dir, epoch)
     images = ["!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz"] if keep_eval else []
     lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): the base and final eval",
              "# rewards (and, for some cells, images) and the final adapter are committed; the executed notebook,",
@@ -229,7 +225,15 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
 
 
 def _write_finished_gitignore(cell: Cell) -> Path:
-    """:func:`write_cell_gitignore` with the cell's ``keep_*`` flags from its spec."""
+    """:func:`write_cell_gitignore` with the cell's ``keep_*`` flags from its spec, after making sure the base and
+    final per-image reward files it lists exist (runs older than those files have them only inside the images'
+    npz)."""
+    from ..evaluation import ensure_rewards_file
+
+    if (cell.dir / "DONE").is_file():
+        final = int(json.loads((cell.dir / "DONE").read_text())["epochs"])
+        for epoch in (0, final):
+            ensure_rewards_file(cell.dir, epoch)
     return write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report, cell.keep_eval, cell.keep_lora)
 
 
