@@ -500,3 +500,14 @@ def test_a_trained_cell_whose_report_is_not_kept_is_done_without_one(tmp_path):
             grid.load_spec(questions_spec(None, keep_eval=bad) | {"questions": []})
     (kept.dir / "report.html").write_text("<html>")
     assert grid.is_done(kept)
+
+
+def test_frontier_remedies_names_a_folder_and_anything_else_is_one_clear_error(tmp_path):
+    import yaml
+
+    spec = grid.load_spec(REPO / "configs" / "toy_hypotheses.yaml")
+    assert spec.frontier_remedies == REPO / "results" / "inference_remedies"
+    assert grid.load_spec(REPO / "configs" / "toy_study.yaml").frontier_remedies is None
+    data = yaml.safe_load((REPO / "configs" / "toy_hypotheses.yaml").read_text())
+    with pytest.raises(grid.GridError, match="frontier_remedies .* must be a folder path"):
+        grid.load_spec({**data, "frontier_remedies": ["results/inference_remedies"]})

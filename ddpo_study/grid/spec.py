@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
              "questions", "exclude", "keep_unet", "keep_report", "keep_eval",
-             "keep_lora")
+             "keep_lora", "frontier_remedies")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -57,6 +57,7 @@ class GridSpec:
     keep_report: dict[str, list[Any]] | None = None  # cells whose report.html is committed (None: all)
     keep_eval: dict[str, list[Any]] | None = None  # cells whose eval images are committed (None: all)
     keep_lora: dict[str, list[Any]] | None = None  # cells whose final LoRA adapter is committed (None: all)
+    frontier_remedies: Path | None = None  # an inference-remedies output folder whose points join the frontier
 
 
 @dataclass
@@ -149,12 +150,17 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     if not cell_name:
         parts = [f"{{{k}}}" for k in axes] + (["{variant}"] if variants else [])
         cell_name = "-".join(parts) or "cell"
+    frontier_remedies = data.get("frontier_remedies")
+    if frontier_remedies is not None and not isinstance(frontier_remedies, str):
+        raise GridError(f"frontier_remedies in {source or 'the spec'} must be a folder path (a string), "
+                        f"got {frontier_remedies!r}")
+    frontier_remedies = _resolve(frontier_remedies) if frontier_remedies else None
     return GridSpec(name=str(data.get("name") or (source.stem if source else "grid")),
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
                     questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report,
-                    keep_eval=keep_eval, keep_lora=keep_lora)
+                    keep_eval=keep_eval, keep_lora=keep_lora, frontier_remedies=frontier_remedies)
 
 
 def _keep(data: dict[str, Any], key: str, selectable: dict[str, list[Any]]) -> dict[str, list[Any]] | None:

@@ -6,11 +6,17 @@ that rewards and penalties use), each with a 95% CI over seeds. A remedy that ke
 sits low on the gain axis, so each condition is also compared with a reference (plain LoRA) *at matched
 reward*: half the smaller of the two conditions' gains, read after both have moved (the rules of
 :func:`~ddpo_study.report.levels.matched_levels`), the difference paired by seed.
+
+The inference-time remedies (:mod:`ddpo_study.report.remedies`) join the same frontier when the grid spec names
+their folder (``frontier_remedies``): :func:`remedy_rows` gives each remedy point's final (gain, diversity) over
+the runs it was applied to, and its difference from those runs' own training trajectories at equal reward (the
+remedies' reference, since a remedy is applied to a finished run rather than trained as a condition).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -82,11 +88,63 @@ def _matched_difference(df: pd.DataFrame, cond: str, reference: str, metric: str
             f"{key}_high": row["ci_high"], f"{key}_verdict": verdict}
 
 
+REMEDY_REFERENCE = "own run at equal reward"  # the reference column of a remedy row
+REMEDY_LABELS = {"scale": "inference: LoRA scale {value:g}", "switch": "inference: base for first {value:g} steps"}
+
+
+def remedy_rows(remedies_dir: str | Path, metrics: Sequence[str] = FRONTIER_METRICS,
+                matched: Sequence[str] = MATCHED_METRICS) -> pd.DataFrame:
+    """The inference-time remedies of ``remedies_dir`` (``matched_points.csv`` and ``remedies.csv`` of
+    :func:`~ddpo_study.report.remedies.write_remedies_summary`) as rows of :func:`frontier_table`: per remedy point
+    its mean final reward gain and ``metrics`` with 95% CIs over the runs, and for each of ``matched`` the paired
+    difference from the runs' own trajectories at equal reward. The tuned runs themselves (scale 1) come first, as
+    the remedies' reference point. Empty when the folder has no results yet."""
+    folder = Path(remedies_dir)
+    if not (folder / "matched_points.csv").is_file() or not (folder / "remedies.csv").is_file():
+        return pd.DataFrame()
+    points = pd.read_csv(folder / "matched_points.csv")
+    table = pd.read_csv(folder / "remedies.csv").set_index(["remedy", "value"])
+    rows = []
+    for (remedy, value), g in points.groupby(["remedy", "value"], sort=True):
+        tuned = remedy == "scale" and value == 1.0
+        if remedy == "scale" and value == 0.0:
+            continue  # the base model: gain 0 by construction, the figure's black square
+        label = "inference reference: the tuned LoRA runs" if tuned else REMEDY_LABELS.get(
+            remedy, remedy + " {value:g}").format(value=value)
+        row: dict[str, Any] = {"condition": label, "reference": "" if tuned else REMEDY_REFERENCE,
+                               "seeds": int(g["seed"].nunique()), "epoch": int(g["final_epoch"].max())}
+        for m in ("reward_gain", *metrics):
+            if m in g:
+                mean, lo, hi, _ = mean_ci(g[m])
+                row.update({m: mean, f"{m}_low": lo, f"{m}_high": hi})
+        for m in matched:
+            key = f"matched_{m}"
+            t = table.loc[(remedy, value)] if (remedy, value) in table.index else None
+            if tuned or t is None or f"{m}_vs_train" not in t:
+                row.update({f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan,
+                            f"{key}_high": math.nan, f"{key}_verdict": "reference" if tuned else "not logged"})
+                continue
+            low, high, p = t[f"{m}_vs_train_low"], t[f"{m}_vs_train_high"], t[f"{m}_vs_train_p"]
+            refused = t.get("refused")
+            refused = f"; refused: {refused}" if isinstance(refused, str) and refused else ""
+            verdict = (f"95% CI {low:.3g} to {high:.3g} (p {p:.2g}, unadjusted, {int(t['read'])} of {int(t['runs'])} "
+                       f"runs read{refused})" if np.isfinite(p) else f"not answered: {int(t['read'])} runs read{refused}")
+            row.update({f"{key}_level": math.nan, f"{key}_diff": t[f"{m}_vs_train"], f"{key}_low": low,
+                        f"{key}_high": high, f"{key}_verdict": verdict})
+        rows.append(row)
+    rows.sort(key=lambda r: not r["condition"].startswith("inference reference"))
+    return pd.DataFrame(rows)
+
+
 @styled
-def fig_frontier_points(df: pd.DataFrame, metrics: Sequence[str] = FRONTIER_METRICS):
+def fig_frontier_points(df: pd.DataFrame, metrics: Sequence[str] = FRONTIER_METRICS,
+                        remedies: pd.DataFrame | None = None):
     """Every condition's final (reward gain, diversity) point with 95% CIs over seeds on both axes; the base
-    model sits at gain 0 (black)."""
+    model sits at gain 0 (black). ``remedies``: :func:`remedy_rows`, drawn as diamonds beside the conditions."""
     table = frontier_table(df, metrics=metrics, matched=())
+    extra = remedies if remedies is not None and not remedies.empty else None
+    if extra is not None:
+        table = pd.concat([table, extra], ignore_index=True)
     metrics = [m for m in metrics if m in table]
     fig = new_figure(5.0 * max(1, len(metrics)), 4.4)
     if table.empty or not metrics:
@@ -101,7 +159,8 @@ def fig_frontier_points(df: pd.DataFrame, metrics: Sequence[str] = FRONTIER_METR
         for color, (_, r) in zip(colors, table.iterrows()):
             xerr = _err(r, "reward_gain")
             yerr = _err(r, metric)
-            ax.errorbar(r["reward_gain"], r[metric], xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3,
+            marker = "D" if str(r["condition"]).startswith("inference") else "o"
+            ax.errorbar(r["reward_gain"], r[metric], xerr=xerr, yerr=yerr, fmt=marker, color=color, capsize=3,
                         label=f"{r['condition']} (n={r['seeds']})")
         if metric in base:
             ax.plot(0.0, base[metric].mean(), marker="s", color="black", linestyle="none",

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..grid.spec import find_spec, load_spec
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
-from .frontier import fig_frontier_points, frontier_table
+from .frontier import fig_frontier_points, frontier_table, remedy_rows
 from .plotting import _write_bytes, save_figure
 from .questions import questions_for, questions_table
 from .results import _factors, load_grid_results
@@ -43,16 +44,22 @@ class Summary:
     files: list[Path] = field(default_factory=list)
 
 
-def summary_figures(df: pd.DataFrame) -> dict[str, Any]:
+def summary_figures(df: pd.DataFrame, remedies: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The summary's figures; ``remedies``: inference-remedy rows (:func:`~.frontier.remedy_rows`) for the
+    frontier."""
     return {"reward_curves": fig_reward_curves(df), "diversity_curves": fig_diversity_curves(df),
-            "frontier": fig_frontier(df), "frontier_points": fig_frontier_points(df), "final_bars": fig_final_bars(df),
-            "montage": fig_montage(df)}
+            "frontier": fig_frontier(df), "frontier_points": fig_frontier_points(df, remedies=remedies),
+            "final_bars": fig_final_bars(df), "montage": fig_montage(df)}
 
 
-def summary_tables(df: pd.DataFrame, questions=None) -> dict[str, pd.DataFrame]:
-    """The summary's tables; ``questions``: the spec's pre-registered ones (None: the default questions)."""
+def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """The summary's tables; ``questions``: the spec's pre-registered ones (None: the default questions);
+    ``remedies``: inference-remedy rows appended to ``frontier_points``."""
+    frontier = frontier_table(df)
+    if remedies is not None and not remedies.empty:
+        frontier = pd.concat([frontier, remedies], ignore_index=True)
     return {"questions": questions_table(df, questions), "final": final_table(df),
-            "matched_reward": matched_reward_table(df), "frontier_points": frontier_table(df),
+            "matched_reward": matched_reward_table(df), "frontier_points": frontier,
             "learning": learning_table(df), "cells": cells_table(df)}
 
 
@@ -63,7 +70,8 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     gives byte-identical files.
 
     The questions are the ``questions:`` of ``spec`` (a path, dict or GridSpec), or else of the spec in
-    ``configs/`` whose output_root is ``root``; without one, the default exploratory questions."""
+    ``configs/`` whose output_root is ``root``; without one, the default exploratory questions. A spec's
+    ``frontier_remedies`` folder adds the inference-time remedies to the frontier (:func:`~.frontier.remedy_rows`)."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root / "summary"
     out.mkdir(parents=True, exist_ok=True)
@@ -71,9 +79,11 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     summary = Summary(out_dir=out)
     if df.empty:
         return summary
+    spec = load_spec(spec) if spec is not None else find_spec(root)
     questions, source = questions_for(root, spec)
-    summary.figures = summary_figures(df)
-    summary.tables = summary_tables(df, questions)
+    remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
+    summary.figures = summary_figures(df, remedies)
+    summary.tables = summary_tables(df, questions, remedies)
     for name, fig in summary.figures.items():
         summary.files += save_figure(fig, out / name)
     md = [f"# Summary of {root.name}\n", f"{df['cell'].nunique()} cells, conditions varying in: "

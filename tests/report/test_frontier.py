@@ -76,3 +76,46 @@ def test_conditions_that_differ_only_in_a_key_their_mode_never_reads_stay_apart(
     # each is matched at half its own gain, so the levels differ (pooled cells would give one level for both)
     levels = t.loc[fulls, "matched_judge_all_level"].to_numpy()
     assert levels == pytest.approx([1.0 + 0.5 * GAIN["full"], 1.0 + 0.5 * 0.9], abs=0.01)
+
+
+def test_inference_remedies_join_the_frontier_with_their_own_reference(tmp_path, lora_full):
+    """A remedies folder (as write_remedies_summary leaves it) becomes frontier rows: the tuned runs (scale 1) as
+    the remedies' reference, each remedy's gain and metric with CIs over runs, and its matched difference taken
+    from remedies.csv (against the runs' own trajectories), not recomputed against the grid's reference."""
+    import json
+    import math
+
+    import pandas as pd
+
+    from ddpo_study.report.frontier import REMEDY_REFERENCE, remedy_rows
+    from ddpo_study.report.remedies import write_remedies_summary
+
+    runs = tmp_path / "runs"
+    for seed, (rewards, judge) in enumerate((((1.0, 2.0, 3.0), (0.8, 0.6, 0.2)), ((1.0, 2.0, 4.0), (0.9, 0.5, 0.1)))):
+        cell = runs / f"r{seed}"
+        cell.mkdir(parents=True)
+        (cell / "config.json").write_text(json.dumps({"mode": "lora", "seed": seed}))
+        pd.DataFrame({"epoch": [0, 5, 10], "reward_mean": rewards, "judge_all": judge}).to_csv(
+            cell / "metrics.csv", index=False)
+    point = lambda cell, seed, remedy, value, reward, judge: {  # noqa: E731
+        "cell": cell, "seed": seed, "remedy": remedy, "value": value, "reward_mean": reward, "judge_all": judge,
+        "final_epoch": 10}
+    out = tmp_path / "remedies"
+    out.mkdir()
+    pd.DataFrame([point("r0", 0, "scale", 0.5, 2.5, 0.7), point("r1", 1, "scale", 0.5, 3.0, 0.5),
+                  point("r0", 0, "scale", 1.0, 3.0, 0.2), point("r1", 1, "scale", 1.0, 4.0, 0.1),
+                  point("r0", 0, "scale", 0.0, 1.0, 0.8)]).to_csv(out / "points.csv", index=False)
+    assert remedy_rows(out).empty  # swept but not summarised yet: nothing to add
+    write_remedies_summary(out, runs, ["judge_all"], [("scale", 0.5)])
+    rows = remedy_rows(out, metrics=("judge_all",), matched=("judge_all",)).set_index("condition")
+    assert list(rows.index) == ["inference reference: the tuned LoRA runs", "inference: LoRA scale 0.5"]
+    tuned, half = rows.iloc[0], rows.iloc[1]
+    assert (tuned["seeds"], tuned["reward_gain"], tuned["matched_judge_all_verdict"]) == (2, 2.5, "reference")
+    # gains 1.5 and 2.0; judge 0.7 and 0.5; against the trajectories at 2.5 and 3.0 (0.4, 0.3): +0.25
+    assert half["reward_gain"] == pytest.approx(1.75) and half["judge_all"] == pytest.approx(0.6)
+    assert half["reward_gain_low"] < 1.75 < half["reward_gain_high"]
+    assert half["reference"] == REMEDY_REFERENCE and half["matched_judge_all_diff"] == pytest.approx(0.25)
+    assert half["matched_judge_all_verdict"].startswith("95% CI") and "2 of 2 runs read" in half["matched_judge_all_verdict"]
+    assert math.isnan(half["matched_judge_all_level"])  # each run is read at its own reward: no single level
+    fig = fig_frontier_points(lora_full, metrics=("judge_all",), remedies=rows.reset_index())
+    assert len(fig.axes[0].containers) == 4  # two conditions and two remedy points
