@@ -355,7 +355,7 @@ def select_match(cells: list[Cell], patterns: str | Iterable[str] | None) -> lis
         raise GridError("--match needs at least one cell-name pattern")
     names = [c.name for c in cells]
     for pat in patterns:
-        if not fnmatch.filter(names, pat):
+        if not any(fnmatch.fnmatchcase(name, pat) for name in names):
             raise GridError(f"--match {pat!r} matches no cell" + _close_hint(pat, set(names)))
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in patterns)]
 

@@ -63,22 +63,34 @@ def frontier_table(df: pd.DataFrame, reference: str | None = None, metrics: Sequ
     for cond in conds:
         g = fin[fin["condition"] == cond]
         row: dict[str, Any] = {"condition": cond, "reference": reference, "seeds": int(g["seed"].nunique()),
-                               "epoch": int(g["epoch"].max())}
-        for m in ("reward_gain", *metrics):
-            if m in g:
-                mean, lo, hi, _ = mean_ci(g[m])
-                row.update({m: mean, f"{m}_low": lo, f"{m}_high": hi})
+                               "epoch": int(g["epoch"].max()), **_means_with_ci(g, ("reward_gain", *metrics))}
         for m in matched:
             row.update(_matched_difference(df, cond, reference, m))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _means_with_ci(g: pd.DataFrame, columns: Sequence[str]) -> dict[str, float]:
+    """``col``, ``col_low``, ``col_high``: each present column's mean and 95% CI over ``g``'s rows (seeds)."""
+    out = {}
+    for m in columns:
+        if m in g:
+            mean, lo, hi, _ = mean_ci(g[m])
+            out.update({m: mean, f"{m}_low": lo, f"{m}_high": hi})
+    return out
+
+
+def _unmatched(metric: str, verdict: str) -> dict[str, Any]:
+    """A matched-difference entry with no numbers, only why (``reference``, ``not logged``)."""
+    key = f"matched_{metric}"
+    return {f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan, f"{key}_high": math.nan,
+            f"{key}_verdict": verdict}
+
+
 def _matched_difference(df: pd.DataFrame, cond: str, reference: str, metric: str) -> dict[str, Any]:
     key = f"matched_{metric}"
     if cond == reference or metric not in df:
-        return {f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan,
-                f"{key}_high": math.nan, f"{key}_verdict": "reference" if cond == reference else "not logged"}
+        return _unmatched(metric, "reference" if cond == reference else "not logged")
     q = Question(id="frontier", text=f"{cond} vs {reference}", a=_selector(cond), b=_selector(reference),
                  where={}, metrics=(metric,), at="matched", fractions=(MATCHED_FRACTION,))
     row = evaluate_question(df, q)[0]
@@ -112,21 +124,17 @@ def remedy_rows(remedies_dir: str | Path, metrics: Sequence[str] = FRONTIER_METR
         label = "inference reference: the tuned LoRA runs" if tuned else REMEDY_LABELS.get(
             remedy, remedy + " {value:g}").format(value=value)
         row: dict[str, Any] = {"condition": label, "reference": "" if tuned else REMEDY_REFERENCE,
-                               "seeds": int(g["seed"].nunique()), "epoch": int(g["final_epoch"].max())}
-        for m in ("reward_gain", *metrics):
-            if m in g:
-                mean, lo, hi, _ = mean_ci(g[m])
-                row.update({m: mean, f"{m}_low": lo, f"{m}_high": hi})
+                               "seeds": int(g["seed"].nunique()), "epoch": int(g["final_epoch"].max()),
+                               **_means_with_ci(g, ("reward_gain", *metrics))}
+        t = table.loc[(remedy, value)] if (remedy, value) in table.index else None
+        refused = t.get("refused") if t is not None else None
+        refused = f"; refused: {refused}" if isinstance(refused, str) and refused else ""
         for m in matched:
             key = f"matched_{m}"
-            t = table.loc[(remedy, value)] if (remedy, value) in table.index else None
             if tuned or t is None or f"{m}_vs_train" not in t:
-                row.update({f"{key}_level": math.nan, f"{key}_diff": math.nan, f"{key}_low": math.nan,
-                            f"{key}_high": math.nan, f"{key}_verdict": "reference" if tuned else "not logged"})
+                row.update(_unmatched(m, "reference" if tuned else "not logged"))
                 continue
             low, high, p = t[f"{m}_vs_train_low"], t[f"{m}_vs_train_high"], t[f"{m}_vs_train_p"]
-            refused = t.get("refused")
-            refused = f"; refused: {refused}" if isinstance(refused, str) and refused else ""
             verdict = (f"95% CI {low:.3g} to {high:.3g} (p {p:.2g}, unadjusted, {int(t['read'])} of {int(t['runs'])} "
                        f"runs read{refused})" if np.isfinite(p) else f"not answered: {int(t['read'])} runs read{refused}")
             row.update({f"{key}_level": math.nan, f"{key}_diff": t[f"{m}_vs_train"], f"{key}_low": low,
