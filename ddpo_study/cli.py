@@ -9,6 +9,7 @@ Commands:
   grid run SPEC [--quick] [--jobs N] [--shard i/n] [--match PATTERNS] [--no-summary]
                                        run a grid of cells through the cell notebook (skips done cells)
   grid status SPEC [--quick]           one line per cell: state, epochs done / total, last reward, error
+  grid stop SPEC [--quick]             a running `grid run` finishes its running cells and starts no more
   grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]
                                        write each unfinished cell's config to DIR/<cell>.json, to train them
                                        elsewhere (`train DIR/<cell>.json`); `grid run` then only renders reports
@@ -140,6 +141,14 @@ def cmd_grid_status(args) -> int:
         print(shown.to_string(index=False))
     counts = table["state"].value_counts()
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def cmd_grid_stop(args) -> int:
+    from .grid import request_stop
+
+    path = request_stop(args.spec, quick=args.quick)
+    print(f"wrote {path}: the running grid finishes the cells it has started and starts no more")
     return 0
 
 
@@ -279,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("spec")
     g.add_argument("--quick", action="store_true")
     g.set_defaults(fn=cmd_grid_status)
+    g = gsub.add_parser("stop", help="the running grid finishes its running cells and starts no more")
+    g.add_argument("spec")
+    g.add_argument("--quick", action="store_true")
+    g.set_defaults(fn=cmd_grid_stop)
 
     g = gsub.add_parser("configs", help="write each unfinished cell's config file (train them elsewhere)")
     g.add_argument("spec")

@@ -244,6 +244,37 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     assert len(calls) == 5 and grid.read_status(cell_dir)["state"] == "done"
 
 
+def test_grid_stop_finishes_the_running_cell_and_starts_no_more(tmp_path, tiny_model_dir, monkeypatch):
+    """``grid stop`` during a cell: that cell finishes, no other starts, no summary; the next run goes on."""
+    import nbformat
+
+    calls = []
+
+    def fake_execute(notebook, output, parameters, num_threads):
+        calls.append(parameters["output_dir"])
+        if len(calls) == 1:
+            grid.request_stop(spec)  # the user asks for a stop while the first cell runs
+        out = Path(parameters["output_dir"])  # absolute: tiny_spec roots the grid in tmp_path
+        (out / "DONE").write_text(json.dumps({"epochs": parameters["num_epochs"]}))
+        (out / "metrics.csv").write_text(f"epoch\n0\n{parameters['num_epochs']}\n")
+        nbformat.write(nbformat.v4.new_notebook(), str(output))
+
+    monkeypatch.setattr(grid.runner, "execute_notebook", fake_execute)
+    files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
+    spec = tiny_spec(tmp_path, tiny_model_dir, *files, axes={"seed": [0, 1]})
+    result = grid.run_grid(spec, jobs=1, summary=True, echo=None)
+    assert len(calls) == 1 and result.states["ok-s0"] == "done"
+    assert result.not_started == ["later-s0", "ok-s1", "later-s1"] and result.summary_dir is None
+    assert (tmp_path / "results" / grid.STOP_FILE).is_file()
+    # A worker process sees the same request before it starts its cell.
+    cell = next(c for c in grid.expand(grid.load_spec(spec)) if c.name == "ok-s1")
+    assert grid.runner._run_cell_worker((str(REPO / "notebooks" / "cell.ipynb"), cell, 1, None))["state"] \
+        == "not started"
+    result = grid.run_grid(spec, jobs=1, summary=False, echo=None)  # running again removes the request
+    assert not (tmp_path / "results" / grid.STOP_FILE).exists()
+    assert len(calls) == 4 and result.ok and not result.not_started
+
+
 def test_cell_write_config_gives_the_cells_training_config_for_accelerate_launch(tmp_path):
     from ddpo_study.config import load_config
 

@@ -67,12 +67,15 @@ atomically. ``<cell>/status.json`` records ``state`` (running / done / failed), 
 a failed cell does not stop the others, and :func:`run_grid` reports it (the CLI exits non-zero).
 ``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i;
 ``--match PATTERNS`` keeps the cells whose name matches a comma-separated shell-style pattern.
+``grid stop SPEC`` writes ``<output_root>/STOP``: the running grid finishes the cells it has started and starts
+no more (no summary); the next ``grid run`` removes the file and goes on.
 After a whole grid (no shard or match) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
 
 Command line (``python -m ddpo_study``)::
 
     grid run SPEC [--quick] [--jobs N] [--shard i/n] [--match PATTERNS] [--no-summary]
     grid status SPEC [--quick]
+    grid stop SPEC [--quick]                                      # finish the running cells, start no more
     grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]   # each unfinished cell's config, to train elsewhere
     summary ROOT_OR_SPEC [--quick] [--no-notebook]
     cell SPEC CELL_NAME [--quick]
@@ -87,6 +90,7 @@ from .runner import (
     REPORT_HTML,
     REPORT_NOTEBOOK,
     STATUS_FILE,
+    STOP_FILE,
     SUMMARY_NOTEBOOK,
     GridResult,
     cpu_count,
@@ -96,6 +100,7 @@ from .runner import (
     is_done,
     is_trained,
     read_status,
+    request_stop,
     run_cell,
     run_grid,
     run_summary,
@@ -128,7 +133,7 @@ __all__ = [
     "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_match",
     "select_shard",
     # runner
-    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "SUMMARY_NOTEBOOK", "GridResult",
-    "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status", "run_cell",
-    "run_grid", "run_summary", "share_theme_css", "status",
+    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STATUS_FILE", "STOP_FILE", "SUMMARY_NOTEBOOK",
+    "GridResult", "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status",
+    "request_stop", "run_cell", "run_grid", "run_summary", "share_theme_css", "status",
 ]

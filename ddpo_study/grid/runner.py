@@ -38,6 +38,7 @@ KERNEL_NAME = "python3"
 STATUS_FILE = "status.json"
 REPORT_NOTEBOOK = "report.ipynb"
 REPORT_HTML = "report.html"
+STOP_FILE = "STOP"  # in a grid's output_root: start no more cells (``grid stop``)
 ERROR_LINES = 15
 
 
@@ -286,10 +287,30 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
     return status
 
 
+def request_stop(spec: str | Path | dict | GridSpec, quick: bool = False) -> Path:
+    """Ask a running ``grid run`` to finish the cells it is running and start no more (``grid stop``).
+
+    Why: a session or a machine lease ends at a fixed time, and a cell killed half way loses its work wherever
+    its checkpoints are not kept (a fresh clone has none). The request is a file, so it reaches the grid's
+    worker processes without any channel to them; the next ``grid run`` removes it.
+    """
+    spec = load_spec(spec, quick=quick)
+    spec.output_root.mkdir(parents=True, exist_ok=True)
+    path = spec.output_root / STOP_FILE
+    _write_text_atomic(path, f"stop requested {_now()}\n")
+    return path
+
+
+def _stopped(cell: Cell) -> dict[str, Any] | None:
+    if (cell.dir.parent / STOP_FILE).is_file():
+        return {"state": "not started", "cell": cell.name, "reason": "stop requested"}
+    return None
+
+
 def _run_cell_worker(args: tuple[str, Cell, int, bool | None]) -> dict[str, Any]:
     notebook, cell, num_threads, need_report = args
     try:
-        return run_cell(notebook, cell, num_threads, need_report)
+        return _stopped(cell) or run_cell(notebook, cell, num_threads, need_report)
     except BaseException as err:  # noqa: BLE001 - report, never hang the pool
         return {"state": "failed", "cell": cell.name, "error": _error_text(err)}
 
@@ -299,13 +320,17 @@ def _run_cell_worker(args: tuple[str, Cell, int, bool | None]) -> dict[str, Any]
 class GridResult:
     spec: GridSpec
     cells: list[Cell]
-    states: dict[str, str]  # cell name -> done / failed / skipped
+    states: dict[str, str]  # cell name -> done / failed / skipped / not started (after ``grid stop``)
     summary_dir: Path | None = None
     summary_error: str | None = None
 
     @property
     def failed(self) -> list[str]:
         return [name for name, state in self.states.items() if state == "failed"]
+
+    @property
+    def not_started(self) -> list[str]:
+        return [name for name, state in self.states.items() if state == "not started"]
 
     @property
     def ok(self) -> bool:
@@ -336,6 +361,10 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
         selected = [c for c in selected if c.name in wanted]
     threads = max(1, cpu_count() // jobs)
     spec.output_root.mkdir(parents=True, exist_ok=True)
+    stop_file = spec.output_root / STOP_FILE
+    if stop_file.is_file():  # an old request: this run is the user asking to go on
+        stop_file.unlink()
+        echo(f"removed an earlier stop request ({_display_path(stop_file)})")
     need_report = True if only is not None else None  # a cell asked for by name gets its report rendered
     todo = [c for c in selected if not is_done(c, need_report)]
     echo(f"grid {spec.name}: {len(cells)} cells, {len(selected)} selected, {len(selected) - len(todo)} already done, "
@@ -346,6 +375,9 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
         _write_finished_gitignore(c)  # idempotent; also covers cells finished by an older version
 
     def report(i: int, status: dict[str, Any]) -> None:
+        if status["state"] == "not started":
+            states[status["cell"]] = "not started"
+            return  # counted once below
         states[status["cell"]] = "failed" if status["state"] == "failed" else (
             "done" if status["state"] == "done" else "skipped")
         msg = f"[{i}/{len(todo)}] {status['cell']}: {status['state']}"
@@ -357,8 +389,10 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
 
     if jobs == 1 or len(todo) <= 1:
         for i, cell in enumerate(todo, 1):
-            echo(f"running {cell.name} ...")
-            report(i, run_cell(spec.notebook, cell, threads, need_report))
+            stopped = _stopped(cell)
+            if not stopped:
+                echo(f"running {cell.name} ...")
+            report(i, stopped or run_cell(spec.notebook, cell, threads, need_report))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -370,10 +404,12 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
                 report(i, fut.result())
 
     result = GridResult(spec=spec, cells=selected, states=states)
+    if result.not_started:
+        echo(f"stopped on request: {len(result.not_started)} cell(s) not started; `grid run` again to go on")
     if result.failed:
         echo(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (see <cell>/status.json, "
              "<cell>/report.ipynb)")
-    if summary and shard is None and only is None and match is None:
+    if summary and shard is None and only is None and match is None and not result.not_started:
         try:
             result.summary_dir = run_summary(spec.output_root, echo=echo)
         except Exception as err:  # noqa: BLE001 - the cells' results stand; say what went wrong
