@@ -32,7 +32,10 @@ def test_two_cpu_processes_make_the_same_update_as_one(tiny_model_dir, tiny_prom
     for col in ("train_reward_mean", "train_reward_std"):  # the same samples and rewards, gathered in order
         assert b[col].iloc[1] == a[col].iloc[1], col
     for col in ("train_loss", "train_grad_norm", "train_step_kl", "param_dist", "reward_mean", "cross_div_clip"):
-        assert abs(b[col].iloc[1] - a[col].iloc[1]) <= 1e-5 * abs(a[col].iloc[1]) + 1e-7, col
+        # train_loss is a mean of O(1) terms (advantage x ratio) that cancel to ~1e-3, and two processes sum them
+        # in another order: float32 round-off of ~1e-7 per term, so its tolerance is absolute (seen: 1.15e-7).
+        atol = 1e-6 if col == "train_loss" else 1e-7
+        assert abs(b[col].iloc[1] - a[col].iloc[1]) <= 1e-5 * abs(a[col].iloc[1]) + atol, col
     # the trained adapter itself: the gradients of each step summed over the processes equal one process's
     wa = load_file(str(one / "final" / "lora" / "pytorch_lora_weights.safetensors"))
     wb = load_file(str(tmp_path / "two" / "final" / "lora" / "pytorch_lora_weights.safetensors"))
