@@ -113,6 +113,7 @@ def test_rerun_skips_done_cells_and_reruns_the_fixed_one(grid_runs):
     assert (root / OK / "report.ipynb").stat().st_mtime_ns == first["ipynb_mtime"]
     st = grid.read_status(root / BROKEN)
     assert st["state"] == "done" and st["attempt"] == 2
+    assert st["cpu"] == grid.runner.cpu_model() and st["cpu"] not in ("", None)  # which CPU ran the cell
     assert (root / BROKEN / "report.html").is_file()
     assert set(grid.status(str(grid_runs["spec"]))["state"]) == {"done"}
 

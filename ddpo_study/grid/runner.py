@@ -10,6 +10,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import platform
 import re
 import socket
 import time
@@ -105,6 +106,19 @@ def _alive(status: dict | None) -> bool:
         return False  # another machine's stale entry must not block this one forever
     pid = int(status.get("pid") or 0)
     return pid > 0 and _pid_alive(pid)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; else ``platform.processor()``), kept in a cell's status:
+    runs of one config on different CPUs can differ in floating point (BLAS picks kernels per CPU), and the
+    host name alone does not tell the machines apart."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _running_elsewhere(status: dict | None) -> bool:
@@ -263,7 +277,8 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
         params["num_threads"] = num_threads  # a resumed run may use another thread count (train allows it)
     status = {"cell": cell.name, "index": cell.index, "variant": cell.variant, "state": "running",
               "started": _now(), "finished": None, "seconds": None, "error": None,
-              "pid": os.getpid(), "host": socket.gethostname(), "num_threads": params.get("num_threads"),
+              "pid": os.getpid(), "host": socket.gethostname(), "cpu": cpu_model(),
+              "num_threads": params.get("num_threads"),
               "attempt": int((old or {}).get("attempt", 0)) + 1}
     _write_json_atomic(cell.dir / STATUS_FILE, status)
     write_cell_gitignore(cell.dir)  # unfinished: ignored whole until it is done
