@@ -27,7 +27,7 @@ from .figures import _palette
 from .plotting import new_figure, styled
 from .questions import evaluate_question
 from .results import LABELS, conditions, eval_rows, final_rows
-from .stats import mean_ci
+from .stats import mean_ci, paired_seed_ci
 
 FRONTIER_METRICS = ("cross_div_clip", "judge_all", "judge_distinct_frac")
 MATCHED_METRICS = ("judge_all", "cross_div_clip")  # the judge first: it is the referee
@@ -127,6 +127,8 @@ def remedy_rows(remedies_dir: str | Path, metrics: Sequence[str] = FRONTIER_METR
                                "seeds": int(g["seed"].nunique()), "epoch": int(g["final_epoch"].max()),
                                **_means_with_ci(g, ("reward_gain", *metrics))}
         t = table.loc[(remedy, value)] if (remedy, value) in table.index else None
+        if t is not None and "reward_cost" in t:
+            row.update({k: t[k] for k in ("reward_cost", "reward_cost_low", "reward_cost_high")})
         refused = t.get("refused") if t is not None else None
         refused = f"; refused: {refused}" if isinstance(refused, str) and refused else ""
         for m in matched:
@@ -142,6 +144,45 @@ def remedy_rows(remedies_dir: str | Path, metrics: Sequence[str] = FRONTIER_METR
         rows.append(row)
     rows.sort(key=lambda r: not r["condition"].startswith("inference reference"))
     return pd.DataFrame(rows)
+
+
+RANKED_BY = "judge_all"  # the referee: shares nothing with the CLIP that rewards and penalties use
+
+
+def remedy_ranking(frontier: pd.DataFrame, df: pd.DataFrame, metric: str = RANKED_BY) -> pd.DataFrame:
+    """The conditions of ``frontier`` (:func:`frontier_table`, with any :func:`remedy_rows`) ranked by the
+    ``metric`` they keep at matched reward compared with their reference, with the reward each gives up.
+
+    The cost in reward is the reference's final eval-reward gain minus the condition's, paired by seed (95% CI),
+    for trained conditions; for an inference remedy, the tuned runs' final reward minus the remedy's, paired by
+    run (``reward_cost`` of remedies.csv). Rows without a matched difference (a condition that did not move, a
+    level refused) come last, unranked, with the verdict that says why; references are left out."""
+    if frontier.empty:
+        return pd.DataFrame(columns=["rank", "condition"])
+    gains = final_gains(df).groupby(["condition", "seed"])["reward_gain"].first()
+    rows = []
+    for _, r in frontier.iterrows():
+        if r.get(f"matched_{metric}_verdict") == "reference" or not r.get("reference"):
+            continue
+        row = {"condition": r["condition"], "reference": r["reference"], "seeds": r["seeds"]}
+        for m in (metric, *[m for m in MATCHED_METRICS if m != metric]):
+            row.update({f"{m}_kept": r.get(f"matched_{m}_diff", math.nan),
+                        f"{m}_kept_low": r.get(f"matched_{m}_low", math.nan),
+                        f"{m}_kept_high": r.get(f"matched_{m}_high", math.nan)})
+        if r["condition"] in gains.index.get_level_values(0) and r["reference"] in gains.index.get_level_values(0):
+            c = paired_seed_ci(gains.loc[r["reference"]], gains.loc[r["condition"]])
+            row.update(reward_cost=c["difference"], reward_cost_low=c["low"], reward_cost_high=c["high"])
+        else:
+            row.update({k: r.get(k, math.nan) for k in ("reward_cost", "reward_cost_low", "reward_cost_high")})
+        row["verdict"] = r.get(f"matched_{metric}_verdict", "")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=["rank", "condition"])
+    answered = np.isfinite(out[f"{metric}_kept"].to_numpy(dtype=float))
+    out = pd.concat([out[answered].sort_values(f"{metric}_kept", ascending=False, kind="stable"), out[~answered]])
+    out.insert(0, "rank", [str(i + 1) for i in range(int(answered.sum()))] + [""] * int((~answered).sum()))
+    return out.reset_index(drop=True)
 
 
 @styled

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..grid.spec import find_spec, load_spec
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
-from .frontier import fig_frontier_points, frontier_table, remedy_rows
+from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
 from .plotting import _write_bytes, save_figure
 from .questions import questions_for, questions_table
 from .results import _factors, load_grid_results
@@ -60,6 +60,7 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
         frontier = pd.concat([frontier, remedies], ignore_index=True)
     return {"questions": questions_table(df, questions), "final": final_table(df),
             "matched_reward": matched_reward_table(df), "frontier_points": frontier,
+            "remedy_ranking": remedy_ranking(frontier, df),
             "learning": learning_table(df), "cells": cells_table(df)}
 
 

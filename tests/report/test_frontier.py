@@ -116,6 +116,32 @@ def test_inference_remedies_join_the_frontier_with_their_own_reference(tmp_path,
     assert half["reward_gain_low"] < 1.75 < half["reward_gain_high"]
     assert half["reference"] == REMEDY_REFERENCE and half["matched_judge_all_diff"] == pytest.approx(0.25)
     assert half["matched_judge_all_verdict"].startswith("95% CI") and "2 of 2 runs read" in half["matched_judge_all_verdict"]
+    assert half["reward_cost"] == pytest.approx(0.75)  # the tuned runs' 3.0 and 4.0 against 2.5 and 3.0
     assert math.isnan(half["matched_judge_all_level"])  # each run is read at its own reward: no single level
     fig = fig_frontier_points(lora_full, metrics=("judge_all",), remedies=rows.reset_index())
     assert len(fig.axes[0].containers) == 4  # two conditions and two remedy points
+
+
+def test_the_ranking_orders_by_judge_kept_at_matched_reward_with_the_reward_given_up(tmp_path):
+    """full keeps (0.20 - 0.05) x (level - 1) more of the judge than lora at matched reward and gives up
+    GAIN['lora'] - GAIN['full'] of reward; progressive keeps less; a condition that never learned is listed last,
+    unranked, with the verdict saying why."""
+    from ddpo_study.report.frontier import remedy_ranking
+
+    for seed in range(3):
+        for mode in ("lora", "full", "progressive"):
+            fake_cell(tmp_path / "grid", mode, seed=seed)
+        fake_cell(tmp_path / "flat", "full", seed=seed, gain=0.0, lam=1.0)  # a separate condition that never moves
+    df = report.load_grid_results(tmp_path)
+    front = frontier_table(df)  # labels carry the penalty: "lora, λ=0" (the reference), "full, λ=0", ...
+    ranked = remedy_ranking(front, df)
+    assert "lora, λ=0" not in set(ranked["condition"])  # the reference is not ranked against itself
+    assert list(ranked["rank"]) == ["1", "2", ""]
+    first, second, last = (ranked.iloc[i] for i in range(3))
+    assert [first["condition"], second["condition"], last["condition"]] == ["full, λ=0", "progressive, λ=0", "full, λ=1"]
+    level = front.set_index("condition").loc["full, λ=0", "matched_judge_all_level"]
+    assert first["judge_all_kept"] == pytest.approx((COLLAPSE["lora"] - COLLAPSE["full"]) * (level - 1.0), abs=0.005)
+    assert first["judge_all_kept"] > second["judge_all_kept"] > 0
+    assert first["reward_cost"] == pytest.approx(GAIN["lora"] - GAIN["full"], abs=0.01)
+    assert first["reward_cost_low"] <= first["reward_cost"] <= first["reward_cost_high"]
+    assert last["verdict"].startswith("not answered") and last["reward_cost"] == pytest.approx(GAIN["lora"], abs=0.01)
