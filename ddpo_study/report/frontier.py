@@ -160,16 +160,17 @@ def remedy_ranking(frontier: pd.DataFrame, df: pd.DataFrame, metric: str = RANKE
     if frontier.empty:
         return pd.DataFrame(columns=["rank", "condition"])
     gains = final_gains(df).groupby(["condition", "seed"])["reward_gain"].first()
+    trained = set(gains.index.get_level_values("condition"))
     rows = []
     for _, r in frontier.iterrows():
-        if r.get(f"matched_{metric}_verdict") == "reference" or not r.get("reference"):
-            continue
+        if not r.get("reference") or r["reference"] == r["condition"]:
+            continue  # a reference (the grid's, or the tuned runs the inference remedies start from)
         row = {"condition": r["condition"], "reference": r["reference"], "seeds": r["seeds"]}
         for m in (metric, *[m for m in MATCHED_METRICS if m != metric]):
             row.update({f"{m}_kept": r.get(f"matched_{m}_diff", math.nan),
                         f"{m}_kept_low": r.get(f"matched_{m}_low", math.nan),
                         f"{m}_kept_high": r.get(f"matched_{m}_high", math.nan)})
-        if r["condition"] in gains.index.get_level_values(0) and r["reference"] in gains.index.get_level_values(0):
+        if r["condition"] in trained and r["reference"] in trained:
             c = paired_seed_ci(gains.loc[r["reference"]], gains.loc[r["condition"]])
             row.update(reward_cost=c["difference"], reward_cost_low=c["low"], reward_cost_high=c["high"])
         else:
