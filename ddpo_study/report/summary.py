@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from .tables import cells_table, final_table, learning_table, matched_reward_tab
 
 #: Fixed float format of the tables' CSV files (re-running the summary gives the same bytes).
 CSV_FLOAT_FORMAT = "%.6g"
+#: The tidy data, every eval row of every cell with its config: gzip-compressed (``pd.read_csv`` reads it as
+#: is), because as plain text it was the largest file of a summary (2.2 MB for the study) and the tree has a
+#: size limit.
+TIDY_FILE = "grid_results.csv.gz"
 
 
 # ================================================================================================ writing
@@ -67,7 +72,7 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
 def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:
     """Every summary figure (PNG + PDF) and table (CSV + Markdown) of the grid under ``root``, written to
     ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
-    ``grid_results.csv`` (the tidy data), from the finished cells (``DONE``) only. Re-running on the same results
+    :data:`TIDY_FILE` (the tidy data), from the finished cells (``DONE``) only. Re-running on the same results
     gives byte-identical files.
 
     The questions are the ``questions:`` of ``spec`` (a path, dict or GridSpec), or else of the spec in
@@ -97,9 +102,11 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
         md += [f"## {name}\n", to_markdown(table)]
     md += [f"![{name}]({name}.png)\n" for name in summary.figures]
     tidy = df.drop(columns=["cell_dir"])
-    _write_bytes(out / "grid_results.csv", tidy.to_csv(index=False).encode())
+    # mtime=0: gzip's header would otherwise stamp the time of writing, and the same inputs must give the same bytes
+    _write_bytes(out / TIDY_FILE, gzip.compress(tidy.to_csv(index=False).encode(), mtime=0))
+    (out / "grid_results.csv").unlink(missing_ok=True)  # the uncompressed file older summaries wrote
     _write_bytes(out / "README.md", "\n".join(md).encode())
-    summary.files += [out / "grid_results.csv", out / "README.md"]
+    summary.files += [out / TIDY_FILE, out / "README.md"]
     return summary
 
 

@@ -34,3 +34,19 @@ def test_the_summary_reads_finished_cells_only(tmp_path):
     cells = report.write_summary(tmp_path).tables["cells"]
     assert len(cells) == 1 and running.name not in set(cells.iloc[:, 0])
     assert running.name in set(report.load_grid_results(tmp_path)["cell"])  # still there for a live view
+
+
+def test_the_tidy_data_is_gzipped_readable_and_replaces_the_old_csv(fake_grid):
+    """grid_results.csv.gz holds every finished row with its config; an older summary's plain csv is removed."""
+    import pandas as pd
+
+    out = fake_grid / "summary"
+    out.mkdir(exist_ok=True)
+    (out / "grid_results.csv").write_text("stale\n")
+    report.write_summary(fake_grid)
+    assert not (out / "grid_results.csv").exists()
+    tidy = pd.read_csv(out / report.summary.TIDY_FILE)
+    expected = report.load_grid_results(fake_grid, finished_only=True)
+    assert len(tidy) == len(expected) > 0 and "cell_dir" not in tidy.columns
+    assert list(tidy["cell"]) == list(expected["cell"])
+    assert tidy["reward_mean"].round(6).equals(expected["reward_mean"].astype(float).round(6).reset_index(drop=True))
