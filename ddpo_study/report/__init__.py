@@ -102,6 +102,7 @@ from .tables import (
     PLATEAU_LATE_GAIN,
     cells_table,
     final_table,
+    first_flat_epoch,
     late_gain_fraction,
     learning_table,
     matched_reward_table,
@@ -123,8 +124,8 @@ __all__ = [
     # frontier
     "FRONTIER_METRICS", "MATCHED_METRICS", "fig_frontier_points", "final_gains", "frontier_table",
     # tables
-    "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "late_gain_fraction", "learning_table",
-    "matched_reward_table", "paired_reward_gain",
+    "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "first_flat_epoch", "late_gain_fraction",
+    "learning_table", "matched_reward_table", "paired_reward_gain",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures

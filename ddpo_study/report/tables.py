@@ -92,12 +92,33 @@ def late_gain_fraction(run: pd.DataFrame, metric: str = "reward_mean") -> float:
     return float((last[metric] - earlier[metric].iloc[-1]) / gain)
 
 
+def first_flat_epoch(run: pd.DataFrame, noise: float = 0.0, metric: str = "reward_mean") -> float:
+    """The first eval epoch at which the plateau rule held on the curve up to it: at least 4 evals after epoch 0,
+    a gain above ``2 * noise`` and :func:`late_gain_fraction` at most :data:`PLATEAU_LATE_GAIN` (NaN if never).
+
+    The epoch analogue of ``benchmarks/time_to_plateau.py``'s stopping rule, which gates on each eval's own
+    clustered z; here ``noise`` is one standard error of a gain (the learning table passes the last eval's), because
+    a clone has the per-image rewards of the first and last eval only. A curve that levels off and climbs again
+    has its first flat epoch early and no plateau at its end: read it with ``late_gain_frac``."""
+    ev = run[run[metric].notna()].sort_values("epoch")
+    if len(ev) < 5 or ev["epoch"].iloc[0] != 0:
+        return math.nan
+    base = ev[metric].iloc[0]
+    for i in range(4, len(ev)):
+        upto = ev.iloc[: i + 1]
+        late = late_gain_fraction(upto, metric)
+        if upto[metric].iloc[-1] - base > 2 * noise and np.isfinite(late) and late <= PLATEAU_LATE_GAIN:
+            return float(upto["epoch"].iloc[-1])
+    return math.nan
+
+
 def learning_table(df: pd.DataFrame) -> pd.DataFrame:
     """Did each run learn, and has it stopped? One row per cell: paired eval-reward gain since epoch 0
     (:func:`paired_reward_gain`) at its last evaluation, its standard error clustered by prompt, ``z``,
     ``learned`` (z > 3), ``finished`` (trained to its ``num_epochs``), ``late_gain_frac``
     (:func:`late_gain_fraction`) and ``plateaued`` (finished, learned, and at most :data:`PLATEAU_LATE_GAIN` of the
-    gain came in the last quarter of the epochs)."""
+    gain came in the last quarter of the epochs), and ``first_flat_epoch`` (:func:`first_flat_epoch`, with the
+    last eval's standard error as the noise)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
@@ -107,7 +128,8 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
         finished = "num_epochs" not in g or bool((g["epoch"] == g["num_epochs"].iloc[0]).any())
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0], **gain,
                      "learned": learned, "finished": finished, "late_gain_frac": late,
-                     "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN)})
+                     "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN),
+                     "first_flat_epoch": first_flat_epoch(g, gain["gain_se"] if np.isfinite(gain["gain_se"]) else 0)})
     return pd.DataFrame(rows)
 
 

@@ -83,6 +83,25 @@ def test_late_gain_fraction_and_the_plateau_flag(fake_grid):
     assert not t["plateaued"].any() and report.PLATEAU_LATE_GAIN < 1 - (8 / 12) ** 0.7
 
 
+def test_first_flat_epoch_is_the_first_eval_where_the_plateau_rule_held():
+    import pandas as pd
+
+    def run(rewards):  # evals every 10 epochs from 0
+        return pd.DataFrame({"epoch": [10 * i for i in range(len(rewards))], "reward_mean": rewards})
+
+    levelling = run([0, .5, .8, .9, .95, .98, 1.0, 1.02, 1.05])
+    # epoch 40: (0.95 - 0.90) / 0.95 = 0.053 <= 0.15, with the last eval at or before 30 (= 0.75 * 40) as e'
+    assert report.first_flat_epoch(levelling) == 40
+    # a gain must exceed 2 standard errors: with se 0.5 the first is epoch 70, (1.02 - 0.98) / 1.02 (e' = 50)
+    assert report.first_flat_epoch(levelling, noise=0.5) == 70
+    # levels off at epoch 40, then climbs again: flat early, yet 40% of the final gain comes in the last quarter
+    stairs = run([0, .3, .6, .62, .63, .64, 1.2, 1.5, 2.0])
+    assert report.first_flat_epoch(stairs) == 40 and report.late_gain_fraction(stairs) == pytest.approx(0.4)
+    assert math.isnan(report.first_flat_epoch(run([0, .1, .2, .3, .4, .5, .6, .7, .8])))  # still climbing
+    assert math.isnan(report.first_flat_epoch(run([0, .5, .6, .6])))  # fewer than 4 evals after epoch 0
+    assert math.isnan(report.first_flat_epoch(run([0, -.1, -.1, -.1, -.1, -.1])))  # no gain
+
+
 def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
     import pandas as pd
 
