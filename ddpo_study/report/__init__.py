@@ -107,6 +107,7 @@ from .tables import (
     learning_table,
     matched_reward_table,
     paired_reward_gain,
+    peak_and_rise_after,
 )
 
 __all__ = [
@@ -125,7 +126,7 @@ __all__ = [
     "FRONTIER_METRICS", "MATCHED_METRICS", "fig_frontier_points", "final_gains", "frontier_table",
     # tables
     "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "first_flat_epoch", "late_gain_fraction",
-    "learning_table", "matched_reward_table", "paired_reward_gain",
+    "learning_table", "matched_reward_table", "paired_reward_gain", "peak_and_rise_after",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures

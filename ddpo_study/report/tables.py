@@ -112,13 +112,28 @@ def first_flat_epoch(run: pd.DataFrame, noise: float = 0.0, metric: str = "rewar
     return math.nan
 
 
+def peak_and_rise_after(run: pd.DataFrame, epoch: float = math.nan, metric: str = "reward_mean") -> dict[str, float]:
+    """A run's best eval (``peak_epoch``, ``peak_reward``: the first eval at the maximum) and ``gain_after_flat``:
+    how far the curve rose after ``epoch`` (its :func:`first_flat_epoch`), the best eval after it minus the eval at
+    it (NaN without such an epoch; 0 or less when the first flat epoch was the plateau). A large value marks a
+    false plateau: the curve stalled there and climbed again."""
+    ev = run[run[metric].notna()].sort_values("epoch")
+    if ev.empty:
+        return {"peak_epoch": math.nan, "peak_reward": math.nan, "gain_after_flat": math.nan}
+    best = ev.loc[ev[metric].idxmax()]
+    after, at = ev[ev["epoch"] > epoch], ev[ev["epoch"] == epoch]
+    rise = float(after[metric].max() - at[metric].iloc[0]) if len(after) and len(at) else math.nan
+    return {"peak_epoch": float(best["epoch"]), "peak_reward": float(best[metric]), "gain_after_flat": rise}
+
+
 def learning_table(df: pd.DataFrame) -> pd.DataFrame:
     """Did each run learn, and has it stopped? One row per cell: paired eval-reward gain since epoch 0
     (:func:`paired_reward_gain`) at its last evaluation, its standard error clustered by prompt, ``z``,
     ``learned`` (z > 3), ``finished`` (trained to its ``num_epochs``), ``late_gain_frac``
     (:func:`late_gain_fraction`) and ``plateaued`` (finished, learned, and at most :data:`PLATEAU_LATE_GAIN` of the
-    gain came in the last quarter of the epochs), and ``first_flat_epoch`` (:func:`first_flat_epoch`, with the
-    last eval's standard error as the noise)."""
+    gain came in the last quarter of the epochs), ``first_flat_epoch`` (:func:`first_flat_epoch`, with the
+    last eval's standard error as the noise), and the peak and the rise after the first flat epoch
+    (:func:`peak_and_rise_after`)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
@@ -129,7 +144,9 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0], **gain,
                      "learned": learned, "finished": finished, "late_gain_frac": late,
                      "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN),
-                     "first_flat_epoch": first_flat_epoch(g, gain["gain_se"] if np.isfinite(gain["gain_se"]) else 0)})
+                     "first_flat_epoch": (flat := first_flat_epoch(g, gain["gain_se"] if np.isfinite(gain["gain_se"])
+                                                                   else 0)),
+                     **peak_and_rise_after(g, flat)})
     return pd.DataFrame(rows)
 
 

@@ -102,6 +102,26 @@ def test_first_flat_epoch_is_the_first_eval_where_the_plateau_rule_held():
     assert math.isnan(report.first_flat_epoch(run([0, -.1, -.1, -.1, -.1, -.1])))  # no gain
 
 
+def test_the_peak_and_the_rise_after_the_first_flat_epoch_mark_a_false_plateau():
+    import pandas as pd
+
+    def run(rewards):  # evals every 10 epochs from 0
+        return pd.DataFrame({"epoch": [10 * i for i in range(len(rewards))], "reward_mean": rewards})
+
+    stairs = run([0, .3, .6, .62, .63, .64, 1.2, 1.5, 2.0, 1.9])  # flat at epoch 40, then climbs to 2.0 at 80
+    flat = report.first_flat_epoch(stairs)
+    assert flat == 40
+    out = report.peak_and_rise_after(stairs, flat)
+    assert out == {"peak_epoch": 80.0, "peak_reward": 2.0, "gain_after_flat": pytest.approx(2.0 - .63)}
+    # a true plateau: nothing after the first flat epoch beats it by more than the wobble
+    level = run([0, .5, .8, .9, .95, .94, .95, .93])
+    out = report.peak_and_rise_after(level, report.first_flat_epoch(level))
+    assert out["peak_epoch"] == 40 and out["gain_after_flat"] == pytest.approx(0.0)
+    # ties: the first eval at the maximum; no first flat epoch: no rise
+    out = report.peak_and_rise_after(run([0, 1, 1, .5]))
+    assert out["peak_epoch"] == 10 and math.isnan(out["gain_after_flat"])
+
+
 def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
     import pandas as pd
 
