@@ -15,9 +15,11 @@ resumes from its checkpoint (exactly: ``train.run`` resumes bit for bit). A reci
   plateau epoch is e (a flat curve that never gained is not a plateau: it runs to the budget). A recipe whose
   reward falls (a broken model) plateaus trivially: the table also shows its best gain and the diversity it kept;
 * the rule is a stopping rule and cannot see the future: a curve that stalls and climbs again stops at the stall.
-  The study-v2 recipe does that on seed 0 (the rule stops it at epoch 35; trained on to 240 epochs it gained
-  +0.45 more, peaking at epoch 215: ``results/toy_plateau``, README "To the plateau"), so compare recipes on the
-  equal-CPU-time column rather than on their plateau epochs;
+  The study-v2 recipe does that on seed 0: the rule stops it at epoch 35, where this run equals the study's
+  seed-0 LoRA cell, and that cell gained +0.31 more by epoch 80 (``results/toy_study/summary/learning.md``,
+  ``gain_after_flat``); a 240-epoch run of the same config gained +0.44 more, peaking at epoch 215
+  (``results/toy_plateau``, README "To the plateau"). So compare recipes on the equal-CPU-time column rather
+  than on their plateau epochs;
 * CPU-seconds: the summed ``cpu_epoch_s`` of the training epochs (sample, reward, PPO; evals excluded);
 * time to 50% / 90%: the CPU time of the first eval whose gain reaches that share of the final gain (an
   upper bound: no interpolation between evals);
