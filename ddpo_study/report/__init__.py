@@ -103,11 +103,13 @@ from .tables import (
     cells_table,
     final_table,
     first_flat_epoch,
+    largest_fall,
     late_gain_fraction,
     learning_table,
     matched_reward_table,
     paired_reward_gain,
     peak_and_rise_after,
+    step_kl_gmean,
 )
 
 __all__ = [
@@ -125,8 +127,9 @@ __all__ = [
     # frontier
     "FRONTIER_METRICS", "MATCHED_METRICS", "fig_frontier_points", "final_gains", "frontier_table",
     # tables
-    "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "first_flat_epoch", "late_gain_fraction",
-    "learning_table", "matched_reward_table", "paired_reward_gain", "peak_and_rise_after",
+    "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "first_flat_epoch", "largest_fall",
+    "late_gain_fraction", "learning_table", "matched_reward_table", "paired_reward_gain", "peak_and_rise_after",
+    "step_kl_gmean",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures

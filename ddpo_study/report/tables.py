@@ -126,14 +126,42 @@ def peak_and_rise_after(run: pd.DataFrame, epoch: float = math.nan, metric: str 
     return {"peak_epoch": float(best["epoch"]), "peak_reward": float(best[metric]), "gain_after_flat": rise}
 
 
+def largest_fall(run: pd.DataFrame, metric: str = "reward_mean") -> dict[str, float]:
+    """The largest drop of a run's eval curve from an eval to any later one: ``largest_fall`` (0 when it never
+    fell) and the epochs it ran between (``fall_from_epoch``, ``fall_to_epoch``; NaN when it never fell). A fall
+    tells a run that retreats (and may give its prompts back) from one that only levels off; read it against one
+    eval's noise, the learning table's ``gain_se``."""
+    ev = run[run[metric].notna()].sort_values("epoch")
+    r, epochs = ev[metric].to_numpy(float), ev["epoch"].to_numpy(float)
+    if len(r) < 2:
+        return {"largest_fall": math.nan, "fall_from_epoch": math.nan, "fall_to_epoch": math.nan}
+    high = np.maximum.accumulate(r)  # the best eval so far, then where it was
+    drop = high - r
+    j = int(np.argmax(drop))
+    if not drop[j] > 0:
+        return {"largest_fall": 0.0, "fall_from_epoch": math.nan, "fall_to_epoch": math.nan}
+    i = int(np.flatnonzero(r[: j + 1] == high[j])[0])
+    return {"largest_fall": float(drop[j]), "fall_from_epoch": float(epochs[i]), "fall_to_epoch": float(epochs[j])}
+
+
+def step_kl_gmean(run: pd.DataFrame) -> float:
+    """The geometric mean of a run's logged per-epoch step KL (``train_step_kl``): the policy step the controller
+    held it to (NaN for runs without a controller's log). Geometric because the controller adapts the learning
+    rate multiplicatively, so the step KL scatters on a log scale around its target."""
+    kl = run["train_step_kl"].dropna() if "train_step_kl" in run else pd.Series(dtype=float)
+    kl = kl[kl > 0]
+    return float(np.exp(np.log(kl).mean())) if len(kl) else math.nan
+
+
 def learning_table(df: pd.DataFrame) -> pd.DataFrame:
     """Did each run learn, and has it stopped? One row per cell: paired eval-reward gain since epoch 0
     (:func:`paired_reward_gain`) at its last evaluation, its standard error clustered by prompt, ``z``,
     ``learned`` (z > 3), ``finished`` (trained to its ``num_epochs``), ``late_gain_frac``
     (:func:`late_gain_fraction`) and ``plateaued`` (finished, learned, and at most :data:`PLATEAU_LATE_GAIN` of the
     gain came in the last quarter of the epochs), ``first_flat_epoch`` (:func:`first_flat_epoch`, with the
-    last eval's standard error as the noise), and the peak and the rise after the first flat epoch
-    (:func:`peak_and_rise_after`)."""
+    last eval's standard error as the noise), the peak and the rise after the first flat epoch
+    (:func:`peak_and_rise_after`), the largest fall (:func:`largest_fall`) and the geometric mean step KL
+    (:func:`step_kl_gmean`)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
@@ -146,7 +174,7 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
                      "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN),
                      "first_flat_epoch": (flat := first_flat_epoch(g, gain["gain_se"] if np.isfinite(gain["gain_se"])
                                                                    else 0)),
-                     **peak_and_rise_after(g, flat)})
+                     **peak_and_rise_after(g, flat), **largest_fall(g), "step_kl_gmean": step_kl_gmean(g)})
     return pd.DataFrame(rows)
 
 

@@ -122,6 +122,30 @@ def test_the_peak_and_the_rise_after_the_first_flat_epoch_mark_a_false_plateau()
     assert out["peak_epoch"] == 10 and math.isnan(out["gain_after_flat"])
 
 
+def test_the_largest_fall_runs_from_the_best_eval_so_far_to_the_lowest_after_it():
+    import pandas as pd
+
+    def run(rewards):  # evals every 5 epochs from 0
+        return pd.DataFrame({"epoch": [5 * i for i in range(len(rewards))], "reward_mean": rewards})
+
+    # two falls: 1.0 -> 0.7 (epochs 10-15) and 1.5 -> 0.9 (epochs 25-35); the second is larger
+    out = report.largest_fall(run([0, .5, 1.0, .7, 1.2, 1.5, 1.1, .9, 1.6]))
+    assert out == {"largest_fall": pytest.approx(.6), "fall_from_epoch": 25.0, "fall_to_epoch": 35.0}
+    # the fall is measured from the best eval before it, not the eval just before it
+    out = report.largest_fall(run([0, 2.0, 1.8, 1.9, 1.0]))
+    assert out == {"largest_fall": pytest.approx(1.0), "fall_from_epoch": 5.0, "fall_to_epoch": 20.0}
+    never = report.largest_fall(run([0, .1, .1, .3]))  # a tie is not a fall
+    assert never["largest_fall"] == 0.0 and math.isnan(never["fall_from_epoch"]) and math.isnan(never["fall_to_epoch"])
+
+
+def test_the_step_kl_summary_is_the_geometric_mean_of_the_logged_steps():
+    import pandas as pd
+
+    run = pd.DataFrame({"epoch": [0, 1, 2, 3], "train_step_kl": [math.nan, 1e-3, 4e-3, 2e-3]})
+    assert report.step_kl_gmean(run) == pytest.approx((1e-3 * 4e-3 * 2e-3) ** (1 / 3))
+    assert math.isnan(report.step_kl_gmean(pd.DataFrame({"epoch": [0, 1]})))  # no controller log
+
+
 def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
     import pandas as pd
 
