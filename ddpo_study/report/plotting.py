@@ -8,6 +8,7 @@ import os
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
+from typing import Sequence
 
 #: The plotting style, set explicitly so figures do not depend on the user's matplotlibrc.
 _BASE_RC = {
@@ -64,12 +65,14 @@ def _write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_figure(fig, stem: str | Path) -> list[Path]:
-    """``<stem>.png`` and ``<stem>.pdf`` with fixed metadata: the same figure gives the same bytes."""
+def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """``<stem>.png`` and ``<stem>.pdf`` (or the ``formats`` given) with fixed metadata: the same figure gives the
+    same bytes."""
     stem = Path(stem)
     out = []
+    meta_of = {"png": PNG_METADATA, "pdf": PDF_METADATA}
     with style():
-        for ext, meta in (("png", PNG_METADATA), ("pdf", PDF_METADATA)):
+        for ext, meta in ((ext, meta_of[ext]) for ext in formats):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, metadata=meta)
             path = stem.with_suffix("." + ext)
