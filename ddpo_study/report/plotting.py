@@ -70,11 +70,11 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) 
     same bytes."""
     stem = Path(stem)
     out = []
-    meta_of = {"png": PNG_METADATA, "pdf": PDF_METADATA}
+    metadata = {"png": PNG_METADATA, "pdf": PDF_METADATA}
     with style():
-        for ext, meta in ((ext, meta_of[ext]) for ext in formats):
+        for ext in formats:
             buf = io.BytesIO()
-            fig.savefig(buf, format=ext, metadata=meta)
+            fig.savefig(buf, format=ext, metadata=metadata[ext])
             path = stem.with_suffix("." + ext)
             _write_bytes(path, buf.getvalue())
             out.append(path)

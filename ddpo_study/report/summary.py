@@ -75,8 +75,8 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
 
 
 def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:
-    """Every summary figure (PNG + PDF; image grids PNG only, :data:`RASTER_FIGURES`) and table (CSV + Markdown) of the grid under ``root``, written to
-    ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
+    """Every summary figure (PNG + PDF; image grids PNG only, :data:`RASTER_FIGURES`) and table (CSV + Markdown)
+    of the grid under ``root``, written to ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
     :data:`TIDY_FILE` (the tidy data), from the finished cells (``DONE``) only. Re-running on the same results
     gives byte-identical files.
 

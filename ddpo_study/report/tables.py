@@ -135,7 +135,7 @@ def largest_fall(run: pd.DataFrame, metric: str = "reward_mean") -> dict[str, fl
     r, epochs = ev[metric].to_numpy(float), ev["epoch"].to_numpy(float)
     if len(r) < 2:
         return {"largest_fall": math.nan, "fall_from_epoch": math.nan, "fall_to_epoch": math.nan}
-    high = np.maximum.accumulate(r)  # the best eval so far, then where it was
+    high = np.maximum.accumulate(r)  # the best eval up to each one: a fall is measured from there
     drop = high - r
     j = int(np.argmax(drop))
     if not drop[j] > 0:
