@@ -7,7 +7,10 @@ eval reward would depend on how eval images are batched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -66,6 +69,61 @@ def judge_metrics(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
 
 def eval_file(out: Path, epoch: int) -> Path:
     return Path(out) / "eval" / f"epoch_{epoch:04d}.npz"
+
+
+def link_file(out: Path, epoch: int) -> Path:
+    """``eval/epoch_XXXX.link.json``: where a cell's images npz lives when a grid keeps one shared copy of it."""
+    return Path(out) / "eval" / f"epoch_{epoch:04d}.link.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def resolve_eval_file(out: Path, epoch: int) -> Path | None:
+    """The images npz of ``epoch``: the run's own file, else the shared copy its link names (hash-checked);
+    None if neither exists. A link whose target is missing or altered raises ``FileNotFoundError``/``ValueError``
+    naming both files, rather than showing other images."""
+    own = eval_file(out, epoch)
+    if own.is_file():
+        return own
+    link = link_file(out, epoch)
+    if not link.is_file():
+        return None
+    meta = json.loads(link.read_text())
+    target = Path(os.path.normpath(link.parent / meta["file"]))
+    if not target.is_file():
+        raise FileNotFoundError(f"{link}: the shared eval images it names are missing ({target})")
+    if _sha256(target) != meta["sha256"]:
+        raise ValueError(f"{link}: {target} does not hold the images the link was written for (sha256 differs)")
+    return target
+
+
+def share_eval_file(out: Path, epoch: int, store: Path) -> Path | None:
+    """Copy ``epoch``'s images npz into ``store`` under its content hash and write the run's link to it.
+
+    A grid's cells share one base model and one eval protocol, so their epoch-0 images are byte-identical
+    (savez_compressed writes no timestamps): a grid commits one copy and a ~100-byte link per cell instead of a
+    ~260 kB file per cell. The run's own file stays where it is (it is what the run and its resume read); the link
+    is for a clone, which has only committed files. Returns the link, or None if the run has no such images."""
+    own = eval_file(out, epoch)
+    if not own.is_file():
+        return None
+    digest = _sha256(own)
+    store = Path(store)
+    target = store / f"{digest[:16]}.npz"
+    if not (target.is_file() and _sha256(target) == digest):
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(own, tmp)
+        os.replace(tmp, target)
+    link = link_file(out, epoch)
+    text = json.dumps({"file": os.path.relpath(target, link.parent), "sha256": digest}, indent=1) + "\n"
+    if not link.is_file() or link.read_text() != text:
+        tmp = link.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, link)
+    return link
 
 
 def rewards_file(out: Path, epoch: int) -> Path:
@@ -147,8 +205,8 @@ def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[
 
 def load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
     """The saved eval images of ``epoch`` as floats (P, S, 3, H, W), exactly as saved; None if absent."""
-    path = eval_file(out, epoch)
-    if not path.is_file():
+    path = resolve_eval_file(out, epoch)
+    if path is None:
         return None
     with np.load(path, allow_pickle=False) as data:
         return from_uint8(data["images"])

@@ -82,8 +82,11 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert f"../{css[0]}" in (grid_runs["root"] / "summary" / "summary.html").read_text()
     ignored = [line for line in (cell / ".gitignore").read_text().splitlines() if not line.startswith("#")]
     assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.rewards.npz",
-                       "!eval/epoch_0001.rewards.npz", "!eval/epoch_0000.npz", "!eval/epoch_0001.npz",
-                       "final/unet/"]  # the eval rewards and images of epochs 0 and 1 (the last) kept
+                       "!eval/epoch_0001.rewards.npz", "!eval/epoch_0000.link.json", "!eval/epoch_0001.npz",
+                       "final/unet/"]  # the eval rewards of epochs 0 and 1 (the last), the images of 1 kept
+    # the base model's images: one copy per grid, linked from each cell
+    assert len(list((grid_runs["root"] / "base_eval").glob("*.npz"))) == 1
+    assert (cell / "eval" / "epoch_0000.link.json").is_file()
     assert (cell / "eval" / "epoch_0001.rewards.npz").is_file()  # written by the run itself
     for code in ("train.run(cfg", "DDPOConfig.from_dict", "report.cell_figures", "import warnings"):
         assert code not in html, code  # ... the code is not
@@ -363,7 +366,7 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
                                          capture_output=True, text=True, check=True).stdout.split())
 
         (cell / "report.html").write_text("<html>")
-        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.npz", "eval/epoch_0000.rewards.npz",
+        assert listed() == [".gitignore", "DONE", "eval/epoch_0000.rewards.npz",
                             "eval/epoch_0020.npz", "eval/epoch_0020.rewards.npz",
                             "final/lora/pytorch_lora_weights.safetensors", "report.html"]
         grid.runner.write_cell_gitignore(cell, keep_unet=True, keep_report=False, keep_eval=False)

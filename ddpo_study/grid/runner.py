@@ -40,6 +40,7 @@ STATUS_FILE = "status.json"
 REPORT_NOTEBOOK = "report.ipynb"
 REPORT_HTML = "report.html"
 STOP_FILE = "STOP"  # in a grid's output_root: start no more cells (``grid stop``)
+SHARED_EVAL_DIR = "base_eval"  # in a grid's output_root: one copy of each distinct base-model eval (by content)
 ERROR_LINES = 15
 
 
@@ -214,7 +215,8 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; the runner
     writes them from the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
     (``final/lora``, ~130 kB at rank 4; explore and diagnose load it). With ``keep_eval`` (default): the eval
-    images of epoch 0 (the base model) and of the final epoch, ~0.6 MB a cell. With ``keep_report`` (default):
+    images of the final epoch (~0.3 MB) and a link to those of epoch 0 (the base model: byte-identical across a
+    grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.evaluation.share_eval_file`). With ``keep_report`` (default):
     ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
     (``grid run`` renders a missing report from the data without training; a kept adapter re-samples the
     images). Left local: the executed ``report.ipynb``, the eval PNG grids (the npz holds the same images),
@@ -228,7 +230,7 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
         lines = ["# Written by the grid runner: an unfinished cell (no DONE yet); nothing of it is committed.", "*"]
         return _write_gitignore(cell_dir, lines)
     final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
-    images = ["!eval/epoch_0000.npz", f"!eval/epoch_{final:04d}.npz"] if keep_eval else []
+    images = ["!eval/epoch_0000.link.json", f"!eval/epoch_{final:04d}.npz"] if keep_eval else []
     lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): the base and final eval",
              "# rewards (and, for some cells, images) and the final adapter are committed; the executed notebook,",
              "# other evals and checkpoints stay local.",
@@ -243,12 +245,14 @@ def _write_finished_gitignore(cell: Cell) -> Path:
     """:func:`write_cell_gitignore` with the cell's ``keep_*`` flags from its spec, after making sure the base and
     final per-image reward files it lists exist (runs older than those files have them only inside the images'
     npz)."""
-    from ..evaluation import ensure_rewards_file
+    from ..evaluation import ensure_rewards_file, share_eval_file
 
     if (cell.dir / "DONE").is_file():
         final = int(json.loads((cell.dir / "DONE").read_text())["epochs"])
         for epoch in (0, final):
             ensure_rewards_file(cell.dir, epoch)
+        if cell.keep_eval:  # the base model's images, the same in every cell: one copy per grid (a clone has the link)
+            share_eval_file(cell.dir, 0, cell.dir.parent / SHARED_EVAL_DIR)
     return write_cell_gitignore(cell.dir, cell.keep_unet, cell.keep_report, cell.keep_eval, cell.keep_lora)
 
 

@@ -223,9 +223,10 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def eval_epochs(cell_dir: str | Path) -> list[int]:
-    """Epochs with saved eval images (``eval/epoch_XXXX.npz``), sorted."""
-    found = [re.fullmatch(r"epoch_(\d+)\.npz", p.name) for p in (Path(cell_dir) / "eval").glob("epoch_*.npz")]
-    return sorted(int(m.group(1)) for m in found if m)
+    """Epochs with saved eval images (``eval/epoch_XXXX.npz``, or its ``.link.json`` to a grid's shared copy),
+    sorted."""
+    found = [re.fullmatch(r"epoch_(\d+)(\.npz|\.link\.json)", p.name) for p in (Path(cell_dir) / "eval").glob("epoch_*")]
+    return sorted({int(m.group(1)) for m in found if m})
 
 
 def reward_epochs(cell_dir: str | Path) -> list[int]:
@@ -236,5 +237,10 @@ def reward_epochs(cell_dir: str | Path) -> list[int]:
 
 def load_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
     """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch``."""
-    with np.load(Path(cell_dir) / "eval" / f"epoch_{epoch:04d}.npz", allow_pickle=False) as data:
+    from ..evaluation import eval_file, resolve_eval_file
+
+    path = resolve_eval_file(Path(cell_dir), epoch)
+    if path is None:
+        raise FileNotFoundError(f"{eval_file(Path(cell_dir), epoch)}: no saved eval images (nor a link to them)")
+    with np.load(path, allow_pickle=False) as data:
         return data["images"], [str(p) for p in data["prompts"]]
