@@ -141,6 +141,13 @@ def cmd_grid_status(args) -> int:
         print(shown.to_string(index=False))
     counts = table["state"].value_counts()
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    from .evaluation import unlinked_shared_evals
+    from .grid import SHARED_EVAL_DIR, load_spec
+
+    unlinked = unlinked_shared_evals(load_spec(args.spec, quick=args.quick).output_root / SHARED_EVAL_DIR)
+    if unlinked:
+        print(f"{len(unlinked)} shared eval file(s) that no cell links to (left by re-trained cells; safe to delete): "
+              + ", ".join(str(p) for p in unlinked))
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path, write_text
 from .config import EVAL_SEED_BASE, DDPOConfig
 from .images import from_uint8, to_uint8
 from .sampler import sample_trajectories
@@ -99,6 +100,22 @@ def resolve_eval_file(out: Path, epoch: int) -> Path | None:
     return target
 
 
+def unlinked_shared_evals(store: Path) -> list[Path]:
+    """The copies in a grid's ``store`` that no cell's link names (a grid's cells are ``store``'s siblings).
+
+    :func:`share_eval_file` never deletes: a cell re-trained on another base model links to a new copy and leaves
+    the old one behind, and deleting it while another process of the grid is between copying and linking would
+    break that process's link. So the grid's status lists these copies and a person removes them."""
+    store = Path(store)
+    named = set()
+    for link in store.parent.glob("*/eval/epoch_*.link.json"):
+        try:
+            named.add(Path(os.path.normpath(link.parent / json.loads(link.read_text())["file"])))
+        except (OSError, ValueError, KeyError):
+            continue  # an unreadable link names nothing; resolve_eval_file reports it when the cell is read
+    return sorted(p for p in store.glob("*.npz") if Path(os.path.normpath(p)) not in named)
+
+
 def share_eval_file(out: Path, epoch: int, store: Path) -> Path | None:
     """Copy ``epoch``'s images npz into ``store`` under its content hash and write the run's link to it.
 
@@ -114,15 +131,12 @@ def share_eval_file(out: Path, epoch: int, store: Path) -> Path | None:
     target = store / f"{digest[:16]}.npz"
     if not (target.is_file() and _sha256(target) == digest):
         store.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(own, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(own, tmp)
     link = link_file(out, epoch)
     text = json.dumps({"file": os.path.relpath(target, link.parent), "sha256": digest}, indent=1) + "\n"
     if not link.is_file() or link.read_text() != text:
-        tmp = link.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, link)
+        write_text(link, text)
     return link
 
 
@@ -137,9 +151,8 @@ def save_eval_rewards(out: Path, epoch: int, rewards, prompts: list[str]) -> Pat
     prompt-clustered reward gain needs only it), while the images are committed for a few cells (``keep_eval``).
     """
     path = rewards_file(out, epoch)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, rewards=torch.as_tensor(rewards).double().numpy(), prompts=np.array(prompts))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, rewards=torch.as_tensor(rewards).double().numpy(), prompts=np.array(prompts))
     return path
 
 
@@ -190,10 +203,9 @@ def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[
 
     arr = to_uint8(images)
     path = eval_file(out, epoch)
-    tmp = path.with_suffix(".tmp.npz")
     extra = {} if rewards is None else {"rewards": torch.as_tensor(rewards).double().numpy()}
-    np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, images=arr, prompts=np.array(prompts), **extra)
     if rewards is not None:
         save_eval_rewards(out, epoch, rewards, prompts)
     p, s = arr.shape[:2]
@@ -203,10 +215,17 @@ def save_eval_images(out: Path, epoch: int, images: torch.Tensor, prompts: list[
     grid.save(path.with_suffix(".png"))
 
 
-def load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
-    """The saved eval images of ``epoch`` as floats (P, S, 3, H, W), exactly as saved; None if absent."""
+def load_eval_arrays(out: Path, epoch: int) -> tuple[np.ndarray, list[str]] | None:
+    """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch``, through the run's link to a grid's shared copy
+    if it has one (:func:`resolve_eval_file`); None if absent."""
     path = resolve_eval_file(out, epoch)
     if path is None:
         return None
     with np.load(path, allow_pickle=False) as data:
-        return from_uint8(data["images"])
+        return data["images"], [str(p) for p in data["prompts"]]
+
+
+def load_eval_images(out: Path, epoch: int) -> torch.Tensor | None:
+    """The saved eval images of ``epoch`` as floats (P, S, 3, H, W), exactly as saved; None if absent."""
+    saved = load_eval_arrays(out, epoch)
+    return None if saved is None else from_uint8(saved[0])

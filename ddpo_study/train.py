@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import finetune
+from .atomic import atomic_path
 from .checkpoint import export_final, load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
 from .config import UNUSED_BY_MODE, DDPOConfig, save_config
 from .evaluation import evaluate, load_eval_images, save_eval_images
@@ -539,9 +539,8 @@ def _evaluate(s: RunState, epoch: int) -> dict[str, Any]:
 
 def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.csv`` atomically (a kill never leaves a truncated file)."""
-    tmp = out / (METRICS_FILE + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, out / METRICS_FILE)
+    with atomic_path(out / METRICS_FILE) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:

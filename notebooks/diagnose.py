@@ -72,8 +72,8 @@ diagnose.thresholds_table()
 
 # %%
 display(results.symptom)
-display(diagnose.fig_images(dx, "shared"))
-display(diagnose.fig_images(dx, "per_prompt"))
+for seeds in diagnose.SEED_MODES:  # also saved beside the report, as images_<seeds>.png
+    display(diagnose.fig_images(dx, seeds, save_to=out_dir))
 
 # %% [markdown]
 # ## Is the LoRA even loaded?

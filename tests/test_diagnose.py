@@ -84,6 +84,11 @@ def test_our_lora_is_read_with_its_alpha_and_diagnosed_as_loaded(tmp_path, tiny_
     sweep = diagnose.scale_sweep(dx, [0.0, 1.0])
     assert (dx.images["scale/0"] == dx.images["base/shared"]).all()
     assert list(sweep["scale"]) == [0.0, 1.0] and sweep.notna().all().all()
+    sym = diagnose.symptom(dx).set_index(["model", "seeds"])
+    for seeds in diagnose.SEED_MODES.values():  # paired over the same images: the change of the two means
+        assert sym.loc[("tuned", seeds), "reward_change"] == pytest.approx(
+            sym.loc[("tuned", seeds), "reward_mean"] - sym.loc[("base", seeds), "reward_mean"], abs=1e-9)
+        assert sym.loc[("base", seeds), "reward_change"] == 0
     assert diagnose.verdict(diagnose.symptom(dx), diagnose.loading_checks(dx)).label != "adapter not applied"
 
 
@@ -222,12 +227,14 @@ def test_switched_sampler_reproduces_both_models_at_its_ends(base_pipe):
 
 # ----------------------------------------------------------------------------------------------- verdict rules
 def tables(base_same=1.0, tuned_same=1.0, base_diff=1.0, tuned_diff=1.0, base_ret=1.0, tuned_ret=1.0,
-           dist=3.0, levels=20.0, layers=8, scale0=0.0, chance=1 / 16):
+           dist=3.0, levels=20.0, layers=8, scale0=0.0, chance=1 / 16, reward_change=0.0, reward_z=float("nan")):
     rows = []
     for seeds, b, t in (("shared", base_same, tuned_same), ("per_prompt", base_diff, tuned_diff)):
         for model, d, r in (("base", b, base_ret), ("tuned", t, tuned_ret if seeds == "shared" else 1.0)):
+            change, z = (reward_change, reward_z) if model == "tuned" else (0.0, float("nan"))
             rows.append({"model": model, "seeds": diagnose.SEED_MODES[seeds], "cross_div_clip": d,
-                         "retrieval_acc": r, "retrieval_chance": chance, "cross_div_vs_base": d / b})
+                         "retrieval_acc": r, "retrieval_chance": chance, "cross_div_vs_base": d / b,
+                         "reward_mean": 5.0 + change, "reward_change": change, "reward_change_z": z})
     checks = pd.DataFrame([
         {"check": "layers carrying the LoRA", "value": layers, "ok": layers > 0},
         {"check": "weight distance from base (L2, effective weights)", "value": dist, "ok": dist > 0},
@@ -244,7 +251,13 @@ def tables(base_same=1.0, tuned_same=1.0, base_diff=1.0, tuned_diff=1.0, base_re
     (dict(levels=0.1), "adapter not applied", "outputs equal base"),
     (dict(tuned_same=0.41, tuned_diff=0.97, tuned_ret=0.08), "loaded and collapsed",
      "0.41 of base at the same seed, 0.97 with per-prompt seeds.*the prompts are ignored.*follow the noise"),
-    (dict(tuned_ret=0.8), "loaded and collapsed", "retrieval 1.00 -> 0.80"),
+    (dict(tuned_ret=0.8), "loaded and collapsed", r"retrieval 1.00 -> 0.80 \(chance 0.06\)$"),
+    (dict(tuned_ret=0.8, reward_change=0.9, reward_z=3.0), "loaded and collapsed",
+     r"reward 5.00 -> 5.90 \(change \+0.90, z 3.0 clustered by prompt\): the collapse came with a higher reward$"),
+    (dict(tuned_ret=0.8, reward_change=-1.5, reward_z=-8.0), "loaded and collapsed",
+     "reward 5.00 -> 3.50 .*z -8.0.*: the reward fell, so the model broke rather than maximised the reward$"),
+    (dict(tuned_ret=0.8, reward_change=0.1, reward_z=1.9), "loaded and collapsed", "no reward change detected$"),
+    (dict(tuned_same=0.97, reward_change=0.9, reward_z=3.0), "loaded, no collapse", "0.97 of base[^:]*$"),
     (dict(base_same=0.5, tuned_same=0.5), "same noise for every prompt", "0.50 of their diversity"),
     (dict(tuned_same=0.97), "loaded, no collapse", "0.97 of base"),
 ])
@@ -278,6 +291,9 @@ def test_diagnose_command_writes_one_code_free_html_report(tmp_path, tiny_model_
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no progress bars / warnings boxes
     assert "report-style-" not in html  # one self-contained page (the theme CSS inline)
     assert np.isfinite([row["reward_mean"] for row in summary["scale_sweep"]]).all()
+    assert all(np.isfinite(row["reward_change"]) for row in summary["symptom"])
+    for seeds in diagnose.SEED_MODES:  # the image grids also as files, for a README or an issue
+        assert (out / f"images_{seeds}.png").read_bytes().startswith(b"\x89PNG")
 
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "toy_study" / "toy_30-lora-lam0.0-s0"

@@ -14,6 +14,7 @@ from ddpo_study.evaluation import (
     resolve_eval_file,
     save_eval_images,
     share_eval_file,
+    unlinked_shared_evals,
 )
 from ddpo_study.toy import world
 
@@ -56,6 +57,11 @@ def test_identical_base_evals_share_one_copy_that_a_clone_reads_through_its_link
     save_eval_images(cells[1], 0, other, ["a", "b"])  # a different base (another model): a second copy
     share_eval_file(cells[1], 0, store)
     assert len(list(store.glob("*.npz"))) == 2 and link_file(cells[0], 0).read_text() != links[1].read_text()
+    assert unlinked_shared_evals(store) == []  # each copy is named by a cell
+    first = resolve_eval_file(cells[0], 0)
+    save_eval_images(cells[0], 0, other, ["a", "b"])  # the other cell re-trained on that base too
+    share_eval_file(cells[0], 0, store)
+    assert unlinked_shared_evals(store) == [first] and first.is_file()  # listed for a person, never deleted
     eval_file(cells[1], 0).unlink()
     shared = resolve_eval_file(cells[1], 0)
     shared.write_bytes(shared.read_bytes()[:-1] + b"x")  # altered after the link was written

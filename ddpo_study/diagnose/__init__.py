@@ -60,6 +60,7 @@ from .checks import (
     COLLAPSE_DIVERSITY_RATIO,
     COLLAPSE_RETRIEVAL_DROP,
     IGNORED_RETRIEVAL_FACTOR,
+    REWARD_CHANGE_Z,
     SAME_OUTPUT_LEVELS,
     SHARED_NOISE_RATIO,
     SYMPTOM_COLUMNS,
@@ -104,8 +105,8 @@ __all__ = [
     # curves
     "default_switch_steps", "fig_tradeoff", "scale_sweep", "switch_sweep",
     # checks
-    "COLLAPSE_DIVERSITY_RATIO", "COLLAPSE_RETRIEVAL_DROP", "IGNORED_RETRIEVAL_FACTOR", "SAME_OUTPUT_LEVELS",
-    "SHARED_NOISE_RATIO", "SYMPTOM_COLUMNS", "THRESHOLDS", "Verdict", "loading_checks", "symptom", "thresholds_table",
+    "COLLAPSE_DIVERSITY_RATIO", "COLLAPSE_RETRIEVAL_DROP", "IGNORED_RETRIEVAL_FACTOR", "REWARD_CHANGE_Z",
+    "SAME_OUTPUT_LEVELS", "SHARED_NOISE_RATIO", "SYMPTOM_COLUMNS", "THRESHOLDS", "Verdict", "loading_checks", "symptom", "thresholds_table",
     "verdict",
     # report
     "NOTEBOOK", "REPORT_HTML", "REPORT_JSON", "REPORT_NOTEBOOK", "DiagnoseError", "Results", "fig_images", "run_all",

@@ -24,6 +24,9 @@ COLLAPSE_DIVERSITY_RATIO = 0.95
 COLLAPSE_RETRIEVAL_DROP = 0.10
 #: Retrieval at most this multiple of chance (1 / number of prompts): the prompts are ignored.
 IGNORED_RETRIEVAL_FACTOR = 2.0
+#: A collapse whose paired reward change (tuned - base, same prompts and seeds) has a z, clustered by prompt, of at
+#: least this maximised the reward; at most minus this, the model broke (the reward fell, as a too-large step does).
+REWARD_CHANGE_Z = 2.0
 #: The base model's cross-prompt diversity with shared seeds below this fraction of that with a seed per prompt:
 #: the shared noise itself makes images of different prompts alike.
 SHARED_NOISE_RATIO = 0.8
@@ -37,6 +40,8 @@ THRESHOLDS = {
                                 "which the tuned model collapsed"),
     "IGNORED_RETRIEVAL_FACTOR": (IGNORED_RETRIEVAL_FACTOR, "retrieval at most this multiple of chance: the prompts "
                                  "are ignored"),
+    "REWARD_CHANGE_Z": (REWARD_CHANGE_Z, "|z| of the paired reward change (clustered by prompt) from which a "
+                        "collapse maximised the reward (z > 0) or broke the model (z < 0)"),
     "SHARED_NOISE_RATIO": (SHARED_NOISE_RATIO, "base diversity with shared seeds / with a seed per prompt below "
                            "which the shared noise alone makes prompts look alike"),
 }
@@ -48,7 +53,11 @@ SYMPTOM_COLUMNS = ("reward_mean", "cross_div_clip", "cross_div_pixel", "within_d
 
 def symptom(dx: Diagnosis) -> pd.DataFrame:
     """Base and tuned, with the same seeds for every prompt and with a seed per prompt: reward, cross- and
-    within-prompt diversity, prompt retrieval; ``cross_div_vs_base`` is tuned / base at the same seed mode."""
+    within-prompt diversity, prompt retrieval; ``cross_div_vs_base`` is tuned / base at the same seed mode, and
+    ``reward_change`` / ``reward_change_z`` the tuned - base reward paired image by image (same prompts and seeds),
+    its z clustered by prompt (:func:`ddpo_study.report.stats.paired_gain`)."""
+    from ..report.stats import paired_gain
+
     rows = []
     for mode in SEED_MODES:
         dx.base(mode), dx.tuned_images(mode)
@@ -57,6 +66,8 @@ def symptom(dx: Diagnosis) -> pd.DataFrame:
             m = dx.measure(f"{model}/{mode}")
             row = {"model": model, "seeds": SEED_MODES[mode], **{k: m.get(k, float("nan")) for k in SYMPTOM_COLUMNS}}
             row["cross_div_vs_base"] = m["cross_div_clip"] / base["cross_div_clip"] if base["cross_div_clip"] else float("nan")
+            change = paired_gain(dx.rewards[f"base/{mode}"], dx.rewards[f"{model}/{mode}"])
+            row["reward_change"], row["reward_change_z"] = change["gain"], change["z"]
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -139,7 +150,8 @@ def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
         if r_diff >= COLLAPSE_DIVERSITY_RATIO and r_same < COLLAPSE_DIVERSITY_RATIO:
             tail += (" (with a seed per prompt the images still differ, so they follow the noise rather than the "
                      "prompt; the same seed for every prompt shows it)")
-        return Verdict("loaded and collapsed", f"loaded and collapsed: {numbers}{tail}", warnings)
+        return Verdict("loaded and collapsed", f"loaded and collapsed: {numbers}{tail}{_reward_kind(b_same, t_same)}",
+                       warnings)
     noise_ratio = b_same["cross_div_clip"] / b_diff["cross_div_clip"] if b_diff["cross_div_clip"] else float("nan")
     if noise_ratio < SHARED_NOISE_RATIO:
         return Verdict("same noise for every prompt", "same noise for every prompt: the base model's images of "
@@ -147,6 +159,20 @@ def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
                        f"seed per prompt) and the tuned model is no worse ({numbers}): sample each prompt from its "
                        "own seed", warnings)
     return Verdict("loaded, no collapse", f"loaded, no collapse: {numbers}", warnings)
+
+
+def _reward_kind(base: pd.Series, tuned: pd.Series) -> str:
+    """The collapse's kind from the paired reward change at the same seeds: maximised, broken, or neither."""
+    z = tuned.get("reward_change_z", float("nan"))
+    if not np.isfinite(z):
+        return ""
+    rewards = (f"; reward {base['reward_mean']:.2f} -> {tuned['reward_mean']:.2f} "
+               f"(change {tuned['reward_change']:+.2f}, z {z:.1f} clustered by prompt)")
+    if z >= REWARD_CHANGE_Z:
+        return rewards + ": the collapse came with a higher reward"
+    if z <= -REWARD_CHANGE_Z:
+        return rewards + ": the reward fell, so the model broke rather than maximised the reward"
+    return rewards + ": no reward change detected"
 
 
 def thresholds_table() -> pd.DataFrame:

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..atomic import atomic_path
+
 POINTS_FILE = "points.csv"
 REMEDIES = ("scale", "switch")  #: the LoRA scaled by ``value``; the base UNet for the first ``value`` steps
 
@@ -158,9 +160,8 @@ def run_remedies(spec: RemedySpec, device: str = "auto", log=print) -> Path:
             continue
         rows = sweep_run(run, spec, device)
         table = rows if old is None else pd.concat([old[old["cell"] != run.name], rows], ignore_index=True)
-        tmp = path.with_suffix(".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)  # one whole run at a time: an interruption loses at most the run being swept
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)  # one whole run at a time: an interruption loses at most the run being swept
         worst = max(abs(rows["check_final_reward_diff"].iloc[0]), abs(rows["check_base_reward_diff"].iloc[0]))
         log(f"{run.name}: {len(rows)} points; |reward - own eval| at scale 0 and 1 <= {worst:.2g}"
             + ("" if math.isfinite(worst) else " (no eval to check against)"))

@@ -63,21 +63,28 @@ def save_results(results: Results, out_dir: str | Path) -> Path:
     return path
 
 
-def fig_images(dx: Diagnosis, seeds: str = "shared", max_prompts: int = 8, max_seeds: int = 2):
-    """Base and tuned images (rows: base/tuned per seed column; columns: prompts)."""
+def fig_images(dx: Diagnosis, seeds: str = "shared", max_prompts: int = 8, max_seeds: int = 2,
+               save_to: str | Path | None = None):
+    """Base and tuned images (rows: base/tuned per seed column; columns: prompts); with ``save_to``, also written
+    there as ``images_<seeds>.png`` (fixed metadata, so the same images give the same file)."""
     from ..explore import fig_base_vs_tuned
+    from ..report import save_figure
 
     base, tuned = dx.base(seeds)[:max_prompts, :max_seeds], dx.tuned_images(seeds)[:max_prompts, :max_seeds]
     grid = dx.seeds(seeds)
     labels = ([str(int(s)) for s in grid[0, :max_seeds]] if seeds == "shared"
               else [f"own per prompt (#{j})" for j in range(base.shape[1])])
-    return fig_base_vs_tuned(base, tuned, dx.prompts[:max_prompts], labels,
-                             title=f"base vs tuned, {SEED_MODES[seeds]} (columns: prompts)")
+    fig = fig_base_vs_tuned(base, tuned, dx.prompts[:max_prompts], labels,
+                            title=f"base vs tuned, {SEED_MODES[seeds]} (columns: prompts)")
+    if save_to is not None:
+        save_figure(fig, Path(save_to) / f"images_{seeds}", formats=("png",))
+    return fig
 
 
 def write_report(out_dir: str | Path, base_model: str | None, tuned: str | Path, **params) -> Path:
     """Run ``notebooks/diagnose.ipynb`` with these parameters into ``out_dir`` and write ``diagnose.html`` (no code,
-    figures inline: one self-contained page) and ``diagnose.json``. Returns the HTML path.
+    figures inline: one self-contained page), ``diagnose.json`` and the image grids as ``images_<seeds>.png``.
+    Returns the HTML path.
 
     ``params`` are the notebook's other parameters (prompts, reward, num_prompts, ...). Inputs are checked here
     first (the tuned model's layout, the prompt set), so a typo fails in one line before a kernel starts.

@@ -91,6 +91,7 @@ class Diagnosis:
     batch_size: int = 64
     images: dict[str, np.ndarray] = field(default_factory=dict)  #: uint8 (P, S, H, W, 3) per name
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    rewards: dict[str, np.ndarray] = field(default_factory=dict)  #: float64 (P, S) per-image rewards per name
     _scratch: Any = None  # a plain UNet for weight interpolation (full / progressive tuned models)
 
     @property
@@ -144,6 +145,7 @@ class Diagnosis:
 
             metrics.update(judge_metrics(from_uint8(images), self.prompts))  # toy prompts only; {} otherwise
             self.metrics[name] = metrics
+            self.rewards[name] = rewards.numpy()
         return self.metrics[name]
 
     def base(self, seeds: str = "shared") -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..atomic import write_text
 from .spec import (
     REPO_ROOT,
     Cell,
@@ -56,14 +57,8 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: array tasks may share a file
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_status(cell_dir: Path) -> dict[str, Any] | None:
@@ -164,7 +159,7 @@ def export_html(notebook: Path, html: Path) -> Path:
     for i, cell in enumerate(nb.cells):  # papermill gives its injected cell a random id: the page would differ
         cell["id"] = f"cell-{i}"
     body, _ = exporter.from_notebook_node(nb)
-    _write_text_atomic(html, share_theme_css(body, html.parent.parent))
+    write_text(html, share_theme_css(body, html.parent.parent))
     return html
 
 
@@ -188,7 +183,7 @@ def share_theme_css(page: str, css_dir: Path) -> str:
     name = f"report-style-{hashlib.sha256(css.encode()).hexdigest()[:12]}.css"
     target = Path(css_dir) / name
     if not target.is_file():
-        _write_text_atomic(target, css)
+        write_text(target, css)
     link = f'<link rel="stylesheet" href="../{name}">'
     parts, last = [], 0
     for i, m in enumerate(blocks):  # the link takes the first block's place: the cascade order is kept
@@ -260,7 +255,7 @@ def _write_gitignore(cell_dir: Path, lines: list[str]) -> Path:
     path = cell_dir / ".gitignore"
     text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
-        _write_text_atomic(path, text)
+        write_text(path, text)
     return path
 
 
@@ -316,7 +311,7 @@ def request_stop(spec: str | Path | dict | GridSpec, quick: bool = False) -> Pat
     spec = load_spec(spec, quick=quick)
     spec.output_root.mkdir(parents=True, exist_ok=True)
     path = spec.output_root / STOP_FILE
-    _write_text_atomic(path, f"stop requested {_now()}\n")
+    write_text(path, f"stop requested {_now()}\n")
     return path
 
 

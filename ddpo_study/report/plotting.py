@@ -4,11 +4,12 @@ and PNG/PDF files with fixed metadata, so the same figure gives the same bytes."
 from __future__ import annotations
 
 import io
-import os
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Sequence
+
+from ..atomic import write_bytes_if_changed
 
 #: The plotting style, set explicitly so figures do not depend on the user's matplotlibrc.
 _BASE_RC = {
@@ -56,15 +57,6 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write only if the content changed (keeps mtimes of unchanged files), atomically."""
-    if path.is_file() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """``<stem>.png`` and ``<stem>.pdf`` (or the ``formats`` given) with fixed metadata: the same figure gives the
     same bytes."""
@@ -76,6 +68,6 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) 
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, metadata=metadata[ext])
             path = stem.with_suffix("." + ext)
-            _write_bytes(path, buf.getvalue())
+            write_bytes_if_changed(path, buf.getvalue())
             out.append(path)
     return out

@@ -19,8 +19,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_bytes_if_changed
 from .levels import crossing, start_epoch
-from .plotting import _write_bytes, new_figure, save_figure, styled
+from .plotting import new_figure, save_figure, styled
 from .results import LABELS, read_cell
 from .stats import holm, mean_ci, paired_seed_ci, paired_seeds_needed
 
@@ -180,8 +181,8 @@ def write_remedies_summary(out_dir: str | Path, root: str | Path, metrics: Seque
     files = []
     for name, df in (("remedies", table), ("matched_points", matched), ("checks", checks_table(points, runs, metrics))):
         csv = out / f"{name}.csv"
-        _write_bytes(csv, df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
-        _write_bytes(out / f"{name}.md", to_markdown(df).encode())
+        write_bytes_if_changed(csv, df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
+        write_bytes_if_changed(out / f"{name}.md", to_markdown(df).encode())
         files += [csv, out / f"{name}.md"]
     files += save_figure(fig_remedies(matched, runs, metrics), out / "remedies")
     return files

@@ -236,11 +236,11 @@ def reward_epochs(cell_dir: str | Path) -> list[int]:
 
 
 def load_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
-    """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch``."""
-    from ..evaluation import eval_file, resolve_eval_file
+    """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch`` (:func:`ddpo_study.evaluation.load_eval_arrays`);
+    a missing file is an error here, since the report asked for an epoch the cell lists."""
+    from ..evaluation import eval_file, load_eval_arrays
 
-    path = resolve_eval_file(Path(cell_dir), epoch)
-    if path is None:
+    saved = load_eval_arrays(Path(cell_dir), epoch)
+    if saved is None:
         raise FileNotFoundError(f"{eval_file(Path(cell_dir), epoch)}: no saved eval images (nor a link to them)")
-    with np.load(path, allow_pickle=False) as data:
-        return data["images"], [str(p) for p in data["prompts"]]
+    return saved

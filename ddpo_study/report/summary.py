@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_bytes_if_changed
 from ..grid.spec import find_spec, load_spec
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
 from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
-from .plotting import _write_bytes, save_figure
+from .plotting import save_figure
 from .questions import questions_for, questions_table
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
@@ -104,16 +105,16 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
           f"{', '.join(_factors(df)) or '(none)'}; mean and 95% CI over seeds. Questions: {source}.\n"]
     for name, table in summary.tables.items():
         csv = out / f"{name}.csv"
-        _write_bytes(csv, table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
-        _write_bytes(out / f"{name}.md", to_markdown(table).encode())
+        write_bytes_if_changed(csv, table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
+        write_bytes_if_changed(out / f"{name}.md", to_markdown(table).encode())
         summary.files += [csv, out / f"{name}.md"]
         md += [f"## {name}\n", to_markdown(table)]
     md += [f"![{name}]({name}.png)\n" for name in summary.figures]
     tidy = df.drop(columns=["cell_dir"])
     # mtime=0: gzip's header would otherwise stamp the time of writing, and the same inputs must give the same bytes
-    _write_bytes(out / TIDY_FILE, gzip.compress(tidy.to_csv(index=False).encode(), mtime=0))
+    write_bytes_if_changed(out / TIDY_FILE, gzip.compress(tidy.to_csv(index=False).encode(), mtime=0))
     (out / "grid_results.csv").unlink(missing_ok=True)  # the uncompressed file older summaries wrote
-    _write_bytes(out / "README.md", "\n".join(md).encode())
+    write_bytes_if_changed(out / "README.md", "\n".join(md).encode())
     summary.files += [out / TIDY_FILE, out / "README.md"]
     return summary
 
