@@ -42,6 +42,16 @@ def test_demo_writes_a_seeds_by_prompts_grid_of_the_models_samples(tiny_model_di
             assert np.abs(tile - expected).max() <= 1, (seed, prompt)
     assert np.abs(tiles[:16, :16].astype(int) - tiles[16:, :16]).max() > 0  # seeds differ
 
+    # a grid that differs only by float noise (another machine) is kept; a different one is rewritten
+    written = (out / "demo_grid.png").read_bytes()
+    noisy = grid.copy()
+    noisy[0, 0] = np.where(noisy[0, 0] < 255, noisy[0, 0] + 1, noisy[0, 0] - 1)
+    Image.fromarray(noisy).save(out / "demo_grid.png")
+    kept = (out / "demo_grid.png").read_bytes()
+    assert cli.main(argv) == 0 and (out / "demo_grid.png").read_bytes() == kept
+    Image.fromarray(255 - grid).save(out / "demo_grid.png")
+    assert cli.main(argv) == 0 and (out / "demo_grid.png").read_bytes() == written
+
 
 def test_base_eval_passes_model_and_guidances_and_writes_the_report(tiny_model_dir, tmp_path, monkeypatch, capsys):
     asked = []
