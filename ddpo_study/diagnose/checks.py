@@ -12,21 +12,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..collapse import (
+    BROKE,
+    COLLAPSE_DIVERSITY_RATIO,
+    COLLAPSE_RETRIEVAL_DROP,
+    KEPT,
+    MAXIMISED,
+    REWARD_CHANGE_Z,
+    collapse_kind,
+)
 from .loading import TunedModelError, _first_line
 from .sampling import SEED_MODES, Diagnosis
 
 #: Tuned and base images whose mean absolute difference at the same prompts and seeds is below this many 8-bit
 #: levels are "the same outputs": the tuned weights are not in effect.
 SAME_OUTPUT_LEVELS = 0.5
-#: Collapse: the tuned model's cross-prompt CLIP diversity at the same seed below this fraction of the base's ...
-COLLAPSE_DIVERSITY_RATIO = 0.95
-#: ... or its prompt retrieval accuracy this much below the base's (absolute).
-COLLAPSE_RETRIEVAL_DROP = 0.10
 #: Retrieval at most this multiple of chance (1 / number of prompts): the prompts are ignored.
 IGNORED_RETRIEVAL_FACTOR = 2.0
-#: A collapse whose paired reward change (tuned - base, same prompts and seeds) has a z, clustered by prompt, of at
-#: least this maximised the reward; at most minus this, the model broke (the reward fell, as a too-large step does).
-REWARD_CHANGE_Z = 2.0
 #: The base model's cross-prompt diversity with shared seeds below this fraction of that with a seed per prompt:
 #: the shared noise itself makes images of different prompts alike.
 SHARED_NOISE_RATIO = 0.8
@@ -144,13 +146,14 @@ def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
     numbers = (f"cross-prompt diversity {r_same:.2f} of base at the same seed, {r_diff:.2f} with per-prompt seeds; "
                f"{retr}")
     drop = float(b_same["retrieval_acc"] - t_same["retrieval_acc"])
-    if r_same < COLLAPSE_DIVERSITY_RATIO or drop >= COLLAPSE_RETRIEVAL_DROP:
+    kind = collapse_kind(float(r_same), drop, float(t_same.get("reward_change_z", float("nan"))))
+    if kind not in ("", KEPT):
         ignored = t_same["retrieval_acc"] <= IGNORED_RETRIEVAL_FACTOR * chance
         tail = ": the prompts are ignored" if ignored else ""
         if r_diff >= COLLAPSE_DIVERSITY_RATIO and r_same < COLLAPSE_DIVERSITY_RATIO:
             tail += (" (with a seed per prompt the images still differ, so they follow the noise rather than the "
                      "prompt; the same seed for every prompt shows it)")
-        return Verdict("loaded and collapsed", f"loaded and collapsed: {numbers}{tail}{_reward_kind(b_same, t_same)}",
+        return Verdict("loaded and collapsed", f"loaded and collapsed: {numbers}{tail}{_reward_kind(kind, b_same, t_same)}",
                        warnings)
     noise_ratio = b_same["cross_div_clip"] / b_diff["cross_div_clip"] if b_diff["cross_div_clip"] else float("nan")
     if noise_ratio < SHARED_NOISE_RATIO:
@@ -161,18 +164,16 @@ def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
     return Verdict("loaded, no collapse", f"loaded, no collapse: {numbers}", warnings)
 
 
-def _reward_kind(base: pd.Series, tuned: pd.Series) -> str:
-    """The collapse's kind from the paired reward change at the same seeds: maximised, broken, or neither."""
+def _reward_kind(kind: str, base: pd.Series, tuned: pd.Series) -> str:
+    """The collapse's kind (:func:`ddpo_study.collapse.collapse_kind`) with the paired reward change behind it."""
     z = tuned.get("reward_change_z", float("nan"))
     if not np.isfinite(z):
         return ""
     rewards = (f"; reward {base['reward_mean']:.2f} -> {tuned['reward_mean']:.2f} "
                f"(change {tuned['reward_change']:+.2f}, z {z:.1f} clustered by prompt)")
-    if z >= REWARD_CHANGE_Z:
-        return rewards + ": the collapse came with a higher reward"
-    if z <= -REWARD_CHANGE_Z:
-        return rewards + ": the reward fell, so the model broke rather than maximised the reward"
-    return rewards + ": no reward change detected"
+    return rewards + {MAXIMISED: ": the collapse came with a higher reward",
+                      BROKE: ": the reward fell, so the model broke rather than maximised the reward"}.get(
+                          kind, ": no reward change detected")
 
 
 def thresholds_table() -> pd.DataFrame:

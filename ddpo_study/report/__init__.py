@@ -109,6 +109,7 @@ from .tables import (
     matched_reward_table,
     paired_reward_gain,
     peak_and_rise_after,
+    run_collapse,
     step_kl_gmean,
 )
 
@@ -129,7 +130,7 @@ __all__ = [
     # tables
     "PLATEAU_LATE_FRACTION", "PLATEAU_LATE_GAIN", "cells_table", "final_table", "first_flat_epoch", "largest_fall",
     "late_gain_fraction", "learning_table", "matched_reward_table", "paired_reward_gain", "peak_and_rise_after",
-    "step_kl_gmean",
+    "run_collapse", "step_kl_gmean",
     # plotting
     "PDF_METADATA", "PNG_METADATA", "new_figure", "save_figure", "style", "styled",
     # figures

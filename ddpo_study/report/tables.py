@@ -160,8 +160,8 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
     (:func:`late_gain_fraction`) and ``plateaued`` (finished, learned, and at most :data:`PLATEAU_LATE_GAIN` of the
     gain came in the last quarter of the epochs), ``first_flat_epoch`` (:func:`first_flat_epoch`, with the
     last eval's standard error as the noise), the peak and the rise after the first flat epoch
-    (:func:`peak_and_rise_after`), the largest fall (:func:`largest_fall`) and the geometric mean step KL
-    (:func:`step_kl_gmean`)."""
+    (:func:`peak_and_rise_after`), the largest fall (:func:`largest_fall`), the geometric mean step KL
+    (:func:`step_kl_gmean`) and ``collapse`` (:func:`run_collapse`)."""
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         gain = paired_reward_gain(g["cell_dir"].iloc[0])
@@ -174,8 +174,23 @@ def learning_table(df: pd.DataFrame) -> pd.DataFrame:
                      "plateaued": bool(finished and learned and np.isfinite(late) and late <= PLATEAU_LATE_GAIN),
                      "first_flat_epoch": (flat := first_flat_epoch(g, gain["gain_se"] if np.isfinite(gain["gain_se"])
                                                                    else 0)),
-                     **peak_and_rise_after(g, flat), **largest_fall(g), "step_kl_gmean": step_kl_gmean(g)})
+                     **peak_and_rise_after(g, flat), **largest_fall(g), "step_kl_gmean": step_kl_gmean(g),
+                     "collapse": run_collapse(g, gain["z"])})
     return pd.DataFrame(rows)
+
+
+def run_collapse(run: pd.DataFrame, reward_z: float) -> str:
+    """The run's last eval against its epoch 0 by :func:`ddpo_study.collapse.collapse_kind`: ``kept prompts``, or
+    a collapse that ``maximised`` the reward, ``broke`` the model or came with ``no reward change``, by the paired
+    reward gain's clustered z; ``""`` without the two evals."""
+    from ..collapse import collapse_kind
+
+    evals = run.dropna(subset=[c for c in ("cross_div_clip", "retrieval_acc") if c in run]).sort_values("epoch")
+    if not {"cross_div_clip", "retrieval_acc"} <= set(run) or len(evals) < 2 or evals["epoch"].iloc[0] != 0:
+        return ""
+    base, last = evals.iloc[0], evals.iloc[-1]
+    ratio = last["cross_div_clip"] / base["cross_div_clip"] if base["cross_div_clip"] else math.nan
+    return collapse_kind(float(ratio), float(base["retrieval_acc"] - last["retrieval_acc"]), float(reward_z))
 
 
 def matched_reward_table(df: pd.DataFrame, metric: str = "cross_div_clip",

@@ -159,3 +159,14 @@ def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
     t = report.learning_table(report.load_grid_results(tmp_path)).set_index("seed")
     assert t.loc[0, "finished"] == False and t.loc[1, "finished"] == True  # noqa: E712
     assert t.loc[0, "plateaued"] == False  # noqa: E712
+
+
+def test_a_runs_collapse_compares_its_last_eval_with_its_epoch_0():
+    import pandas as pd
+
+    run = pd.DataFrame({"epoch": [0, 1, 5, 10], "cross_div_clip": [1.0, math.nan, 0.9, 0.1],
+                        "retrieval_acc": [1.0, math.nan, 0.9, 0.05]})  # epoch 1: a training row, no eval
+    assert report.run_collapse(run, -8.0) == "broke" and report.run_collapse(run, 7.0) == "maximised"
+    kept = run.assign(cross_div_clip=[1.0, math.nan, 0.9, 0.96], retrieval_acc=[1.0, math.nan, 0.9, 0.95])
+    assert report.run_collapse(kept, 7.0) == "kept prompts"  # the last eval decides, not the one before it
+    assert report.run_collapse(run[run["epoch"] > 0], 7.0) == ""  # no epoch-0 eval to compare with
