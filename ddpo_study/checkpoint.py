@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .finetune import ADAPTER_NAME, has_lora
+from .finetune import ADAPTER_NAME, LORA_FILE, has_lora
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -142,6 +142,44 @@ def save_lora(pipe_or_unet, out_dir: str | Path, adapter_name: str = ADAPTER_NAM
         unet_lora_adapter_metadata=metadata,
     )
     return Path(out_dir)
+
+
+def load_lora_into(unet: nn.Module, path: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:
+    """Copy a diffusers LoRA file (``save_lora``'s, or a run's ``final/lora`` folder) into ``unet``'s existing
+    adapter ``adapter_name``, so training starts from it (``init_lora``). Returns the file read.
+
+    Unlike ``pipe.load_lora_weights``, which adds a new adapter, this fills the trainable one that
+    ``finetune.apply_lora`` built, so the optimizer's parameters are the loaded ones. The file must be that
+    adapter's twin: the same rank, alpha and target layers (its metadata and tensor names are checked), else a
+    :class:`ValueError` names the first difference.
+    """
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    path = Path(path)
+    file = path / LORA_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"init_lora: no LoRA file at {file}")
+    with safe_open(str(file), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    want = unet.peft_config[adapter_name]
+    for key, own in (("r", want.r), ("lora_alpha", want.lora_alpha)):
+        theirs = meta.get(f"unet.{key}")
+        if theirs is not None and float(theirs) != float(own):
+            raise ValueError(f"init_lora: {file} has {key} {theirs}, this run's adapter {own}")
+    stripped = {k.removeprefix("unet."): v for k, v in tensors.items()}
+    peft_sd = convert_unet_state_dict_to_peft(stripped)
+    own = {k for k in get_peft_model_state_dict(unet, adapter_name=adapter_name)}
+    missing, extra = sorted(own - set(peft_sd)), sorted(set(peft_sd) - own)
+    if missing or extra:
+        raise ValueError(f"init_lora: {file} does not match this run's LoRA layers (missing {missing[:2]}, "
+                         f"unexpected {extra[:2]})")
+    try:
+        set_peft_model_state_dict(unet, peft_sd, adapter_name=adapter_name)
+    except RuntimeError as err:  # a shape mismatch: another rank or base model
+        raise ValueError(f"init_lora: {file} does not fit this run's LoRA ({str(err).splitlines()[0]})") from err
+    return file
 
 
 def base_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:

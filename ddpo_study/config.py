@@ -129,6 +129,8 @@ class DDPOConfig:
     """Comma-separated UNet modules that get a LoRA (peft's suffix match: 'to_k' = every key projection, 'attn2.to_k' = cross-attention keys only)."""
     lora_alpha: float = 4.0
     """LoRA alpha (the update is scaled by alpha / r)."""
+    init_lora: str = ""
+    """LoRA mode: a diffusers LoRA file or folder (a run's final/lora) the adapter starts from (not a zero update); epoch 0 is then that adapter."""
     lora_learning_rate: float = 3e-4
     """AdamW learning rate for LoRA parameters."""
     full_learning_rate: float = 3e-5
@@ -219,6 +221,9 @@ class DDPOConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
 
         need(self.mode in MODES, "mode", f"must be one of {MODES}")
+        if self.init_lora:  # an adapter to start from: only LoRA mode has one at epoch 0
+            need(self.mode == "lora", "init_lora", f"needs mode 'lora' (mode is {self.mode!r})")
+            need(Path(self.init_lora).exists(), "init_lora", "no such file or folder")
         trackers = tracker_names()
         need(all(t in trackers for t in self.trackers), "log_with", f"names accelerate trackers: {sorted(trackers)}")
         check_diversity(self.diversity_lambda, self.diversity_form, self.diversity_feature)

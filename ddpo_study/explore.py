@@ -35,13 +35,10 @@ import numpy as np
 import pandas as pd
 
 from .config import EVAL_SEED_BASE
-from .finetune import ADAPTER_NAME
+from .finetune import ADAPTER_NAME, LORA_FILE
 from .images import to_uint8
 from .models import resolve_device
 from .report import eval_epochs, image_axis, load_eval_images, new_figure, styled, tile, wrap_label
-
-#: diffusers' LoRA file name (``save_lora_weights``), in ``<weights>/lora/``.
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 class MissingWeightsError(FileNotFoundError):

@@ -29,6 +29,8 @@ from .config import DEFAULT_LORA_TARGETS, MODES
 DEFAULT_TARGET_MODULES = tuple(DEFAULT_LORA_TARGETS.split(","))
 #: peft's default adapter name: what `pipe.load_lora_weights` and our exports use.
 ADAPTER_NAME = "default"
+#: diffusers' LoRA file name (what ``save_lora_weights`` writes and ``load_lora_weights`` looks for).
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def has_lora(unet: nn.Module) -> bool:

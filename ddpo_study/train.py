@@ -34,7 +34,14 @@ from tqdm.auto import tqdm
 
 from . import finetune
 from .atomic import atomic_path
-from .checkpoint import export_final, load_checkpoint_state, load_unet_tensors, optimizer_from_tensors, save_checkpoint
+from .checkpoint import (
+    export_final,
+    load_checkpoint_state,
+    load_lora_into,
+    load_unet_tensors,
+    optimizer_from_tensors,
+    save_checkpoint,
+)
 from .config import UNUSED_BY_MODE, DDPOConfig, save_config
 from .evaluation import evaluate, load_eval_images, save_eval_images
 from .ppo import StepController, clipped_surrogate_loss, select_timesteps
@@ -219,6 +226,8 @@ def setup(cfg: DDPOConfig) -> RunState:
     if cfg.mode == "progressive":
         finetune.prepare_unet(unet, "full")  # the full phase's weights exist (and load) before any switch
     params, optimizer = _policy_optimizer(cfg, unet, phase_of(cfg, start_epoch))
+    if cfg.init_lora and ckpt is None:  # a resume loads the adapter from its checkpoint below instead
+        load_lora_into(unet, cfg.init_lora)
     if cfg.kl_beta > 0 and cfg.mode == "lora":
         reference = finetune.AdaptersDisabled(unet)  # LoRA keeps the base weights: switch the adapter off
     tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
@@ -480,7 +489,8 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
     s = setup(cfg)
     main = s.acc.is_main_process
     if main and s.start_epoch == 0 and not any(r.get("epoch") == 0 for r in s.rows):
-        s.rows = [{"epoch": 0, **_evaluate(s, 0), "param_dist": 0.0}]
+        # 0 unless init_lora loaded an adapter: the distance is always from the base model's weights
+        s.rows = [{"epoch": 0, **_evaluate(s, 0), "param_dist": finetune.param_distance_from_base(s.unet, s.base_state)}]
         write_metrics(s.out, s.rows)
         _log(s, s.rows[0], 0)
     bar = tqdm(range(s.start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",

@@ -45,6 +45,7 @@ progressive_switch_epoch = 5  # Progressive mode: epochs of full fine-tuning bef
 lora_rank = 4  # LoRA rank r.
 lora_target_modules = 'to_q,to_k,to_v,to_out.0'  # Comma-separated UNet modules that get a LoRA (peft's suffix match: 'to_k' means every key projection, 'attn2.to_k' means cross-attention keys only).
 lora_alpha = 4.0  # LoRA alpha (the update is scaled by alpha / r).
+init_lora = ''  # LoRA mode: a diffusers LoRA file or folder (a run's final/lora) the adapter starts from (not a zero update); epoch 0 is then that adapter.
 lora_learning_rate = 0.0003  # AdamW learning rate for LoRA parameters.
 full_learning_rate = 3e-05  # AdamW learning rate for full fine-tuning (all UNet weights).
 adam_beta1 = 0.9  # AdamW beta1.

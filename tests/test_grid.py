@@ -514,6 +514,10 @@ def test_every_grid_spec_in_configs_loads_and_the_derived_grids_match_the_study(
     for c in cells["toy_plateau"]:
         ref = study[f"toy_30-{c.params['mode']}-lam0.0-s{c.params['seed']}"]
         assert differ(c.params, ref) == {"num_epochs"}, c.name
+    plateau = {c.name: c.params for c in cells["toy_plateau"]}
+    for c in cells["toy_plateau_more"]:  # a continuation: the same run's config, from its epoch-240 adapter
+        assert differ(c.params, plateau[c.name]) == {"num_epochs", "init_lora"}, c.name
+        assert c.params["init_lora"] == f"results/toy_plateau/{c.name}/final/lora"
     base = next(c for c in cells["toy_hypotheses"] if c.name == "lora-base-s1")
     assert differ(base.params, study["toy_30-lora-lam0.0-s1"]) == {"num_epochs"}
 

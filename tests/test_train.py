@@ -274,3 +274,32 @@ def test_eval_cadence_does_not_change_training(tiny_model_dir, tiny_prompt_files
     cols = ["train_loss", "train_reward_mean", "train_step_kl", "learning_rate", "param_dist"]
     pd.testing.assert_frame_equal(a.loc[[1, 2], cols], b.loc[[1, 2], cols])
     assert a.loc[2, "reward_mean"] == b.loc[2, "reward_mean"]  # the last eval sees the same weights
+
+
+def test_init_lora_starts_the_run_from_another_runs_adapter(tiny_model_dir, tiny_prompt_files, tmp_path):
+    first = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "first"), progress=False)
+    before = pd.read_csv(first / "metrics.csv").iloc[-1]
+    cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "more", num_epochs=1,
+                      init_lora=str(first / "final" / "lora"))
+    more = train.run(cfg, progress=False)
+    after = pd.read_csv(more / "metrics.csv")
+    # epoch 0 of the new run is the first run's last epoch: the same adapter, eval seeds and prompts
+    assert after.loc[0, "reward_mean"] == pytest.approx(before["reward_mean"], rel=1e-6)
+    assert after.loc[0, "param_dist"] == pytest.approx(before["param_dist"], rel=1e-6) and before["param_dist"] > 0
+    with np.load(first / "eval" / f"epoch_{int(before['epoch']):04d}.npz") as a, \
+            np.load(more / "eval" / "epoch_0000.npz") as b:
+        assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
+    assert after.loc[1, "param_dist"] != pytest.approx(after.loc[0, "param_dist"])  # and it trains on from there
+
+
+def test_init_lora_refuses_what_it_cannot_start_from(tiny_model_dir, tiny_prompt_files, tmp_path):
+    first = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "first", num_epochs=1),
+                      progress=False)
+    adapter = str(first / "final" / "lora")
+    with pytest.raises(ConfigError, match="init_lora.*needs mode 'lora'"):
+        tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "a", mode="full", init_lora=adapter)
+    with pytest.raises(ConfigError, match="init_lora.*no such file"):
+        tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "b", init_lora=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="has r 2, this run's adapter 4"):
+        train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "c", lora_rank=4, init_lora=adapter),
+                  progress=False)

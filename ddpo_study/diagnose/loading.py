@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ..finetune import ADAPTER_NAME
+from ..finetune import ADAPTER_NAME, LORA_FILE
 from ..models import resolve_model
 
 #: Names of the files a tuned model may come in (see :mod:`ddpo_study.diagnose`).
-LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+LORA_FILES = (LORA_FILE, "pytorch_lora_weights.bin")
 STATE_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
 
 _ATTN_PROC_KEY = re.compile(r"(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)"

@@ -20,7 +20,8 @@ seeds, paired-by-seed contrasts, the clustered SE of a paired gain, Holm), ``lev
 per reward, after both conditions moved), ``questions`` (the spec's questions and their verdicts), ``tables``
 (grid tables), ``frontier`` (every condition's final reward gain and diversity with seed CIs, and its
 diversity difference from a reference at matched reward: the remedies side by side), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
-(one run's figures and tables), ``summary`` (writing ``<root>/summary/``, Markdown, notebook setup). Everything
+(one run's figures and tables), ``summary`` (writing ``<root>/summary/``, Markdown, notebook setup), ``continued`` (a run continued from
+another run's adapter, ``init_lora``: the joined curve and its reads). Everything
 is re-exported here: use ``report.<name>``.
 """
 
@@ -34,6 +35,7 @@ from .cell import (
     fig_cell_images,
     fig_cell_ppo,
 )
+from .continued import continued_table, fig_continued, join_curves, joined_curves, original_of
 from .figures import (
     fig_diversity_curves,
     fig_final_bars,
@@ -114,6 +116,8 @@ from .tables import (
 )
 
 __all__ = [
+    # continued runs
+    "continued_table", "fig_continued", "join_curves", "joined_curves", "original_of",
     # results
     "FINAL_METRICS", "LABELS", "NON_FACTORS", "SHORT", "VALUE_ONLY", "condition_factors", "conditions",
     "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_eval_images", "load_grid_results", "read_cell",

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..atomic import write_bytes_if_changed
 from ..grid.spec import find_spec, load_spec
+from .continued import continued_table, fig_continued, joined_curves
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
 from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
 from .plotting import save_figure
@@ -96,6 +97,10 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
     summary.tables = summary_tables(df, questions, remedies)
+    continued = continued_table(root)  # runs started from another run's adapter (init_lora): the joined reads
+    if not continued.empty:
+        summary.tables["continued"] = continued
+        summary.figures["continued_curves"] = fig_continued(joined_curves(root))
     for name, fig in summary.figures.items():
         raster = name in RASTER_FIGURES
         summary.files += save_figure(fig, out / name, formats=("png",) if raster else ("png", "pdf"))
