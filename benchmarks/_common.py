@@ -148,7 +148,7 @@ class OurEpoch:
     """One DDPO epoch of ddpo-study, exactly the body of ``train.run``'s loop without eval, logging, checkpoints.
 
     sample (``train.sample_epoch``) -> reward -> advantages (``train.compute_advantages``) -> PPO
-    (``train.ppo_update``). LoRA r=4, alpha=4 on to_q/to_k/to_v/to_out.0 (TRL's hard-wired adapter).
+    (``ppo.PPO.steps``). LoRA r=4, alpha=4 on to_q/to_k/to_v/to_out.0 (TRL's hard-wired adapter).
     """
 
     def __init__(self, s: dict[str, Any], mode: str = "lora"):
@@ -156,8 +156,10 @@ class OurEpoch:
         from accelerate import Accelerator
 
         from ddpo_study import finetune, train
-        from ddpo_study.models import load_pipeline
+        from ddpo_study.models import frozen_dtype, load_pipeline
+        from ddpo_study.ppo import PPO
         from ddpo_study.prompts import load_prompts
+        from ddpo_study.sampler import DDIMFamily
         from ddpo_study.stat_tracking import PerPromptStatTracker
 
         self.train = train
@@ -170,10 +172,11 @@ class OurEpoch:
             torch.backends.cuda.matmul.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         self.prompts = load_prompts(cfg.prompt_set)
-        self.pipe = load_pipeline(cfg.model, device=self.device, dtype=train.frozen_dtype(cfg, self.device))
+        self.pipe = load_pipeline(cfg.model, device=self.device, dtype=frozen_dtype(cfg.mixed_precision, self.device))
         self.unet = self.pipe.unet
-        self.params = finetune.prepare_unet(self.unet, cfg.mode, cfg.lora_rank, cfg.lora_alpha)
-        self.optimizer = train.make_optimizer(cfg, self.params, cfg.learning_rate)
+        self.family = DDIMFamily()
+        self.policy = finetune.policy_for_epoch(cfg, self.unet, 0)
+        self.ppo = PPO(cfg, self.family, measure_step_kl=False)
         self.tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
         self.reward = BENCH_REWARDS[s["reward"]]
         self.epoch = 0
@@ -184,14 +187,14 @@ class OurEpoch:
         self.epoch += 1
         synchronize(dev)
         t0 = time.perf_counter()
-        traj = train.sample_epoch(cfg, self.pipe, self.unet, self.prompts, self.epoch)
+        traj = train.sample_epoch(cfg, self.family, self.pipe, self.unet, self.prompts, self.epoch)
         synchronize(dev)
         t1 = time.perf_counter()
         rewards = self.reward(traj.images).numpy()
         advantages = train.compute_advantages(cfg, self.tracker, traj.prompts, rewards)
         t2 = time.perf_counter()
-        stats = train.ppo_update(cfg, self.pipe, self.unet, self.params, self.optimizer, traj, advantages,
-                                 self.epoch, autocast=self.acc.autocast, measure_step_kl=False)
+        stats = self.ppo.steps(self.pipe, self.unet, self.policy, traj, advantages, self.epoch,
+                               autocast=self.acc.autocast)
         synchronize(dev)
         t3 = time.perf_counter()
         return {"seconds": t3 - t0, "sample_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2,

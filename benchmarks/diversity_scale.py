@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ddpo_study.config import DDPOConfig
-from ddpo_study.models import load_pipeline
+from ddpo_study.models import load_pipeline, load_scorers
 from ddpo_study.prompts import load_prompts
 from ddpo_study.rewards import RewardContext, make_reward
 from ddpo_study.sampler import sample_trajectories
-from ddpo_study.train import epoch_prompts, load_scorers
+from ddpo_study.train import epoch_prompts
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def worker(s: dict, mode: str) -> None:
     C.setup_threads(s["threads"])
     epoch = C.OurEpoch(s, mode)
     cuda = epoch.device.type == "cuda"
-    trainable = sum(p.numel() for p in epoch.params)
+    trainable = sum(p.numel() for p in epoch.policy.params)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

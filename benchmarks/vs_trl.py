@@ -9,7 +9,7 @@ What it measures. Wall seconds of one DDPO epoch (sample ``--samples`` images wi
 advantages, one PPO pass per inner epoch over random minibatches and timestep subsets) for
 
 * **ddpo-study**: the body of ``ddpo_study.train.run``'s loop (``sample_epoch``, ``compute_advantages``,
-  ``ppo_update``) without evaluation, logging or checkpoints;
+  ``ppo.PPO.steps``) without evaluation, logging or checkpoints;
 * **TRL**: ``DDPOTrainer.step`` (sampling through TRL's pipeline, rewards, advantages, its per-timestep
   training loop), with saving off.
 

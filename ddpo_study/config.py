@@ -2,7 +2,8 @@
 
 Defaults follow ddpo-pytorch where it has an opinion (eta 1.0, PPO clip range 1e-4, advantage clip 5,
 per-prompt stat tracking on) and the toy study otherwise. One deliberate departure: prompts are drawn in
-groups of ``images_per_prompt`` = 8 images, each group its own per-prompt baseline (buffer = min count = 8);
+groups of ``images_per_prompt`` = 8 images, each group its own per-prompt baseline: the stat tracker's buffer and
+min count default to ``images_per_prompt`` (0 = derive), so changing the group size keeps that property;
 ``images_per_prompt: 1`` with ``stat_buffer_size: 32, stat_min_count: 16`` is ddpo-pytorch's scheme (see
 ``train.epoch_prompts`` for why). Every field has a
 one-line docstring (units, meaning); :func:`field_docs` reads them, so ``--help`` texts and the notebook's
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .seeding import MAX_INNER_EPOCHS
 
 MODES = ("lora", "full", "progressive")
 DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
@@ -161,10 +164,10 @@ class DDPOConfig:
     """Gradient-norm clipping threshold."""
     per_prompt_stat_tracking: bool = True
     """Normalise rewards per prompt (ddpo-pytorch's default; TRL's default was off) instead of per batch."""
-    stat_buffer_size: int = 8
-    """Per-prompt stat tracking: rewards remembered per prompt (= images_per_prompt: each group is its own baseline)."""
-    stat_min_count: int = 8
-    """Per-prompt stat tracking: below this many rewards a prompt uses the batch mean/std."""
+    stat_buffer_size: int = 0
+    """Per-prompt stat tracking: rewards remembered per prompt; 0 = images_per_prompt (with stat_min_count 0: each group is its own baseline)."""
+    stat_min_count: int = 0
+    """Per-prompt stat tracking: below this many rewards a prompt uses the batch mean/std; 0 = images_per_prompt."""
     kl_beta: float = 0.0
     """Weight of the KL-to-base penalty on the sampled transitions (DPOK-style); 0 disables it."""
     target_kl: float = 0.0
@@ -187,14 +190,23 @@ class DDPOConfig:
     """Also log each epoch's row to accelerate trackers, comma-separated ('tensorboard', 'wandb', ...; '' = metrics.csv only)."""
 
     # ---------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # The tracker's window derives from the group size unless set: buffer = min count = images_per_prompt
+        # makes each epoch's group of one prompt its own baseline (the study's estimator). Resolved here, so
+        # config.json and every reader see the numbers the run used.
+        if self.stat_buffer_size == 0:
+            self.stat_buffer_size = self.images_per_prompt
+        if self.stat_min_count == 0:
+            self.stat_min_count = self.images_per_prompt
+
     @property
     def trackers(self) -> list[str]:
         """``log_with`` as accelerate's list of tracker names (empty: no tracker)."""
         return [t.strip() for t in self.log_with.split(",") if t.strip()]
 
-    @property
-    def learning_rate(self) -> float:
-        return self.lora_learning_rate if self.mode == "lora" else self.full_learning_rate
+    def learning_rate_for(self, phase: str) -> float:
+        """The starting AdamW rate of ``phase`` ('lora', or 'full'/'progressive': all UNet weights)."""
+        return self.lora_learning_rate if phase == "lora" else self.full_learning_rate
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DDPOConfig":
@@ -250,6 +262,8 @@ class DDPOConfig:
         need(all(t.strip() for t in self.lora_target_modules.split(",")), "lora_target_modules",
              "must be comma-separated module names, e.g. 'to_q,to_k,to_v,to_out.0'")
         need(self.stat_min_count <= self.stat_buffer_size, "stat_min_count", "must be <= stat_buffer_size")
+        need(self.inner_epochs <= MAX_INNER_EPOCHS, "inner_epochs",
+             f"must be <= {MAX_INNER_EPOCHS} (each PPO pass has its own random stream: ddpo_study.seeding)")
         need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",
              "num_steps x timestep_fraction must select at least one step")

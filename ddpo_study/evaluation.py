@@ -20,7 +20,6 @@ import torch
 from .atomic import atomic_path, write_text
 from .config import EVAL_SEED_BASE, DDPOConfig
 from .images import from_uint8, to_uint8
-from .sampler import sample_trajectories
 
 
 def eval_seeds(num_seeds: int) -> list[int]:
@@ -28,21 +27,20 @@ def eval_seeds(num_seeds: int) -> list[int]:
     return [EVAL_SEED_BASE + j for j in range(num_seeds)]
 
 
-def evaluate(cfg: DDPOConfig, pipe, unet, eval_prompts, reward_fn, clip, lpips_model, base_images=None,
+def evaluate(cfg: DDPOConfig, family, pipe, denoiser, eval_prompts, reward_fn, clip, lpips_model, base_images=None,
              base_embeds=None):
     """Returns (images (P, S, 3, H, W) in [0, 1], metrics, rewards (P, S)).
 
-    ``base_images`` / ``base_embeds`` (the epoch-0 images or their CLIP embeddings) enable the
-    distance-from-base metrics.
+    The images come from the sampler family's eval sampler (``SamplerFamily.generate``: per-image seeds, as the
+    stock pipeline samples). ``base_images`` / ``base_embeds`` (the epoch-0 images or their CLIP embeddings)
+    enable the distance-from-base metrics.
     """
     from .metrics import compute_eval_metrics, image_rewards
 
     seeds = eval_seeds(cfg.eval_num_seeds)
     pairs = [(p, s) for p in eval_prompts for s in seeds]
-    traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=cfg.num_steps,
-                               guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=unet,
-                               batch_size=cfg.sample_batch_size)
-    images = traj.images.float().cpu().reshape(len(eval_prompts), len(seeds), *traj.images.shape[1:])
+    generated = family.generate(pipe, denoiser, [p for p, _ in pairs], [s for _, s in pairs], cfg)
+    images = generated.float().cpu().reshape(len(eval_prompts), len(seeds), *generated.shape[1:])
     rewards = image_rewards(images, eval_prompts, reward_fn)
     metrics = compute_eval_metrics(images, eval_prompts, clip, base_images=base_images, rewards=rewards,
                                    lpips=lpips_model, base_embeds=base_embeds)

@@ -7,14 +7,17 @@
 * ``progressive``: starts as ``full``; at a chosen epoch ``switch_to_lora`` freezes the full-tuned weights in
   place and adds a fresh LoRA on top of them.
 
-``param_distance_from_base`` measures how far the *effective* weights moved, including LoRA deltas, so the three
+``policy_for_epoch`` is the one place that turns a config and an epoch into what trains: the phase's parameters,
+their optimizer and the frozen reference of a KL term. ``param_distance_from_base`` measures how far the *effective* weights moved, including LoRA deltas, so the three
 modes are compared on one scale.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -134,6 +137,60 @@ class AdaptersDisabled:
             return self.unet(*args, **kwargs)
         finally:
             self.unet.enable_adapters()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The policy of an epoch: what trains, with which optimizer, against which reference
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Policy:
+    """What an epoch's update changes and measures against."""
+
+    phase: str  #: 'lora' or 'full': which weights train now
+    params: list  #: the trainable tensors of the phase
+    optimizer: torch.optim.Optimizer
+    reference: Any = None  #: the frozen base policy for a KL term (None without one)
+
+
+def phase_of(cfg, epochs_done: int) -> str:
+    """'lora' or 'full': which weights train after ``epochs_done`` epochs (progressive switches once)."""
+    if cfg.mode == "progressive":
+        return "lora" if epochs_done >= cfg.progressive_switch_epoch else "full"
+    return cfg.mode
+
+
+def make_optimizer(cfg, params, lr: float) -> torch.optim.Optimizer:
+    """AdamW over ``params`` with the config's betas, weight decay and epsilon."""
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def policy_for_epoch(cfg, unet: nn.Module, epochs_done: int, current: Policy | None = None) -> Policy:
+    """The policy that trains after ``epochs_done`` epochs: ``current`` if its phase goes on, else a new one.
+
+    Built at the start (or resume) of a run (``current=None``): the KL reference first -- a frozen copy of the
+    untouched UNet for full and progressive runs, which change the base weights; the adapter switched off for
+    LoRA runs, which keep them -- then the phase's trainable weights. At progressive mode's switch the full-tuned
+    UNet is frozen in place under a fresh LoRA with a NEW optimizer (the old one holds frozen tensors and their
+    Adam moments); the reference stays the untouched UNet.
+    """
+    phase = phase_of(cfg, epochs_done)
+    if current is not None and current.phase == phase:
+        return current
+    reference = current.reference if current is not None else None
+    if current is None and cfg.kl_beta > 0 and cfg.mode != "lora":
+        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+    if current is None and cfg.mode == "progressive":
+        prepare_unet(unet, "full")  # the full phase's weights exist (and load from a checkpoint) before any switch
+    if phase == "lora" and cfg.mode == "progressive":
+        params = switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha, target_modules=cfg.lora_target_modules)
+    else:
+        params = prepare_unet(unet, phase, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
+    if cfg.kl_beta > 0 and cfg.mode == "lora":
+        reference = AdaptersDisabled(unet)
+    return Policy(phase, params, make_optimizer(cfg, params, cfg.learning_rate_for(phase)), reference)
 
 
 # --------------------------------------------------------------------------------------------------------------

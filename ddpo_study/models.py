@@ -163,3 +163,29 @@ def load_aesthetic(path: str | Path, device: str | torch.device = "cpu"):
         return model.to(device)
     except Exception as err:
         raise ModelLoadError(f"could not load the aesthetic predictor from {path}: {err}") from err
+
+
+def load_scorers(cfg, device: torch.device):
+    """The CLIP scorer, aesthetic MLP and (if available) LPIPS that rewards and metrics use, for ``cfg``'s model.
+
+    The toy model ships its own CLIP and aesthetic scorer (``clip/``, ``aesthetic/`` beside the pipeline); other
+    models use ``cfg.clip_model`` / ``cfg.aesthetic_model`` or, for CLIP, OpenAI's ViT-L/14. Returns
+    ``(clip, aesthetic or None, lpips or None, lpips warning or "")``.
+    """
+    from .metrics import maybe_load_lpips
+
+    model_dir = Path(resolve_model(cfg.model))
+    clip_path = cfg.clip_model or (str(model_dir / "clip") if (model_dir / "clip").is_dir()
+                                   else "openai/clip-vit-large-patch14")
+    clip = load_clip(clip_path, device)
+    aesthetic_path = cfg.aesthetic_model or (str(model_dir / "aesthetic") if (model_dir / "aesthetic").is_dir() else "")
+    aesthetic = load_aesthetic(aesthetic_path, device) if aesthetic_path else None
+    lpips_model, lpips_warning = maybe_load_lpips(device)
+    return clip, aesthetic, lpips_model, lpips_warning
+
+
+def frozen_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of a run's frozen weights: fp32 on the CPU or without mixed precision, else fp16/bf16."""
+    if device.type == "cpu" or mixed_precision == "no":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]

@@ -22,7 +22,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -236,17 +236,6 @@ class Trajectory:
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
 
-    def to(self, device: torch.device | str) -> "Trajectory":
-        """A copy with all tensors detached and moved to ``device``."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, Tensor):
-                moved[name] = value.detach().to(device)
-        return Trajectory(**moved)
-
-    def cpu(self) -> "Trajectory":
-        return self.to("cpu")
-
     def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "Trajectory":
         """The sub-batch at ``index`` (an int keeps a batch of one); timesteps and settings are shared."""
         if isinstance(index, int):
@@ -263,10 +252,6 @@ class Trajectory:
             seeds=[self.seeds[i] for i in positions],
             **picked,
         )
-
-    def split(self, batch_size: int) -> list["Trajectory"]:
-        """Consecutive chunks of at most ``batch_size`` samples (e.g. PPO minibatches after a shuffle)."""
-        return [self[i : i + batch_size] for i in range(0, len(self), batch_size)]
 
     @staticmethod
     def cat(trajectories: Sequence["Trajectory"]) -> "Trajectory":
@@ -553,3 +538,44 @@ def recompute_log_probs(
         reference = transition_outputs(reference_unet, scheduler, trajectory, step_indices, guidance_scale)
     kl = ddim_gaussian_kl(scheduler, tr.noise_pred, reference.noise_pred, tr.timesteps, tr.sample, eta=eta)
     return LogProbOutput(log_prob.reshape(tr.shape), kl.reshape(tr.shape))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The family behind the training loop's seam (``algorithm.SamplerFamily``)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DDIMFamily:
+    """SD-type pipelines: an epsilon-prediction UNet sampled by DDIM with ``eta > 0``, each step a Gaussian.
+
+    Training samples and eval images come from the same sampler (:func:`sample_trajectories`, per-image seeds),
+    so a run's eval images are what stock diffusers makes with the run's adapter and a ``DDIMScheduler`` at the
+    same ``eta``.
+    """
+
+    name = "ddim"
+
+    def denoiser(self, pipe):
+        return pipe.unet
+
+    def sample(self, pipe, denoiser, prompts, seeds, cfg, progress: bool = False) -> Trajectory:
+        return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
+                                   guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=denoiser,
+                                   batch_size=cfg.sample_batch_size, progress=progress)
+
+    def generate(self, pipe, denoiser, prompts, seeds, cfg) -> Tensor:
+        return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
+                                   guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=denoiser,
+                                   batch_size=cfg.sample_batch_size).images
+
+    def log_probs(self, denoiser, pipe, batch: Trajectory, step_index: Tensor, reference=None) -> LogProbOutput:
+        return recompute_log_probs(denoiser, pipe.scheduler, batch, step_index, reference_unet=reference)
+
+    def step_outputs(self, denoiser, pipe, batch: Trajectory, step_index: Tensor) -> Tensor:
+        return transition_outputs(denoiser, pipe.scheduler, batch, step_index).noise_pred.float()
+
+    def step_kl(self, pipe, batch: Trajectory, step_index: Tensor, before: Tensor, after: Tensor) -> Tensor:
+        rows = torch.arange(len(batch)).unsqueeze(1).expand_as(step_index).reshape(-1)
+        sample = batch.latents[rows, step_index.reshape(-1)]
+        timesteps = batch.timesteps.to(sample.device)[step_index.reshape(-1)]
+        return ddim_gaussian_kl(pipe.scheduler, before, after, timesteps, sample, eta=batch.eta)

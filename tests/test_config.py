@@ -62,7 +62,7 @@ def test_yaml_and_json_round_trip_with_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text("mode: full\nfull_learning_rate: 1.0e-4\nseed: 3\n")
     cfg = load_config(tmp_path / "a.yaml", {"seed": 4})
     assert (cfg.mode, cfg.full_learning_rate, cfg.seed) == ("full", 1e-4, 4)
-    assert cfg.learning_rate == 1e-4
+    assert cfg.learning_rate_for(cfg.mode) == 1e-4 and cfg.learning_rate_for("lora") == cfg.lora_learning_rate
     save_config(cfg, tmp_path / "b.json")
     assert json.loads((tmp_path / "b.json").read_text())["seed"] == 4
     assert load_config(tmp_path / "b.json") == cfg
@@ -74,3 +74,20 @@ def test_missing_or_malformed_config_files_are_named(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_the_stat_trackers_window_follows_the_group_size_unless_set():
+    cfg = DDPOConfig(images_per_prompt=4, samples_per_epoch=64)
+    assert (cfg.stat_buffer_size, cfg.stat_min_count) == (4, 4)  # each group is its own baseline
+    assert cfg.to_dict()["stat_buffer_size"] == 4  # config.json records the number the run used
+    explicit = DDPOConfig(images_per_prompt=1, stat_buffer_size=32, stat_min_count=16)  # ddpo-pytorch's scheme
+    assert (explicit.stat_buffer_size, explicit.stat_min_count) == (32, 16)
+    assert DDPOConfig.from_dict(explicit.to_dict()) == explicit
+
+
+def test_inner_epochs_stay_below_the_step_probes_random_stream():
+    from ddpo_study.seeding import MAX_INNER_EPOCHS
+
+    DDPOConfig(inner_epochs=MAX_INNER_EPOCHS).validate()
+    with pytest.raises(ConfigError, match="inner_epochs.*random stream"):
+        DDPOConfig(inner_epochs=MAX_INNER_EPOCHS + 1).validate()

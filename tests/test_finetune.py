@@ -166,3 +166,30 @@ def test_the_hypotheses_grid_targets_exist_and_adapt_only_what_they_name(tiny_pi
         prepare_unet(unet, "lora", 2, 2.0, ",".join(t))
         adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
         assert adapted and all(n.endswith(tuple("." + x for x in t)) for n in adapted), name
+
+
+def test_policy_for_epoch_builds_each_modes_policy_and_switches_progressive_once(tiny_pipe_factory):
+    from ddpo_study.config import DDPOConfig
+    from ddpo_study.finetune import AdaptersDisabled, policy_for_epoch
+
+    lora = policy_for_epoch(DDPOConfig(mode="lora", kl_beta=0.1), tiny_pipe_factory().unet, 0)
+    assert lora.phase == "lora" and isinstance(lora.reference, AdaptersDisabled)  # the base is under the adapter
+    assert lora.optimizer.param_groups[0]["lr"] == DDPOConfig().lora_learning_rate
+
+    cfg = DDPOConfig(mode="progressive", progressive_switch_epoch=2, num_epochs=4, kl_beta=0.1)
+    unet = tiny_pipe_factory().unet
+    full = policy_for_epoch(cfg, unet, 0)
+    assert full.phase == "full" and len(full.params) == len(list(unet.parameters()))
+    assert full.optimizer.param_groups[0]["lr"] == cfg.full_learning_rate
+    # the reference is a frozen copy of the untouched UNet, not the trained weights
+    assert not any(p.requires_grad for p in full.reference.parameters())
+    assert all(p is not q for p, q in zip(full.reference.parameters(), unet.parameters()))
+    assert policy_for_epoch(cfg, unet, 1, full) is full  # the full phase goes on
+    switched = policy_for_epoch(cfg, unet, 2, full)
+    assert switched.phase == "lora" and switched.optimizer is not full.optimizer
+    assert switched.reference is full.reference
+    assert all("lora_" in n for n, p in unet.named_parameters() if p.requires_grad)
+    assert {id(p) for p in switched.params} == {id(p) for n, p in unet.named_parameters() if p.requires_grad}
+
+    resumed = policy_for_epoch(cfg, tiny_pipe_factory().unet, 3)  # a resume after the switch starts in LoRA
+    assert resumed.phase == "lora" and resumed.optimizer.param_groups[0]["lr"] == cfg.lora_learning_rate

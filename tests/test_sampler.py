@@ -150,10 +150,9 @@ def test_trajectory_shapes_and_indexing(tiny_pipe):
     sub = traj[[2, 0]]
     assert sub.prompts == [PROMPTS[2], PROMPTS[0]] and sub.seeds == [2, 0]
     assert torch.equal(sub.latents[0], traj.latents[2]) and torch.equal(sub.log_probs[1], traj.log_probs[0])
-    again = Trajectory.cat(traj.split(2))
+    again = Trajectory.cat([traj[0:2], traj[2:]])
     assert again.prompts == traj.prompts and torch.equal(again.latents, traj.latents)
     assert torch.equal(again.images, traj.images)
-    assert traj.cpu().latents.device.type == "cpu"
 
 
 def test_image_depends_only_on_prompt_and_seed(tiny_pipe):

@@ -187,7 +187,7 @@ def test_the_step_controller_brings_the_step_kl_to_its_target(tiny_model_dir, ti
     df = pd.read_csv(out / "metrics.csv").iloc[1:]
     assert df["learning_rate"].iloc[0] < 1e-2  # the first steps overshot: the rate came down at once
     late = df["train_step_kl"].iloc[-4:]
-    assert abs(np.log(late.median() / target)) < np.log(3), (target, late.tolist())  # within 3x of the target
+    assert abs(np.log(late.median() / target)) < np.log(2.5), (target, late.tolist())  # within 2.5x of the target
     assert abs(np.log(df["train_step_kl"].iloc[0] / target)) > np.log(10)  # ... from more than 10x above it
 
 
@@ -200,22 +200,23 @@ def test_the_logged_step_kl_equals_an_independent_computation(tiny_model_dir, ti
 
     from ddpo_study import finetune
     from ddpo_study.models import load_pipeline
+    from ddpo_study.ppo import PPO, StepProbe
     from ddpo_study.prompts import load_prompts
-    from ddpo_study.sampler import guided_noise_pred
+    from ddpo_study.sampler import DDIMFamily, guided_noise_pred
     from ddpo_study.stat_tracking import PerPromptStatTracker
 
     cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "r", train_batch_size=8)  # one step
     pipe = load_pipeline(cfg.model)
-    params = finetune.prepare_unet(pipe.unet, "lora", cfg.lora_rank, cfg.lora_alpha)
-    opt = train.make_optimizer(cfg, params, cfg.lora_learning_rate)
+    policy = finetune.policy_for_epoch(cfg, pipe.unet, 0)
+    family = DDIMFamily()
     prompts = load_prompts(cfg.prompt_set)
-    traj = train.sample_epoch(cfg, pipe, pipe.unet, prompts, epoch=1)
+    traj = train.sample_epoch(cfg, family, pipe, pipe.unet, prompts, epoch=1)
     adv = train.compute_advantages(cfg, PerPromptStatTracker(8, 2), traj.prompts, torch.randn(len(traj)).numpy())
     before = copy.deepcopy(pipe.unet)
-    row = train.ppo_update(cfg, pipe, pipe.unet, params, opt, traj, adv, epoch=1)
+    row = PPO(cfg, family).steps(pipe, pipe.unet, policy, traj, adv, epoch=1)
     assert row["train_optimizer_steps"] == 1
 
-    rows, steps = train.step_kl_probe(cfg, epoch=1)
+    rows, steps = StepProbe.choose(cfg, epoch=1)
     sched = pipe.scheduler
     kls = []
     with torch.no_grad():

@@ -192,9 +192,9 @@ def setup(base_model: str | None, tuned: str | Path, prompts: str = "", reward: 
     scorers); otherwise the :class:`~ddpo_study.config.DDPOConfig` defaults (20 steps, guidance 5, eta 1), the
     ``aesthetic`` reward and the prompts of :func:`_default_prompts`.
     """
+    from ..models import load_scorers
     from ..prompts import load_prompts
     from ..rewards import RewardContext, make_reward
-    from ..train import load_scorers
 
     kind, path = inspect_tuned(tuned)  # fail on an unreadable path before loading models
     run_cfg = json.loads((path / "config.json").read_text()) if kind == "run" else {}
