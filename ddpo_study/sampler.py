@@ -225,9 +225,12 @@ class Trajectory:
     negative_prompt_embeds: Tensor  #: (B, L, D) text-encoder output for "" (the CFG unconditional branch)
     images: Tensor  #: (B, 3, H, W) float in [0, 1], the decoded x_0
     guidance_scale: float
-    eta: float
+    eta: float  #: the step's noise scale: DDIM's eta, or the flow SDE's noise level (``flow_sampler``)
+    pooled_prompt_embeds: Tensor | None = None  #: (B, D) SD3-type pipelines' pooled text embeddings (else None)
+    negative_pooled_prompt_embeds: Tensor | None = None  #: (B, D) the same for "" (CFG's unconditional branch)
 
-    _BATCHED = ("latents", "log_probs", "prompt_embeds", "negative_prompt_embeds", "images")
+    _BATCHED = ("latents", "log_probs", "prompt_embeds", "negative_prompt_embeds", "images", "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds")
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -245,7 +248,8 @@ class Trajectory:
         else:
             positions = [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
         rows = torch.as_tensor(positions, dtype=torch.long)
-        picked = {name: getattr(self, name)[rows.to(getattr(self, name).device)] for name in self._BATCHED}
+        picked = {name: getattr(self, name)[rows.to(getattr(self, name).device)] for name in self._BATCHED
+                  if getattr(self, name) is not None}
         return replace(
             self,
             prompts=[self.prompts[i] for i in positions],
@@ -266,7 +270,8 @@ class Trajectory:
             first,
             prompts=[p for tr in trajectories for p in tr.prompts],
             seeds=[s for tr in trajectories for s in tr.seeds],
-            **{name: torch.cat([getattr(tr, name) for tr in trajectories]) for name in Trajectory._BATCHED},
+            **{name: torch.cat([getattr(tr, name) for tr in trajectories]) for name in Trajectory._BATCHED
+               if getattr(first, name) is not None},
         )
 
 

@@ -233,3 +233,45 @@ def make_tiny_sd_layout(root, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_sd_layout(tmp_path_factory):
     return make_tiny_sd_layout(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def make_tiny_sd3_pipe(seed: int = 0, shift: float = 3.0):
+    """A tiny ``StableDiffusion3Pipeline`` (no T5: ``text_encoder_3=None``, as diffusers documents) built from
+    configs on the toy words' tokenizer: an ``SD3Transformer2DModel`` on 8x8x4 latents, two
+    ``CLIPTextModelWithProjection`` encoders, an ``AutoencoderKL`` with a ``shift_factor``, and a
+    ``FlowMatchEulerDiscreteScheduler``. Deterministic in ``seed``."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ddpo_study.toy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(WORDS)
+    torch.manual_seed(seed)
+    text = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                          projection_dim=16, vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    encoders = [CLIPTextModelWithProjection(text).eval() for _ in range(2)]
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=8)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=4, sample_size=16,
+                        shift_factor=0.1, scaling_factor=1.5, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                                    vae=vae.eval(), text_encoder=encoders[0], tokenizer=tokenizer,
+                                    text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None,
+                                    tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_sd3_pipe(one_thread):
+    return make_tiny_sd3_pipe()
