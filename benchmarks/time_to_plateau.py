@@ -18,7 +18,7 @@ resumes from its checkpoint (exactly: ``train.run`` resumes bit for bit). A reci
   The study-v2 recipe does that on seed 0: the rule stops it at epoch 35, where this run equals the study's
   seed-0 LoRA cell, and that cell gained +0.31 more by epoch 80 (``results/toy_study/summary/learning.md``,
   ``gain_after_flat``); a 240-epoch run of the same config gained +0.44 more, peaking at epoch 215
-  (``results/toy_plateau``, README "To the plateau"). So compare recipes on the equal-CPU-time column rather
+  (``results/toy_plateau``, docs/findings.md "240 epochs"). So compare recipes on the equal-CPU-time column rather
   than on their plateau epochs;
 * CPU-seconds: the summed ``cpu_epoch_s`` of the training epochs (sample, reward, PPO; evals excluded);
 * time to 50% / 90%: the CPU time of the first eval whose gain reaches that share of the final gain (an
@@ -51,7 +51,7 @@ COMMON = dict(model="toy", mode="lora", prompt_set="toy_30", reward="aesthetic",
 
 #: name -> (settings over COMMON, epochs per eval chunk). "new" is read from the study spec (its one home).
 RECIPES = {
-    # The 20-epoch study recipe of configs/toy_study.yaml before study v2 (README "Making DDPO learn"):
+    # The 20-epoch study recipe of configs/toy_study.yaml before study v2 (docs/recipe.md):
     # 20 DDIM steps, groups of 8, one optimizer step on all 64 samples, LoRA lr 3e-3, no step control.
     "current": (dict(num_steps=20, samples_per_epoch=64, images_per_prompt=8, train_batch_size=16,
                      gradient_accumulation_steps=4, lora_learning_rate=3e-3, sample_batch_size=64), 5),

@@ -528,7 +528,7 @@ def test_the_committed_plateau_runs_start_as_the_study_cells_then_follow_their_o
     (and the progressive switch, unused by lora and full). On the machine that trained them their logged results
     agree with the study cell's to float noise for the first 20 epochs (observed: <= 1.1e-5 relative in rewards, diversity and
     param_dist, <= 2.2e-4 in the step KL);
-    after that the two runs drift apart (README "To the plateau"), so later epochs are not compared."""
+    after that the two runs drift apart (docs/findings.md, "Agreement with the study's cells"), so later epochs are not compared."""
     root = REPO / f"results/toy_plateau/{mode}-s0"
     study_root = REPO / f"results/toy_study/toy_30-{mode}-lam0.0-s0"
     long, study = (json.loads((d / "config.json").read_text()) for d in (root, study_root))
