@@ -58,8 +58,8 @@ from .levels import (
     levels_by_reward,
     matched_levels,
     matched_runs,
-    reward_levels,
     read_after_epoch,
+    reward_levels,
 )
 from .plotting import PDF_METADATA, PNG_METADATA, new_figure, save_figure, style, styled
 from .questions import (
@@ -77,13 +77,13 @@ from .results import (
     NON_FACTORS,
     SHORT,
     VALUE_ONLY,
+    cell_eval_images,
     condition_factors,
     conditions,
     eval_epochs,
     eval_rows,
     final_rows,
     find_cells,
-    cell_eval_images,
     load_grid_results,
     read_cell,
 )
@@ -129,13 +129,13 @@ __all__ = [
     "continued_table", "fig_continued", "join_curves", "joined_curves", "original_of",
     # results
     "FINAL_METRICS", "LABELS", "NON_FACTORS", "SHORT", "VALUE_ONLY", "condition_factors", "conditions",
-    "eval_epochs", "eval_rows", "final_rows", "find_cells", "cell_eval_images", "load_grid_results", "read_cell",
+    "cell_eval_images", "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_grid_results", "read_cell",
     # stats
     "aggregate", "clustered_mean_se", "holm", "mean_ci", "one_sided_gain_p", "paired_gain", "paired_seed_ci",
     "t_quantile", "welch_ci",
     # levels
     "MATCH_FRACTIONS", "ConditionGain", "Level", "MatchedLevels", "condition_gain", "crossing", "levels_by_reward",
-    "matched_levels", "matched_runs", "reward_levels", "read_after_epoch",
+    "matched_levels", "matched_runs", "read_after_epoch", "reward_levels",
     # questions
     "ALPHA", "DEFAULTS", "default_questions", "evaluate_question", "questions_for", "questions_table", "select_runs",
     # frontier

@@ -12,7 +12,7 @@ import pandas as pd
 from ..config import EVAL_SEED_BASE
 from .levels import reward_levels, reward_names
 from .plotting import new_figure, styled
-from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, cell_eval_images
+from .results import FINAL_METRICS, LABELS, _factors, cell_eval_images, conditions, eval_epochs, eval_rows, final_rows
 from .stats import aggregate, mean_ci
 
 
