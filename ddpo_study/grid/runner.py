@@ -208,7 +208,7 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     Kept: config, metrics, status, the per-image eval rewards of epoch 0 and of the final epoch
     (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; the runner
     writes them from the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
-    (``final/lora``, ~130 kB at rank 4; explore and diagnose load it). With ``keep_eval`` (default): the eval
+    (``final/lora``, ~130 kB at rank 4; diagnose loads it). With ``keep_eval`` (default): the eval
     images of the final epoch (~0.3 MB) and a link to those of epoch 0 (the base model: byte-identical across a
     grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.evaluation.share_eval_file`). With ``keep_report`` (default):
     ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
