@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..atomic import write_text
+from .errors import GridError
 from .spec import (
     REPO_ROOT,
     Cell,
-    GridError,
     GridSpec,
     _close_hint,
     _display_path,
