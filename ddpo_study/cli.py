@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -47,7 +49,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (a bad spec or config): one line, no traceback."""
     from .config import ConfigError
     from .diagnose import DiagnoseError, TunedModelError
-    from .diagnose.remedies import RemedySpecError
+    from .diagnose.remedy_sweep import RemedySpecError
     from .explore import MissingWeightsError
     from .grid import GridError
     from .models import ModelLoadError
@@ -68,11 +70,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from diffusers.utils import make_image_grid
-    from PIL import Image
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
 
-    from .images import to_uint8
+
+def cmd_demo(args) -> int:
+    from .images import FLOAT_NOISE_LEVELS, image_grid, pixel_difference, to_uint8
     from .models import load_pipeline
     from .prompts import load_prompts
     from .sampler import sample_trajectories
@@ -83,39 +87,29 @@ def cmd_demo(args) -> int:
     pairs = [(p, s) for s in seeds for p in prompts]  # row = seed, column = prompt
     traj = sample_trajectories(pipe, [p for p, _ in pairs], [s for _, s in pairs], num_inference_steps=20,
                                guidance_scale=args.guidance, eta=1.0, progress=True)
-    grid = make_image_grid([Image.fromarray(a) for a in to_uint8(traj.images)], rows=len(seeds), cols=len(prompts))
+    grid = image_grid(to_uint8(traj.images), rows=len(seeds), cols=len(prompts), upscale=3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = grid.resize((grid.width * 3, grid.height * 3), Image.NEAREST)
-    path, text = out / "demo_grid.png", "\n".join(prompts) + "\n"
-    diff = _pixel_difference(path, grid) if (out / "demo_prompts.txt").is_file() and \
-        (out / "demo_prompts.txt").read_text() == text else None
-    if diff is not None and diff <= DEMO_FLOAT_NOISE_LEVELS:
-        # Another CPU or library build rounds a few pixels the other way; rewriting the file for that would show a
-        # committed grid as changed after every `make study` on a new machine.
+    path, prompts_file, text = out / "demo_grid.png", out / "demo_prompts.txt", "\n".join(prompts) + "\n"
+    same_prompts = prompts_file.is_file() and prompts_file.read_text() == text
+    diff = pixel_difference(path, grid) if same_prompts else None
+    if diff is not None and diff <= FLOAT_NOISE_LEVELS:
+        # Rewriting the file for float noise would show a committed grid as changed after every `make study` on a
+        # new machine.
         print(f"kept {path}: the new samples match it to within {diff} of 255 levels (float noise)")
         return 0
     grid.save(path)
-    (out / "demo_prompts.txt").write_text(text)
+    prompts_file.write_text(text)
     print(f"wrote {path} (rows: seeds {seeds}; columns: the prompts in demo_prompts.txt)")
     return 0
 
 
-#: A demo grid within this many 8-bit levels of the one on disk is the same samples (float noise across machines).
-DEMO_FLOAT_NOISE_LEVELS = 1
-
-
-def _pixel_difference(path: Path, image) -> int | None:
-    """Largest per-pixel difference (8-bit levels) between ``image`` and the PNG at ``path``; None if there is no
-    such file or it has another size."""
-    import numpy as np
-    from PIL import Image
-
-    if not path.is_file():
-        return None
-    with Image.open(path) as old:
-        a, b = np.asarray(old.convert("RGB"), dtype=int), np.asarray(image.convert("RGB"), dtype=int)
-    return int(np.abs(a - b).max()) if a.shape == b.shape else None
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--out", default="results/demo")
 
 
 def cmd_base_eval(args) -> int:
@@ -128,6 +122,13 @@ def cmd_base_eval(args) -> int:
     return 0
 
 
+def base_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (the study samples with its num_steps)")
+    p.add_argument("--out", default=None)
+
+
 REMEDIES_SPEC = "configs/inference_remedies.yaml"  # the inference-time remedies on the study's LoRA runs
 
 
@@ -135,23 +136,45 @@ def cmd_study(args) -> int:
     """The study's main job: a demo grid of the base toy model, the default toy grid and its summary, then the
     inference-time remedies on its finished LoRA runs."""
     from .grid import run_grid
+    from .report import run_summary
 
     spec = "configs/toy_study.yaml"
     demo_out = Path("results/toy_study_quick" if args.quick else "results/toy_study")
     demo_out.mkdir(parents=True, exist_ok=True)
     cmd_demo(argparse.Namespace(model="toy", prompts=8, seeds=4, guidance=5.0, out=str(demo_out)))
-    result = run_grid(spec, quick=args.quick, jobs=args.jobs, shard=None, summary=True)
+    result = run_grid(spec, quick=args.quick, jobs=args.jobs, shard=None, summarize=run_summary)
     if not args.quick and result.ok:
         cmd_remedies(argparse.Namespace(spec=REMEDIES_SPEC, no_sample=False, device="auto"))
     return 0 if result.ok else 1
 
 
+def study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="the spec's quick variant (fewer epochs and seeds)")
+    p.add_argument("--jobs", type=int, default=2, help="cells run at once")
+
+
 def cmd_grid_run(args) -> int:
     from .grid import run_grid
+    from .report import run_summary
 
     result = run_grid(args.spec, quick=args.quick, jobs=args.jobs, shard=args.shard, match=args.match,
-                      summary=not args.no_summary)
+                      summarize=None if args.no_summary else run_summary)
     return 0 if result.ok else 1
+
+
+def grid_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="grid spec YAML (see ddpo_study/grid/__init__.py)")
+    p.add_argument("--quick", action="store_true", help="apply the spec's quick overrides")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once (each gets cpu_count // jobs threads)")
+    _selection_arguments(p, "(e.g. 'lora-base-*')")
+    p.add_argument("--no-summary", action="store_true", help="do not write the summary afterwards")
+
+
+def _selection_arguments(p: argparse.ArgumentParser, example: str = "") -> None:
+    p.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
+    p.add_argument("--match", default=None, metavar="PATTERNS",
+                   help=("only the cells whose name matches one of these comma-separated patterns " + example).strip()
+                   if example else "only the cells whose name matches a pattern")
 
 
 def cmd_grid_status(args) -> int:
@@ -177,6 +200,11 @@ def cmd_grid_status(args) -> int:
     return 0
 
 
+def spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec")
+    p.add_argument("--quick", action="store_true")
+
+
 def cmd_grid_stop(args) -> int:
     from .grid import request_stop
 
@@ -186,11 +214,10 @@ def cmd_grid_stop(args) -> int:
 
 
 def _write_cell_config(cell, path) -> None:
-    """A grid cell's exact training config (its DDPOConfig fields, validated) as a file for ``train``."""
+    """A grid cell's exact training config (its DDPOConfig values, validated) as a file for ``train``."""
     from .config import DDPOConfig, save_config
 
-    params = {k: v for k, v in cell.params.items() if k in DDPOConfig.__dataclass_fields__}
-    save_config(DDPOConfig.from_dict(params), path)
+    save_config(DDPOConfig.from_dict(cell.params), path)
 
 
 def cmd_grid_configs(args) -> int:
@@ -210,13 +237,27 @@ def cmd_grid_configs(args) -> int:
     return 0
 
 
+def grid_configs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec")
+    p.add_argument("dir", help="folder for <cell>.json files")
+    p.add_argument("--quick", action="store_true")
+    _selection_arguments(p)
+
+
 def cmd_summary(args) -> int:
-    from .grid import load_spec, run_summary
+    from .grid import load_spec
+    from .report import run_summary
 
     target = Path(args.target)
     root = load_spec(target, quick=args.quick).output_root if target.is_file() else target
     out = run_summary(root, notebook=not args.no_notebook)
     return 0 if out is not None else 1
+
+
+def summary_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="ROOT_OR_SPEC", help="a results folder or a grid spec (its output_root)")
+    p.add_argument("--quick", action="store_true", help="with a spec: its quick output_root")
+    p.add_argument("--no-notebook", action="store_true", help="write the files only, without summary.ipynb/.html")
 
 
 def cmd_cell(args) -> int:
@@ -229,8 +270,16 @@ def cmd_cell(args) -> int:
         _write_cell_config(cell, args.write_config)
         print(f"wrote {args.write_config} (output_dir {cell.params['output_dir']})")
         return 0
-    result = run_grid(spec, only=[cell.name], summary=False)
+    result = run_grid(spec, only=[cell.name])
     return 0 if result.ok else 1
+
+
+def cell_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec")
+    p.add_argument("cell_name")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--write-config", metavar="PATH", default="",
+                   help="only write the cell's training config (JSON) for `accelerate launch -m ddpo_study train PATH`")
 
 
 def _diagnose_name(path: Path) -> str:
@@ -259,100 +308,13 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
-def cmd_remedies(args) -> int:
-    """Sweep the spec's runs (resumable), then write the comparison with early stopping next to points.csv."""
-    from .diagnose.remedies import POINTS_FILE, load_remedy_spec, run_remedies
-    from .grid import load_spec
-    from .report.remedies import write_remedies_summary
-
-    spec = load_remedy_spec(args.spec)
-    if not args.no_sample:
-        run_remedies(spec, device=args.device)
-    elif not (Path(spec.output) / POINTS_FILE).is_file():
-        print(f"error: --no-sample but {Path(spec.output) / POINTS_FILE} does not exist", file=sys.stderr)
-        return 2
-    files = write_remedies_summary(spec.output, load_spec(spec.grid).output_root, spec.metrics, spec.primary,
-                                   keep=spec.points())
-    print(f"wrote {len(files)} files to {spec.output}")
-    return 0
+DIAGNOSE_DESCRIPTION = (
+    "Compare a tuned model with its base on the same prompts and seeds: the cross-prompt collapse with shared and "
+    "per-prompt seeds, whether the weights are in effect, a LoRA-scale sweep and a base-for-the-first-k-steps sweep, "
+    "and a verdict. Writes <out>/diagnose.html (one page, no code) and diagnose.json.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ddpo-study", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="one DDPO run from a config file")
-    p.add_argument("config")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
-    p.set_defaults(fn=cmd_train)
-
-    p = sub.add_parser("demo", help="sample the toy model and write an image grid")
-    p.add_argument("--model", default="toy")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--out", default="results/demo")
-    p.set_defaults(fn=cmd_demo)
-
-    p = sub.add_parser("base-eval", help="judge the base toy model's prompt-following and diversity")
-    p.add_argument("--model", default="toy")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 5.0])
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (the study samples with its num_steps)")
-    p.add_argument("--out", default=None)
-    p.set_defaults(fn=cmd_base_eval)
-
-    p = sub.add_parser("study", help="the study's main job")
-    p.add_argument("--quick", action="store_true", help="the spec's quick variant (fewer epochs and seeds)")
-    p.add_argument("--jobs", type=int, default=2, help="cells run at once")
-    p.set_defaults(fn=cmd_study)
-
-    p = sub.add_parser("grid", help="run a grid of cells, or show its status")
-    gsub = p.add_subparsers(dest="grid_command", required=True)
-    g = gsub.add_parser("run", help="run every cell not yet done (then the summary)")
-    g.add_argument("spec", help="grid spec YAML (see ddpo_study/grid/__init__.py)")
-    g.add_argument("--quick", action="store_true", help="apply the spec's quick overrides")
-    g.add_argument("--jobs", type=int, default=1, help="cells run at once (each gets cpu_count // jobs threads)")
-    g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
-    g.add_argument("--match", default=None, metavar="PATTERNS",
-                   help="only the cells whose name matches one of these comma-separated patterns (e.g. 'lora-base-*')")
-    g.add_argument("--no-summary", action="store_true", help="do not write the summary afterwards")
-    g.set_defaults(fn=cmd_grid_run)
-    g = gsub.add_parser("status", help="one line per cell")
-    g.add_argument("spec")
-    g.add_argument("--quick", action="store_true")
-    g.set_defaults(fn=cmd_grid_status)
-    g = gsub.add_parser("stop", help="the running grid finishes its running cells and starts no more")
-    g.add_argument("spec")
-    g.add_argument("--quick", action="store_true")
-    g.set_defaults(fn=cmd_grid_stop)
-
-    g = gsub.add_parser("configs", help="write each unfinished cell's config file (train them elsewhere)")
-    g.add_argument("spec")
-    g.add_argument("dir", help="folder for <cell>.json files")
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--shard", default=None, metavar="i/n", help="only the cells whose index %% n == i")
-    g.add_argument("--match", default=None, metavar="PATTERNS", help="only the cells whose name matches a pattern")
-    g.set_defaults(fn=cmd_grid_configs)
-
-    p = sub.add_parser("summary", help="figures and tables from a grid's saved results")
-    p.add_argument("target", metavar="ROOT_OR_SPEC", help="a results folder or a grid spec (its output_root)")
-    p.add_argument("--quick", action="store_true", help="with a spec: its quick output_root")
-    p.add_argument("--no-notebook", action="store_true", help="write the files only, without summary.ipynb/.html")
-    p.set_defaults(fn=cmd_summary)
-
-    p = sub.add_parser("cell", help="run one cell of a grid")
-    p.add_argument("spec")
-    p.add_argument("cell_name")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--write-config", metavar="PATH", default="",
-                   help="only write the cell's training config (JSON) for `accelerate launch -m ddpo_study train PATH`")
-    p.set_defaults(fn=cmd_cell)
-
-    p = sub.add_parser("diagnose", help="a fine-tuned model against its base: collapse or loading bug? (HTML report)",
-                       description="Compare a tuned model with its base on the same prompts and seeds: the "
-                       "cross-prompt collapse with shared and per-prompt seeds, whether the weights are in effect, a "
-                       "LoRA-scale sweep and a base-for-the-first-k-steps sweep, and a verdict. Writes "
-                       "<out>/diagnose.html (one page, no code) and diagnose.json.")
+def diagnose_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("tuned", help="a diffusers/TRL LoRA folder or file, a ddpo-pytorch checkpoint (attention-processor "
                    "LoRA), a diffusers UNet folder (or a folder with unet/), or a run folder")
     p.add_argument("--base", default=None, help="base model: toy, sd15, a pipeline folder or hub id (default: a "
@@ -374,18 +336,90 @@ def main(argv: list[str] | None = None) -> int:
                    "openai/clip-vit-large-patch14)")
     p.add_argument("--aesthetic-model", default="", help="aesthetic predictor (the toy model's, or a LAION file)")
     p.add_argument("--out", default="", help="report folder (default: runs/diagnose/<tuned model's name>)")
-    p.set_defaults(fn=cmd_diagnose)
 
-    p = sub.add_parser("remedies", help="inference-time remedies on a grid's runs vs early stopping at equal reward",
-                       description="For every finished run the spec selects: the LoRA scale sweep and the "
-                       "base-for-the-first-k-steps sweep at the run's own eval prompts and seeds (appended to "
-                       "<output>/points.csv, resumable), then each point against the same run's training trajectory "
-                       "at the same reward (remedies.md, matched_points.csv, checks.md, remedies.png).")
+
+def cmd_remedies(args) -> int:
+    """Sweep the spec's runs (resumable), then write the comparison with early stopping next to points.csv."""
+    from .diagnose.remedy_sweep import load_remedy_spec, run_remedies
+    from .grid import load_spec
+    from .report.remedies import POINTS_FILE, write_remedies_summary
+
+    spec = load_remedy_spec(args.spec)
+    if not args.no_sample:
+        run_remedies(spec, device=args.device)
+    elif not (Path(spec.output) / POINTS_FILE).is_file():
+        print(f"error: --no-sample but {Path(spec.output) / POINTS_FILE} does not exist", file=sys.stderr)
+        return 2
+    files = write_remedies_summary(spec.output, load_spec(spec.grid).output_root, spec.metrics, spec.primary,
+                                   keep=spec.points())
+    print(f"wrote {len(files)} files to {spec.output}")
+    return 0
+
+
+REMEDIES_DESCRIPTION = (
+    "For every finished run the spec selects: the LoRA scale sweep and the base-for-the-first-k-steps sweep at the "
+    "run's own eval prompts and seeds (appended to <output>/points.csv, resumable), then each point against the same "
+    "run's training trajectory at the same reward (remedies.md, matched_points.csv, checks.md, remedies.png).")
+
+
+def remedies_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="a remedy spec, e.g. configs/inference_remedies.yaml")
     p.add_argument("--no-sample", action="store_true", help="only rewrite the tables and figure from points.csv")
     p.add_argument("--device", default="auto")
-    p.set_defaults(fn=cmd_remedies)
 
+
+# ------------------------------------------------------------------------------------------------ the commands
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name and help, what adds its arguments, and what runs it (None: it has subcommands)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int] | None = None
+    description: str | None = None
+
+
+GRID_COMMANDS = (
+    Command("run", "run every cell not yet done (then the summary)", grid_run_arguments, cmd_grid_run),
+    Command("status", "one line per cell", spec_arguments, cmd_grid_status),
+    Command("stop", "the running grid finishes its running cells and starts no more", spec_arguments, cmd_grid_stop),
+    Command("configs", "write each unfinished cell's config file (train them elsewhere)", grid_configs_arguments,
+            cmd_grid_configs),
+)
+
+
+def grid_arguments(p: argparse.ArgumentParser) -> None:
+    add_commands(p.add_subparsers(dest="grid_command", required=True), GRID_COMMANDS)
+
+
+COMMANDS = (
+    Command("train", "one DDPO run from a config file", train_arguments, cmd_train),
+    Command("demo", "sample the toy model and write an image grid", demo_arguments, cmd_demo),
+    Command("base-eval", "judge the base toy model's prompt-following and diversity", base_eval_arguments,
+            cmd_base_eval),
+    Command("study", "the study's main job", study_arguments, cmd_study),
+    Command("grid", "run a grid of cells, or show its status", grid_arguments),
+    Command("summary", "figures and tables from a grid's saved results", summary_arguments, cmd_summary),
+    Command("cell", "run one cell of a grid", cell_arguments, cmd_cell),
+    Command("diagnose", "a fine-tuned model against its base: collapse or loading bug? (HTML report)",
+            diagnose_arguments, cmd_diagnose, DIAGNOSE_DESCRIPTION),
+    Command("remedies", "inference-time remedies on a grid's runs vs early stopping at equal reward",
+            remedies_arguments, cmd_remedies, REMEDIES_DESCRIPTION),
+)
+
+
+def add_commands(sub, commands: tuple[Command, ...]) -> None:
+    for command in commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.arguments(p)
+        if command.run is not None:
+            p.set_defaults(fn=command.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ddpo-study", description=__doc__.split("\n\n")[0])
+    add_commands(ap.add_subparsers(dest="command", required=True), COMMANDS)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Diagnose a fine-tuned model: collapse, or a loading or seeding bug?
 #
-# Compares a tuned model (a diffusers / TRL LoRA, a ddpo-pytorch attention-processor checkpoint, a full UNet folder or one of our run folders) with its base model on the same prompts and seeds. All the work is in `ddpo_study.diagnose`; `python -m ddpo_study diagnose` runs this notebook and writes it as one HTML page.
+# Compares a tuned model (a diffusers / TRL LoRA, a ddpo-pytorch attention-processor checkpoint, a full UNet folder or one of our run folders) with its base model on the same prompts and seeds; for a run folder, also re-samples its saved eval images to check that the loaded model is the evaluated one. All the work is in `ddpo_study.diagnose`; `python -m ddpo_study diagnose` runs this notebook and writes it as one HTML page.
 
 # %% tags=["parameters"]
 # Papermill parameters (python -m ddpo_study diagnose sets them); empty strings and None mean "the default".
@@ -50,9 +50,9 @@ from IPython.display import Markdown, display
 
 from ddpo_study import diagnose
 
-dx = diagnose.setup(base_model or None, tuned, prompts=prompts, reward=reward, num_prompts=num_prompts,
-                    num_seeds=num_seeds, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, device=device,
-                    clip_model=clip_model, aesthetic_model=aesthetic_model)
+dx = diagnose.prepare(base_model or None, tuned, prompts=prompts, reward=reward, num_prompts=num_prompts,
+                      num_seeds=num_seeds, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, device=device,
+                      clip_model=clip_model, aesthetic_model=aesthetic_model)
 results = diagnose.run_all(dx, lora_scales, switch_steps)
 if out_dir:
     diagnose.save_results(results, out_dir)
@@ -84,9 +84,17 @@ for seeds in diagnose.SEED_MODES:  # also saved beside the report, as images_<se
 results.checks
 
 # %% [markdown]
+# ## Is the loaded model the evaluated one?
+#
+# For one of our run folders: its saved eval images, re-sampled at their prompts and seeds, must come back (mean difference well below one 8-bit level): the base model as epoch 0, the tuned model as the epoch of its weights. Large differences point at loading, not training. Other tuned models have no saved evals to compare with.
+
+# %%
+results.reproduction
+
+# %% [markdown]
 # ## Reward against diversity: from the base model to the tuned one
 #
-# Two ways back: the tuned update scaled by s (a LoRA through `set_adapters`; a full UNet by interpolating its weights, `base + s (tuned - base)`), and the base model for the first k of the denoising steps, then the tuned one (the layout is set early). Each point is all prompts x seeds at the same seeds.
+# Two ways back: the tuned update scaled by s (a LoRA through `set_adapters`; a full UNet by interpolating its weights, `base + s (tuned - base)`), and the base model for the first k of the denoising steps, then the tuned one (the layout is set early). Each point is all prompts x seeds at the same seeds. Then the scale sweep's images at one seed: a collapse that appears gradually with the scale is a property of the learned update.
 
 # %%
 if results.scale.empty and results.switch.empty:
@@ -95,3 +103,4 @@ else:
     display(diagnose.fig_tradeoff(results.scale, results.switch))
     display(results.scale)
     display(results.switch)
+    display(diagnose.fig_scale_images(dx, lora_scales))

@@ -1,5 +1,7 @@
-"""``ddpo_study.diagnose``: every tuned-model layout it reads, the refusal of pickled objects, the combined sampler,
-the verdict's rules, and the command end to end on a tiny pipeline (papermill + nbconvert, ~20 s)."""
+"""``ddpo_study.diagnose``: every tuned-model layout it reads, a run folder's weights (``final/``, else
+``checkpoints/latest/``; none is an error naming what is missing, never the base model in disguise) and the
+reproduction of its saved evals, the refusal of pickled objects, the combined sampler, the verdict's rules, and the
+command end to end on a tiny pipeline (papermill + nbconvert, ~20 s)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,14 @@ import pytest
 import torch
 
 from ddpo_study import cli, diagnose
-from ddpo_study.checkpoint import save_lora
-from ddpo_study.finetune import apply_lora, effective_state_dict, param_distance_from_base, snapshot_base_state
+from ddpo_study.checkpoint import save_full_unet, save_lora
+from ddpo_study.finetune import (
+    ADAPTER_NAME,
+    apply_lora,
+    effective_state_dict,
+    param_distance_from_base,
+    snapshot_base_state,
+)
 from ddpo_study.models import load_pipeline
 from ddpo_study.sampler import sample_trajectories
 from tests.conftest import TINY_PROMPTS
@@ -74,7 +82,7 @@ def test_our_lora_is_read_with_its_alpha_and_diagnosed_as_loaded(tmp_path, tiny_
     assert loaded.kind == "lora" and loaded.lora_on_base and loaded.lora_layers > 0
     assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned))  # alpha 4 / r 2 kept
 
-    dx = diagnose.setup(str(tiny_model_dir), tmp_path / "lora", prompts=prompt_file, **FAST)
+    dx = diagnose.prepare(str(tiny_model_dir), tmp_path / "lora", prompts=prompt_file, **FAST)
     checks = diagnose.loading_checks(dx).set_index("check")
     dist = checks.loc["weight distance from base (L2, effective weights)"]
     assert dist["ok"] and dist["value"] == pytest.approx(
@@ -84,6 +92,8 @@ def test_our_lora_is_read_with_its_alpha_and_diagnosed_as_loaded(tmp_path, tiny_
     sweep = diagnose.scale_sweep(dx, [0.0, 1.0])
     assert (dx.images["scale/0"] == dx.images["base/shared"]).all()
     assert list(sweep["scale"]) == [0.0, 1.0] and sweep.notna().all().all()
+    assert diagnose.fig_scale_images(dx, [0.0, 1.0]).axes  # the sweep's images, rows = scales
+    assert diagnose.reproduction_check(dx)["verdict"].iloc[0].startswith("not a run folder")
     sym = diagnose.symptom(dx).set_index(["model", "seeds"])
     for seeds in diagnose.SEED_MODES.values():  # paired over the same images: the change of the two means
         assert sym.loc[("tuned", seeds), "reward_change"] == pytest.approx(
@@ -161,18 +171,17 @@ def test_full_unet_folders_fp16_and_pipeline_layouts(tmp_path, tiny_model_dir, b
     assert capfd.readouterr().err == ""  # nothing for a report's stderr box (diffusers' dtype warning)
     assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned.float()), atol=0)
 
-    dx = diagnose.setup(str(tiny_model_dir), tmp_path / "run", prompts=prompt_file, **FAST)
+    dx = diagnose.prepare(str(tiny_model_dir), tmp_path / "run", prompts=prompt_file, **FAST)
     sweep = diagnose.scale_sweep(dx, [0.0, 0.5])  # weight interpolation: 0 is the base exactly
     assert (dx.images["scale/0"] == dx.base("shared")).all() and len(sweep) == 2
 
     # the base model given as "tuned" (its pipeline folder, hence its unet/): identical, and said so
-    same = diagnose.setup(str(tiny_model_dir), tiny_model_dir, prompts=prompt_file, **FAST)
+    same = diagnose.prepare(str(tiny_model_dir), tiny_model_dir, prompts=prompt_file, **FAST)
     results = diagnose.run_all(same, [0.0, 1.0], [0, 4])
     assert results.verdict.label == "adapter not applied" and str(results.verdict).startswith("tuned == base")
 
 
 def test_a_progressive_run_folder_is_its_full_tuned_unet_with_the_lora_on_top(tmp_path, tiny_model_dir, base_pipe):
-    from ddpo_study.checkpoint import save_full_unet
 
     full = copy.deepcopy(base_pipe.unet)
     with torch.no_grad():
@@ -189,6 +198,59 @@ def test_a_progressive_run_folder_is_its_full_tuned_unet_with_the_lora_on_top(tm
     loaded = diagnose.load_tuned(run, base_pipe.unet)
     assert (loaded.kind, loaded.lora_on_base, loaded.epoch) == ("unet+lora", False, 6) and loaded.lora_layers > 0
     assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned), atol=1e-6)
+
+
+def make_run(root, model_dir, mode="lora", done_epochs: int | None = 3):
+    """A run folder's files without training: config.json, metrics.csv and (finished) DONE."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"mode": mode, "model": str(model_dir), "num_steps": 3,
+                                                  "guidance_scale": 2.0, "eta": 1.0, "eval_prompt_set": "toy_eval"}))
+    (root / "metrics.csv").write_text("epoch\n0\n")
+    if done_epochs is not None:
+        (root / "DONE").write_text(json.dumps({"epochs": done_epochs}) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("mode, missing", [
+    ("lora", ["final/lora/pytorch_lora_weights.safetensors"]),
+    ("full", ["final/unet/config.json"]),
+    ("progressive", ["final/lora/pytorch_lora_weights.safetensors", "final/unet/config.json"]),
+])
+def test_a_run_folder_without_weights_is_an_error_naming_them(tmp_path, tiny_model_dir, base_pipe, mode, missing):
+    from ddpo_study.explore import MissingWeightsError
+
+    run = make_run(tmp_path / "run", tiny_model_dir, mode)
+    with pytest.raises(MissingWeightsError, match=f"finished {mode} run") as err:
+        diagnose.load_tuned(run, base_pipe.unet)
+    for name in missing:
+        assert str(run / name) in str(err.value)
+    unfinished = make_run(tmp_path / "unfinished", tiny_model_dir, mode, done_epochs=None)
+    with pytest.raises(MissingWeightsError, match="has no checkpoint yet"):
+        diagnose.load_tuned(unfinished, base_pipe.unet)
+
+
+def test_a_run_folders_final_weights_are_loaded_and_its_checkpoint_is_the_fallback(tmp_path, tiny_model_dir,
+                                                                                    base_pipe):
+    run = make_run(tmp_path / "lora-run", tiny_model_dir, "lora", done_epochs=3)
+    ckpt = run / "checkpoints" / "latest"
+    save_lora(trained_lora(base_pipe.unet, seed=1), ckpt / "lora")
+    (ckpt / "state.json").write_text(json.dumps({"epoch": 3}))
+    loaded = diagnose.load_tuned(run, base_pipe.unet)  # no final/ yet: the run's latest checkpoint
+    assert (loaded.kind, loaded.epoch, loaded.adapter) == ("lora", 3, ADAPTER_NAME)
+    final = trained_lora(base_pipe.unet, seed=2)
+    save_lora(final, run / "final" / "lora")
+    assert_same_weights(effective_state_dict(diagnose.load_tuned(run, base_pipe.unet).unet),
+                        effective_state_dict(final))
+
+    full = make_run(tmp_path / "full-run", tiny_model_dir, "full", done_epochs=2)
+    moved = copy.deepcopy(base_pipe.unet)
+    with torch.no_grad():
+        next(moved.parameters()).add_(1.0)
+    save_full_unet(moved, full / "final" / "unet", dtype=torch.float16)  # as runs keep it
+    loaded = diagnose.load_tuned(full, base_pipe.unet)
+    assert loaded.adapter is None and loaded.epoch == 2
+    assert next(loaded.unet.parameters()).dtype == torch.float32  # fp16 file, computed in the base's dtype
+    assert not torch.equal(next(loaded.unet.parameters()), next(base_pipe.unet.parameters()))
 
 
 def test_pickled_objects_are_refused_with_one_line_and_never_run(tmp_path, capsys):
@@ -287,7 +349,7 @@ def test_diagnose_command_writes_one_code_free_html_report(tmp_path, tiny_model_
     assert [row["base_steps"] for row in summary["switch_sweep"]] == [0, 1, 3]
     html = (out / "diagnose.html").read_text()
     assert summary["verdict"].split(":")[0] in html and "<img" in html
-    assert "diagnose.setup(" not in html  # code hidden
+    assert "diagnose.prepare(" not in html  # code hidden
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no progress bars / warnings boxes
     assert "report-style-" not in html  # one self-contained page (the theme CSS inline)
     assert np.isfinite([row["reward_mean"] for row in summary["scale_sweep"]]).all()
@@ -301,11 +363,30 @@ COMMITTED = Path(__file__).resolve().parents[1] / "results" / "toy_study" / "toy
 
 @pytest.mark.skipif(not (COMMITTED / "final" / "lora" / diagnose.LORA_FILES[0]).is_file(),
                     reason="the committed study cell keeps no final/lora adapter yet")
-def test_a_committed_lora_cell_is_diagnosed_as_loaded():
-    dx = diagnose.setup(None, COMMITTED, num_prompts=4, num_seeds=2)  # the run's model, reward and sampling
+def test_a_committed_lora_cell_is_diagnosed_as_loaded_and_reproduces_its_saved_eval_images():
+    """The notebook's default: a fresh clone's committed LoRA cell, its final epoch, images as evaluated."""
+    dx = diagnose.prepare(None, COMMITTED, num_prompts=4, num_seeds=2)  # the run's model, reward and sampling
     assert dx.tuned.kind == "lora" and dx.num_steps == json.loads((COMMITTED / "config.json").read_text())["num_steps"]
+    assert dx.tuned.epoch == json.loads((COMMITTED / "DONE").read_text())["epochs"]
     found = diagnose.verdict(diagnose.symptom(dx), diagnose.loading_checks(dx))
     assert found.label in ("loaded and collapsed", "loaded, no collapse") and not found.warnings, str(found)
+    check = diagnose.reproduction_check(dx, max_prompts=2).set_index("model")
+    assert list(check["verdict"]) == ["match", "match"], check
+
+
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / diagnose.LORA_FILES[0]).is_file(),
+                    reason="the committed study cell keeps no final/lora adapter yet")
+def test_a_cell_committed_without_eval_images_says_so(tmp_path):
+    """A grid commits eval images for some cells only (keep_eval): the check says why there is nothing to compare."""
+    import shutil
+
+    cell_dir = tmp_path / COMMITTED.name
+    cell_dir.mkdir()
+    for name in ("config.json", "metrics.csv", "DONE"):
+        shutil.copy(COMMITTED / name, cell_dir / name)
+    shutil.copytree(COMMITTED / "final" / "lora", cell_dir / "final" / "lora")
+    check = diagnose.reproduction_check(diagnose.prepare(None, cell_dir, num_prompts=2, num_seeds=1))
+    assert len(check) == 1 and "keep_eval" in check["verdict"].iloc[0]
 
 
 # ================================================================================================ remedies
@@ -322,7 +403,7 @@ REMEDY_SPEC = dict(name="r", grid="configs/toy_study.yaml", where={"mode": "lora
     ({"primary": [{"remedy": "scale", "value": 0.6}]}, "not among the swept values"),
 ])
 def test_a_bad_remedy_spec_is_one_line_naming_the_key(change, words):
-    from ddpo_study.diagnose.remedies import RemedySpec, RemedySpecError
+    from ddpo_study.diagnose.remedy_sweep import RemedySpec, RemedySpecError
 
     with pytest.raises(RemedySpecError, match=words):
         RemedySpec.from_dict({**REMEDY_SPEC, **change})
@@ -335,7 +416,7 @@ def test_a_bad_remedy_spec_is_one_line_naming_the_key(change, words):
 def test_remedy_sweep_reproduces_the_runs_own_evals_and_resumes(tmp_path, tiny_model_dir, tiny_prompt_files,
                                                                  monkeypatch):
     from ddpo_study import train
-    from ddpo_study.diagnose import remedies
+    from ddpo_study.diagnose import remedy_sweep as remedies
     from tests.conftest import tiny_config
 
     run = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "cell", num_epochs=2,
@@ -366,7 +447,7 @@ def test_remedy_sweep_reproduces_the_runs_own_evals_and_resumes(tmp_path, tiny_m
 def test_remedies_select_one_finished_run_per_seed(tmp_path):
     import yaml
 
-    from ddpo_study.diagnose import remedies
+    from ddpo_study.diagnose import remedy_sweep as remedies
 
     root = tmp_path / "results"
     for name, seed, mode, done in (("a", 0, "lora", True), ("b", 1, "lora", True), ("c", 0, "full", True),

@@ -93,7 +93,7 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no tqdm bar in a red stderr box
     nb = json.loads((cell / "report.ipynb").read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert injected and "num_threads = 1" in "".join(injected[0]["source"])
+    assert injected and '"num_threads": 1' in "".join(injected[0]["source"])  # the config, one parameter
     assert json.loads((cell / "config.json").read_text())["output_dir"].endswith(OK)
 
 
@@ -140,25 +140,23 @@ def test_summary_writes_figures_and_rerunning_gives_identical_bytes(grid_runs):
     assert sorted(cells["cell"]) == sorted([OK, BROKEN]) and cells["done"].all()
 
 
-def test_explore_reloads_the_lora_checkpoint_and_reproduces_the_saved_eval_images(grid_runs, one_thread):
-    from ddpo_study import explore
+def test_diagnose_reloads_the_lora_and_reproduces_the_cells_saved_eval_images(grid_runs, one_thread):
+    from ddpo_study import diagnose
 
-    cell = explore.load_cell(grid_runs["root"] / OK, device="cpu")
-    assert cell.adapter == ADAPTER_NAME and cell.checkpoint_epoch == 1
-    check = explore.reproduction_check(cell, max_prompts=2).set_index("model")
+    dx = diagnose.prepare(None, grid_runs["root"] / OK, num_prompts=2, num_seeds=1, device="cpu")
+    assert dx.tuned.adapter == ADAPTER_NAME and dx.tuned.epoch == 1
+    check = diagnose.reproduction_check(dx, max_prompts=2).set_index("model")
     assert list(check["verdict"]) == ["match", "match"], check
-    prompts = explore.default_prompts(cell, 2)
-    sweep = explore.lora_scale_sweep(cell, prompts, seed=0, scales=[0.0, 1.0])
-    base = explore.sample_images(cell, prompts, [0], "base")
-    assert sweep.shape == (2, 2, 16, 16, 3)
-    assert (sweep[0] == base[:, 0]).all()  # LoRA scale 0 is the base model
+    sweep = diagnose.scale_sweep(dx, [0.0, 1.0])
+    assert len(sweep) == 2 and dx.images["scale/0"].shape == (2, 1, 16, 16, 3)
+    assert (dx.images["scale/0"] == dx.base("shared")).all()  # LoRA scale 0 is the base model
 
 
 def test_unknown_keys_and_bad_values_fail_before_anything_runs(tmp_path, tiny_model_dir):
     files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
     spec = tiny_spec(tmp_path, tiny_model_dir, *files)
     spec["fixed"]["num_epoch"] = 3
-    with pytest.raises(grid.GridError, match=r"fixed: 'num_epoch' is not a parameter.*did you mean 'num_epochs'"):
+    with pytest.raises(grid.GridError, match=r"fixed: 'num_epoch' is not a DDPOConfig field.*did you mean 'num_epochs'"):
         grid.run_grid(spec)
     assert not (tmp_path / "results").exists()
     spec = tiny_spec(tmp_path, tiny_model_dir, *files, quick={"lora_rnk": 3})
@@ -217,6 +215,7 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     calls = []
 
     def fake_execute(notebook, output, parameters, num_threads):
+        parameters = parameters["config"]  # the cell notebook's one parameter
         calls.append(dict(parameters))
         out = REPO / parameters["output_dir"] if not Path(parameters["output_dir"]).is_absolute() \
             else Path(parameters["output_dir"])
@@ -228,15 +227,15 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
     spec = tiny_spec(tmp_path, tiny_model_dir, *files, axes={"seed": [0, 1]})
     del spec["fixed"]["num_threads"]
-    result = grid.run_grid(spec, shard="1/4", summary=False, echo=None)
+    result = grid.run_grid(spec, shard="1/4", echo=None)
     assert [c.name for c in result.cells] == ["later-s0"] and len(calls) == 1
     assert calls[0]["num_threads"] == max(1, grid.cpu_count())
-    result = grid.run_grid(spec, match="ok-*", summary=False, echo=None)  # a subset by name, in grid order
+    result = grid.run_grid(spec, match="ok-*", echo=None)  # a subset by name, in grid order
     assert [c.name for c in result.cells] == ["ok-s0", "ok-s1"] and len(calls) == 3
     with pytest.raises(grid.GridError, match="'okk-\\*' matches no cell"):
-        grid.run_grid(spec, match="ok-s0,okk-*", summary=False, echo=None)  # a typo runs nothing
+        grid.run_grid(spec, match="ok-s0,okk-*", echo=None)  # a typo runs nothing
     assert len(calls) == 3
-    result = grid.run_grid(spec, jobs=1, summary=False, echo=None)
+    result = grid.run_grid(spec, jobs=1, echo=None)
     assert result.ok and len(calls) == 4  # the done cells were skipped
     assert result.states == {"ok-s0": "skipped", "later-s0": "skipped", "ok-s1": "skipped", "later-s1": "done"}
     # A cell marked running by a process that is gone is "interrupted" and runs again.
@@ -245,7 +244,7 @@ def test_runner_logic_with_a_stub_notebook_executor(tmp_path, tiny_model_dir, mo
     (cell_dir / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 12345,
                                                       "host": __import__("socket").gethostname()}))
     assert grid.status(spec).set_index("cell").loc["ok-s1", "state"] == "interrupted"
-    grid.run_grid(spec, summary=False, echo=None)
+    grid.run_grid(spec, echo=None)
     assert len(calls) == 5 and grid.read_status(cell_dir)["state"] == "done"
 
 
@@ -256,6 +255,7 @@ def test_grid_stop_finishes_the_running_cell_and_starts_no_more(tmp_path, tiny_m
     calls = []
 
     def fake_execute(notebook, output, parameters, num_threads):
+        parameters = parameters["config"]
         calls.append(parameters["output_dir"])
         if len(calls) == 1:
             grid.request_stop(spec)  # the user asks for a stop while the first cell runs
@@ -267,7 +267,7 @@ def test_grid_stop_finishes_the_running_cell_and_starts_no_more(tmp_path, tiny_m
     monkeypatch.setattr(grid.runner, "execute_notebook", fake_execute)
     files = [str(tmp_path / n) for n in ("t.txt", "e.txt", "l.txt")]
     spec = tiny_spec(tmp_path, tiny_model_dir, *files, axes={"seed": [0, 1]})
-    result = grid.run_grid(spec, jobs=1, summary=True, echo=None)
+    result = grid.run_grid(spec, jobs=1, summarize=report.run_summary, echo=None)
     assert len(calls) == 1 and result.states["ok-s0"] == "done"
     assert result.not_started == ["later-s0", "ok-s1", "later-s1"] and result.summary_dir is None
     assert (tmp_path / "results" / grid.STOP_FILE).is_file()
@@ -275,7 +275,7 @@ def test_grid_stop_finishes_the_running_cell_and_starts_no_more(tmp_path, tiny_m
     cell = next(c for c in grid.expand(grid.load_spec(spec)) if c.name == "ok-s1")
     assert grid.runner._run_cell_worker((str(REPO / "notebooks" / "cell.ipynb"), cell, 1, None))["state"] \
         == "not started"
-    result = grid.run_grid(spec, jobs=1, summary=False, echo=None)  # running again removes the request
+    result = grid.run_grid(spec, jobs=1, echo=None)  # running again removes the request
     assert not (tmp_path / "results" / grid.STOP_FILE).exists()
     assert len(calls) == 4 and result.ok and not result.not_started
 
@@ -308,7 +308,7 @@ def test_cells_trained_from_grid_configs_are_only_rendered_by_grid_run(tmp_path,
     # the trained cell is left out of a second batch of configs
     assert cli.main(["grid", "configs", str(spec), str(tmp_path / "cfgs2")]) == 0
     assert [p.name for p in (tmp_path / "cfgs2").iterdir()] == [f"{BROKEN}.json"]
-    result = grid.run_grid(str(spec), only=[OK], summary=False, echo=None)
+    result = grid.run_grid(str(spec), only=[OK], echo=None)
     assert result.ok and (cell_dir / "report.html").is_file()
     assert (cell_dir / "metrics.csv").read_bytes() == trained  # rendered, not retrained
 
@@ -390,7 +390,7 @@ def test_exclude_drops_axis_combinations_and_keep_unet_marks_cells():
     spec = grid.load_spec(questions_spec(None, exclude=[{"seed": [1, 2], "prompt_set": "toy_300"}],
                                          keep_unet={"seed": 0, "mode": "full"}, keep_report={"seed": 0})
                           | {"questions": [], "keep_eval": {"seed": 0, "mode": "lora"}, "keep_lora": {"seed": 1}})
-    cells = grid.expand(spec, check_notebook=False)
+    cells = grid.expand(spec)
     assert {c.params["seed"] for c in cells if c.keep_report} == {0} and any(not c.keep_report for c in cells)
     assert {(c.params["seed"], c.params["mode"]) for c in cells if c.keep_eval} == {(0, "lora")}
     assert {c.params["seed"] for c in cells if c.keep_lora} == {1}
@@ -408,7 +408,7 @@ def test_exclude_and_keep_may_name_variants():
     raw = {"name": "v", "notebook": "notebooks/cell.ipynb", "output_root": "results/v", "fixed": {"model": "toy"},
            "axes": {"seed": [0, 1, 2, 3]}, "variants": [{"variant": "base"}, {"variant": "rank8", "lora_rank": 8}]}
     spec = grid.load_spec(raw | {"exclude": [{"seed": 3, "variant": "rank8"}], "keep_report": {"variant": "base"}})
-    cells = grid.expand(spec, check_notebook=False)
+    cells = grid.expand(spec)
     assert [(c.params["seed"], c.variant) for c in cells] == [
         (0, "base"), (0, "rank8"), (1, "base"), (1, "rank8"), (2, "base"), (2, "rank8"), (3, "base")]
     assert [c.index for c in cells] == list(range(7))
@@ -548,7 +548,7 @@ def test_a_trained_cell_whose_report_is_not_kept_is_done_without_one(tmp_path):
     """A clone has only the committed reports: `grid run` must not re-render (and re-stamp) the other cells."""
     spec = grid.load_spec(questions_spec(None, keep_report={"seed": 0}) | {"questions": [],
                                                                            "output_root": str(tmp_path)})
-    cells = {c.params["seed"]: c for c in grid.expand(spec, check_notebook=False) if c.params["mode"] == "lora"
+    cells = {c.params["seed"]: c for c in grid.expand(spec) if c.params["mode"] == "lora"
              and c.params["prompt_set"] == "toy_30"}
     for c in cells.values():
         c.dir.mkdir(parents=True)

@@ -1,6 +1,7 @@
 """The notebooks are jupytext pairs: ``notebooks/<name>.py`` (percent format, the source of truth) and the
-``<name>.ipynb`` that papermill runs. Each pair must hold the same cells, the ``.ipynb`` no outputs, and the cell
-notebook's ``parameters`` cell exactly the :class:`~ddpo_study.config.DDPOConfig` fields with their defaults.
+``<name>.ipynb`` that papermill runs. Each pair must hold the same cells and the ``.ipynb`` no outputs; the cell
+notebook takes the run's config as one parameter (a dict, or a config file), so a new config field needs no edit
+here.
 
 After editing a ``.py``, ``make notebooks`` (``jupytext --sync notebooks/*.py``) rewrites its ``.ipynb``; JupyterLab
 with jupytext saves both.
@@ -8,7 +9,6 @@ with jupytext saves both.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jupytext
@@ -16,10 +16,10 @@ import nbformat
 import papermill
 import pytest
 
-from ddpo_study.config import DDPOConfig, field_docs
+from ddpo_study.config import DDPOConfig, load_config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("cell", "summary", "explore", "diagnose")
+NAMES = ("cell", "summary", "diagnose")
 
 
 def cells(nb) -> list[tuple[str, str, list[str]]]:
@@ -45,24 +45,22 @@ def test_the_ipynb_is_in_sync_with_its_py_and_holds_no_outputs(name):
     assert sum("parameters" in tags for _, _, tags in cells(notebook)) == 1  # papermill injects after it
 
 
-def expected_parameters() -> str:
-    """The cell notebook's parameters cell for the current DDPOConfig (to paste when a field is added)."""
-    docs = {k: v.replace(" = ", " means ").replace("=", ":") for k, v in field_docs().items()}  # papermill: one '='
-    lines = ["# Every DDPOConfig field (ddpo_study/config.py); a grid spec or papermill -p overrides any of them."]
-    lines += [f"{f.name} = {f.default!r}  # {docs.get(f.name, '')}".rstrip() for f in dataclasses.fields(DDPOConfig)]
-    return "\n".join(lines)
-
-
-def test_cell_notebook_parameters_are_the_config_fields_with_their_defaults():
+def test_the_cell_notebook_takes_the_config_as_one_parameter(tmp_path):
     params = papermill.inspect_notebook(str(NOTEBOOKS / "cell.ipynb"))
-    fields = dataclasses.fields(DDPOConfig)
-    message = "notebooks/cell.py's parameters cell is stale; replace it with:\n" + expected_parameters()
-    assert list(params) == [f.name for f in fields], message
-    assert all(params[f.name]["default"] == repr(f.default) for f in fields), message
+    assert list(params) == ["config", "config_path"]
+    assert (params["config"]["default"], params["config_path"]["default"]) == ("{}", '""')
+    # what its code builds from them: a dict, or a file with the dict on top (the notebook's own lines, run here)
+    code = next(c.source for c in jupytext.read(NOTEBOOKS / "cell.py").cells if "load_config(" in c.source)
+    line = next(x for x in code.splitlines() if x.startswith("cfg = "))
+    (tmp_path / "cfg.yaml").write_text("seed: 3\nnum_epochs: 2\n")
+    for config, config_path, want in (({}, "", DDPOConfig()), ({"seed": 1}, "", DDPOConfig(seed=1)),
+                                      ({"seed": 1}, str(tmp_path / "cfg.yaml"), DDPOConfig(seed=1, num_epochs=2))):
+        scope = {"config": config, "config_path": config_path, "DDPOConfig": DDPOConfig, "load_config": load_config}
+        exec(line, scope)
+        assert scope["cfg"] == want
 
 
 def test_report_notebooks_have_their_parameters():
     assert list(papermill.inspect_notebook(str(NOTEBOOKS / "summary.ipynb"))) == ["root"]
-    assert {"cell_dir", "seeds", "device"} <= set(papermill.inspect_notebook(str(NOTEBOOKS / "explore.ipynb")))
     diag = papermill.inspect_notebook(str(NOTEBOOKS / "diagnose.ipynb"))
     assert {"base_model", "tuned", "prompts", "reward", "lora_scales", "switch_steps", "out_dir"} <= set(diag)

@@ -6,7 +6,7 @@ like the base model), every prompt was sampled from the same noise (the #2113 in
 fine-tuned model really ignores its prompts. This module answers that from the two models alone; nothing here
 needs training logs.
 
-Inputs (:func:`setup`):
+Inputs (:func:`prepare`):
 
 * a **base model**: ``toy``, ``sd15``, a diffusers pipeline folder or a hub id (:func:`ddpo_study.models.load_pipeline`);
 * a **tuned model**, in any of these forms (:func:`inspect_tuned` tells them apart):
@@ -21,7 +21,8 @@ Inputs (:func:`setup`):
   - a full UNet: a diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model*.safetensors|.bin``; fp16 is
     upcast), or a folder with a ``unet/`` subfolder (a pipeline, TRL's or ddpo-pytorch's full checkpoints);
   - one of our run folders (``config.json`` + ``metrics.csv``): its final (or latest) weights, its base model,
-    reward and sampling settings.
+    reward and sampling settings. A run without weights is an error naming what is missing
+    (:class:`~ddpo_study.explore.MissingWeightsError`): the tuned model is never silently the base.
 
   ``.bin`` files are read with ``torch.load(weights_only=True)``: a file holding pickled Python objects other than
   tensors is refused with one line (:class:`TunedModelError`), never unpickled;
@@ -44,22 +45,27 @@ seed and the weights, see :mod:`ddpo_study.sampler`):
 4. **combined generation** (:func:`switch_sweep`): the base UNet for the first ``k`` of the ``T`` denoising steps and
    the tuned one for the rest (:func:`sample_switched`), ``k`` swept from 0 (tuned) to ``T`` (base): the layout is
    set early, so this shows how much diversity the early steps carry and what reward it costs;
-5. **a verdict** (:func:`verdict`) from the thresholds below, with the numbers behind it.
+5. **a verdict** (:func:`verdict`) from the thresholds below, with the numbers behind it;
+6. for one of our run folders, **is the loaded model the evaluated one?** (:func:`reproduction_check`): its saved
+   eval images re-sampled at their prompts and seeds (base vs epoch 0, tuned vs the weights' epoch); near-zero
+   differences mean the weights loaded are the model its training evaluated, large ones point at loading.
 
 :func:`write_report` runs ``notebooks/diagnose.ipynb`` (the same calls) through papermill and writes one
 self-contained, code-free HTML page; ``python -m ddpo_study diagnose`` is its command line.
 
 Modules: ``loading`` (reading a tuned model in any of the forms above; the refusal of pickled objects),
 ``sampling`` (the :class:`Diagnosis`: base and tuned sampled at the same prompts and seeds; the switched sampler),
-``curves`` (the LoRA-scale and base-for-the-first-k-steps sweeps, their reward-diversity figure), ``checks`` (the
-symptom, the loading checks, the thresholds and the verdict), ``report`` (everything at once, ``diagnose.json``, the
-HTML page). Everything is re-exported here: use ``diagnose.<name>``.
+``curves`` (the LoRA-scale and base-for-the-first-k-steps sweeps, their figures), ``checks`` (the symptom, the
+loading checks, the reproduction of a run's saved evals, the thresholds and the verdict), ``report`` (everything at
+once, ``diagnose.json``, the image grids, the HTML page), ``remedy_sweep`` (the sweeps on a grid's finished runs,
+``python -m ddpo_study remedies``; not re-exported). Everything else is re-exported here: use ``diagnose.<name>``.
 """
 
 from .checks import (
     COLLAPSE_DIVERSITY_RATIO,
     COLLAPSE_RETRIEVAL_DROP,
     IGNORED_RETRIEVAL_FACTOR,
+    REPRODUCED_LEVELS,
     REWARD_CHANGE_Z,
     SAME_OUTPUT_LEVELS,
     SHARED_NOISE_RATIO,
@@ -67,11 +73,12 @@ from .checks import (
     THRESHOLDS,
     Verdict,
     loading_checks,
+    reproduction_check,
     symptom,
     thresholds_table,
     verdict,
 )
-from .curves import default_switch_steps, fig_tradeoff, scale_sweep, switch_sweep
+from .curves import default_switch_steps, fig_scale_images, fig_tradeoff, scale_sweep, scaled_name, switch_sweep
 from .loading import (
     LORA_FILES,
     STATE_FILES,
@@ -89,26 +96,27 @@ from .report import (
     REPORT_NOTEBOOK,
     DiagnoseError,
     Results,
+    fig_base_vs_tuned,
     fig_images,
     run_all,
     save_results,
     write_report,
 )
-from .sampling import SEED_MODES, Diagnosis, describe, sample_switched, setup
+from .sampling import SEED_MODES, Diagnosis, describe, prepare, sample_switched
 
 __all__ = [
     # loading
     "LORA_FILES", "STATE_FILES", "TunedModel", "TunedModelError", "attn_procs_to_peft", "inspect_tuned", "load_tuned",
     "read_state_dict",
     # sampling
-    "SEED_MODES", "Diagnosis", "describe", "sample_switched", "setup",
+    "SEED_MODES", "Diagnosis", "describe", "prepare", "sample_switched",
     # curves
-    "default_switch_steps", "fig_tradeoff", "scale_sweep", "switch_sweep",
+    "default_switch_steps", "fig_scale_images", "fig_tradeoff", "scale_sweep", "scaled_name", "switch_sweep",
     # checks
-    "COLLAPSE_DIVERSITY_RATIO", "COLLAPSE_RETRIEVAL_DROP", "IGNORED_RETRIEVAL_FACTOR", "REWARD_CHANGE_Z",
-    "SAME_OUTPUT_LEVELS", "SHARED_NOISE_RATIO", "SYMPTOM_COLUMNS", "THRESHOLDS", "Verdict", "loading_checks", "symptom", "thresholds_table",
-    "verdict",
+    "COLLAPSE_DIVERSITY_RATIO", "COLLAPSE_RETRIEVAL_DROP", "IGNORED_RETRIEVAL_FACTOR", "REPRODUCED_LEVELS",
+    "REWARD_CHANGE_Z", "SAME_OUTPUT_LEVELS", "SHARED_NOISE_RATIO", "SYMPTOM_COLUMNS", "THRESHOLDS", "Verdict",
+    "loading_checks", "reproduction_check", "symptom", "thresholds_table", "verdict",
     # report
-    "NOTEBOOK", "REPORT_HTML", "REPORT_JSON", "REPORT_NOTEBOOK", "DiagnoseError", "Results", "fig_images", "run_all",
-    "save_results", "write_report",
+    "NOTEBOOK", "REPORT_HTML", "REPORT_JSON", "REPORT_NOTEBOOK", "DiagnoseError", "Results", "fig_base_vs_tuned",
+    "fig_images", "run_all", "save_results", "write_report",
 ]

@@ -1,8 +1,9 @@
 """The measurements behind a verdict, its thresholds, and the verdict itself.
 
 :func:`symptom` (cross-prompt diversity and prompt retrieval of base and tuned, in both seed modes),
-:func:`loading_checks` ("is the LoRA even loaded?"), and :func:`verdict`, which turns the two tables into one line
-by the thresholds below (:data:`THRESHOLDS`, :func:`thresholds_table`).
+:func:`loading_checks` ("is the LoRA even loaded?"), :func:`reproduction_check` (for one of our run folders: is the
+model loaded the one its training evaluated?), and :func:`verdict`, which turns the symptom and the loading checks
+into one line by the thresholds below (:data:`THRESHOLDS`, :func:`thresholds_table`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from ..collapse import (
     REWARD_CHANGE_Z,
     collapse_kind,
 )
+from ..config import EVAL_SEED_BASE
 from .loading import TunedModelError, _first_line
 from .sampling import SEED_MODES, Diagnosis
 
 #: Tuned and base images whose mean absolute difference at the same prompts and seeds is below this many 8-bit
 #: levels are "the same outputs": the tuned weights are not in effect.
 SAME_OUTPUT_LEVELS = 0.5
+#: Re-sampled eval images within this many 8-bit levels (mean) of the saved ones are the evaluated model's.
+REPRODUCED_LEVELS = 1.0
 #: Retrieval at most this multiple of chance (1 / number of prompts): the prompts are ignored.
 IGNORED_RETRIEVAL_FACTOR = 2.0
 #: The base model's cross-prompt diversity with shared seeds below this fraction of that with a seed per prompt:
@@ -46,6 +50,8 @@ THRESHOLDS = {
                         "collapse maximised the reward (z > 0) or broke the model (z < 0)"),
     "SHARED_NOISE_RATIO": (SHARED_NOISE_RATIO, "base diversity with shared seeds / with a seed per prompt below "
                            "which the shared noise alone makes prompts look alike"),
+    "REPRODUCED_LEVELS": (REPRODUCED_LEVELS, "mean |re-sampled - saved| eval images of a run folder (8-bit levels) "
+                          "below which the loaded model is the one its training evaluated"),
 }
 
 
@@ -102,6 +108,54 @@ def loading_checks(dx: Diagnosis) -> pd.DataFrame:
         rows.append({"check": "LoRA scale 0 reproduces the base (max |diff|, 8-bit levels)", "value": float(d0),
                      "threshold": "== 0", "ok": d0 == 0})
     return pd.DataFrame(rows)
+
+
+def reproduction_check(dx: Diagnosis, max_prompts: int = 8) -> pd.DataFrame:
+    """A run folder's saved eval images, re-sampled at their prompts and seeds and compared: the base model with
+    epoch 0, the tuned model with the last saved eval at or before its weights' epoch.
+
+    Columns: model, epoch, images, mean_abs_diff and max_abs_diff (8-bit levels), identical_fraction (pixels), and
+    a verdict: ``match`` when the mean difference is below :data:`REPRODUCED_LEVELS`; large differences point at
+    loading, not training. ``note`` warns when the weights are not of the epoch of that eval (e.g. an unfinished
+    run between checkpoints). A tuned model that is not a run folder, a run without saved eval images, or a
+    diagnosis at other sampling settings than the run's: one row saying why there is nothing to compare.
+    """
+    from ..report.results import cell_eval_images, eval_epochs
+
+    tuned, cfg = dx.tuned, dx.tuned.run_config
+    if cfg is None:
+        return _nothing_to_reproduce("not a run folder: no saved eval images to compare with")
+    epochs = eval_epochs(tuned.source)
+    if not epochs:  # a grid commits eval images for some cells only (its spec's keep_eval)
+        return _nothing_to_reproduce("no saved eval images to compare with (this cell's were not committed: the "
+                                     "grid spec's keep_eval)")
+    ours = (dx.num_steps, dx.guidance_scale, dx.eta)
+    theirs = tuple(type(v)(cfg.get(k, v)) for k, v in zip(("num_steps", "guidance_scale", "eta"), ours))
+    if ours != theirs:
+        return _nothing_to_reproduce(f"sampled with (steps, guidance, eta) {ours}, the run evaluated with {theirs}")
+    saved = [e for e in epochs if e <= tuned.epoch]
+    targets = [("base", 0, dx.base_unet)] + ([("tuned", saved[-1], tuned.unet)] if saved else [])
+    rows = []
+    for which, epoch, unet in targets:
+        if epoch not in epochs:
+            continue
+        ref, prompts = cell_eval_images(tuned.source, epoch)
+        ref = ref[:max_prompts]
+        new = dx.draw(prompts[:max_prompts], np.tile(EVAL_SEED_BASE + np.arange(ref.shape[1]), (len(ref), 1)), unet)
+        diff = np.abs(new.astype(np.int16) - ref.astype(np.int16))
+        note = ""
+        if which == "tuned" and epoch != tuned.epoch:
+            note = f"the weights are of epoch {tuned.epoch}, the last saved eval at or before it of epoch {epoch}"
+        rows.append({"model": which, "epoch": epoch, "images": int(ref.shape[0] * ref.shape[1]),
+                     "mean_abs_diff": float(diff.mean()), "max_abs_diff": int(diff.max()),
+                     "identical_fraction": float((diff == 0).mean()),
+                     "verdict": "match" if diff.mean() < REPRODUCED_LEVELS else "MISMATCH: not the evaluated model",
+                     "note": note})
+    return pd.DataFrame(rows)
+
+
+def _nothing_to_reproduce(why: str) -> pd.DataFrame:
+    return pd.DataFrame([{"model": "", "epoch": float("nan"), "images": 0, "verdict": why}])
 
 
 @dataclass

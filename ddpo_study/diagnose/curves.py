@@ -1,17 +1,20 @@
 """The reward-diversity curves from the base model to the tuned one.
 
 :func:`scale_sweep`: the tuned update scaled from 0 to 1 (the LoRA's adapter scale; a full or progressive UNet's
-weights interpolated, ``base + s * (tuned - base)``). :func:`switch_sweep`: the base UNet for the first ``k``
-denoising steps and the tuned one for the rest (:func:`~ddpo_study.diagnose.sampling.sample_switched`).
-:func:`fig_tradeoff` draws both.
+weights interpolated, ``base + s * (tuned - base)``): a collapse that appears gradually with the scale is a
+property of the learned update. :func:`switch_sweep`: the base UNet for the first ``k`` denoising steps and the
+tuned one for the rest (:func:`~ddpo_study.diagnose.sampling.sample_switched`). :func:`fig_tradeoff` draws both
+curves; :func:`fig_scale_images` the images of the scale sweep.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from ..report import image_axis, new_figure, styled, tile, wrap_label
 from .sampling import Diagnosis
 
 #: What a curve point keeps of :meth:`Diagnosis.measure` (the judge's only on toy prompts).
@@ -24,21 +27,40 @@ def _curve_row(dx: Diagnosis, name: str, **keys) -> dict[str, Any]:
     return {**keys, **{k: m[k] for k in CURVE_METRICS if k in m}}
 
 
+def scaled_name(scale: float) -> str:
+    """The name under which :func:`scale_sweep` keeps the images at ``scale`` (1 is the tuned model itself)."""
+    return "tuned/shared" if float(scale) == 1.0 else f"scale/{float(scale):g}"
+
+
 def scale_sweep(dx: Diagnosis, scales: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> pd.DataFrame:
     """Reward and diversity (same seeds for every prompt) with the tuned update scaled by each of ``scales``."""
     rows = []
     for s in scales:
-        s = float(s)
+        s, name = float(s), scaled_name(s)
         if s == 1.0:
             dx.tuned_images("shared")
-            name = "tuned/shared"
-        else:
-            name = f"scale/{s:g}"
-            if name not in dx.images:
-                with dx.scaled(s) as unet:
-                    dx.sample(name, unet=unet)
+        elif name not in dx.images:
+            with dx.scaled(s) as unet:
+                dx.sample(name, unet=unet)
         rows.append(_curve_row(dx, name, scale=s))
     return pd.DataFrame(rows)
+
+
+@styled
+def fig_scale_images(dx: Diagnosis, scales: Sequence[float], seed_column: int = 0, max_prompts: int = 8,
+                     title: str = ""):
+    """Rows: the tuned update at each of ``scales`` (as :func:`scale_sweep` sampled them); columns: prompts, at the
+    shared seed ``EVAL_SEED_BASE + seed_column``."""
+    images = np.stack([dx.images[scaled_name(s)][:max_prompts, seed_column] for s in scales])
+    k, p, h, w = images.shape[:4]
+    fig = new_figure(2.0 + 0.6 * p, 1.8 + 0.6 * k)
+    ax = fig.add_subplot(1, 1, 1)
+    image_axis(ax, tile(images), k, p, h, w)
+    ax.set_yticklabels([f"scale {float(s):g}" for s in scales], fontsize=7)
+    ax.set_xticklabels([wrap_label(pr, 24) for pr in dx.prompts[:max_prompts]], rotation=90, fontsize=5)
+    seed = int(dx.seeds()[0, seed_column])
+    ax.set_title(title or f"the tuned update scaled from the base (0) to as trained (1), seed {seed}")
+    return fig
 
 
 def default_switch_steps(num_steps: int) -> list[int]:

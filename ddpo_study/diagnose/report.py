@@ -1,6 +1,7 @@
 """A whole diagnosis and its report: :func:`run_all` (every measurement, the two curves, the verdict) into
-:class:`Results`, :func:`save_results` (``diagnose.json``), :func:`fig_images`, and :func:`write_report`, which runs
-``notebooks/diagnose.ipynb`` through papermill and writes one self-contained, code-free HTML page.
+:class:`Results`, :func:`save_results` (``diagnose.json``), the image grids (:func:`fig_base_vs_tuned`,
+:func:`fig_images`), and :func:`write_report`, which runs ``notebooks/diagnose.ipynb`` through papermill and writes
+one self-contained, code-free HTML page.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..models import REPO_ROOT
-from .checks import Verdict, loading_checks, symptom, verdict
+from ..report import image_axis, new_figure, styled, tile, wrap_label
+from .checks import Verdict, loading_checks, reproduction_check, symptom, verdict
 from .curves import scale_sweep, switch_sweep
 from .loading import _first_line, inspect_tuned
 from .sampling import SEED_MODES, Diagnosis
@@ -29,6 +32,7 @@ class Results:
     scale: pd.DataFrame
     switch: pd.DataFrame
     verdict: Verdict
+    reproduction: pd.DataFrame  #: :func:`~.checks.reproduction_check` (a run folder's saved evals re-sampled)
 
     def to_dict(self) -> dict[str, Any]:
         def records(df):
@@ -36,7 +40,7 @@ class Results:
 
         return {"verdict": str(self.verdict), "label": self.verdict.label, "warnings": self.verdict.warnings,
                 "symptom": records(self.symptom), "checks": records(self.checks), "scale_sweep": records(self.scale),
-                "switch_sweep": records(self.switch)}
+                "switch_sweep": records(self.switch), "reproduction": records(self.reproduction)}
 
 
 def run_all(dx: Diagnosis, scales: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
@@ -46,12 +50,13 @@ def run_all(dx: Diagnosis, scales: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
     sym = symptom(dx)
     checks = loading_checks(dx)
     found = verdict(sym, checks)
+    reproduction = reproduction_check(dx)
     if found.label == "adapter not applied":
         empty = pd.DataFrame(columns=["reward_mean", "cross_div_clip", "retrieval_acc", "within_div_clip"])
         return Results(symptom=sym, checks=checks, scale=empty.assign(scale=[]), switch=empty.assign(base_steps=[]),
-                       verdict=found)
+                       verdict=found, reproduction=reproduction)
     return Results(symptom=sym, checks=checks, scale=scale_sweep(dx, scales), switch=switch_sweep(dx, switch_steps),
-                   verdict=found)
+                   verdict=found, reproduction=reproduction)
 
 
 def save_results(results: Results, out_dir: str | Path) -> Path:
@@ -63,11 +68,28 @@ def save_results(results: Results, out_dir: str | Path) -> Path:
     return path
 
 
+@styled
+def fig_base_vs_tuned(base: np.ndarray, tuned: np.ndarray, prompts: Sequence[str], seeds: Sequence[Any],
+                      title: str = ""):
+    """Rows: (base, tuned) for each seed; columns: prompts. A tuned row of identical images = the collapse."""
+    p, s, h, w = base.shape[:4]
+    rows, labels = [], []
+    for j, seed in enumerate(seeds):
+        rows += [base[:, j], tuned[:, j]]
+        labels += [f"base, seed {seed}", f"tuned, seed {seed}"]
+    fig = new_figure(2.0 + 0.6 * p, 1.8 + 0.6 * len(rows))
+    ax = fig.add_subplot(1, 1, 1)
+    image_axis(ax, tile(np.stack(rows)), len(rows), p, h, w)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xticklabels([wrap_label(pr, 24) for pr in prompts], rotation=90, fontsize=5)
+    ax.set_title(title or "base vs tuned: same prompts (columns), same seeds")
+    return fig
+
+
 def fig_images(dx: Diagnosis, seeds: str = "shared", max_prompts: int = 8, max_seeds: int = 2,
                save_to: str | Path | None = None):
     """Base and tuned images (rows: base/tuned per seed column; columns: prompts); with ``save_to``, also written
     there as ``images_<seeds>.png`` (fixed metadata, so the same images give the same file)."""
-    from ..explore import fig_base_vs_tuned
     from ..report import save_figure
 
     base, tuned = dx.base(seeds)[:max_prompts, :max_seeds], dx.tuned_images(seeds)[:max_prompts, :max_seeds]

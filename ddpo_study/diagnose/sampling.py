@@ -1,6 +1,6 @@
 """Sampling for a diagnosis: the base and the tuned model on the same prompts and seeds, cached by name.
 
-:func:`setup` loads the base pipeline, the tuned model (:func:`~ddpo_study.diagnose.loading.load_tuned`), the
+:func:`prepare` loads the base pipeline, the tuned model (:func:`~ddpo_study.diagnose.loading.load_tuned`), the
 reward and CLIP into a :class:`Diagnosis`; nothing is sampled until a measurement asks. Seeds come in two modes
 (:data:`SEED_MODES`): the *same* seeds for every prompt, or a different seed per prompt. :func:`sample_switched`
 is the combined sampler: one UNet for the first ``k`` DDIM steps, another for the rest.
@@ -114,21 +114,27 @@ class Diagnosis:
         ``switch_at`` steps (:func:`sample_switched`).
         """
         if name not in self.images:
-            grid = self.seeds(seeds)
-            flat_p = [p for p in self.prompts for _ in range(self.num_seeds)]
-            flat_s = [int(s) for s in grid.reshape(-1)]
-            if first_unet is None:
-                from ..sampler import sample_trajectories
-
-                images = sample_trajectories(self.pipe, flat_p, flat_s, num_inference_steps=self.num_steps,
-                                             guidance_scale=self.guidance_scale, eta=self.eta, unet=unet,
-                                             batch_size=self.batch_size).images
-            else:
-                images = sample_switched(self.pipe, first_unet, unet, switch_at, flat_p, flat_s, self.num_steps,
-                                         self.guidance_scale, self.eta, self.batch_size)
-            arr = to_uint8(images)
-            self.images[name] = arr.reshape(len(self.prompts), self.num_seeds, *arr.shape[1:])
+            self.images[name] = self.draw(self.prompts, self.seeds(seeds), unet, first_unet, switch_at)
         return self.images[name]
+
+    def draw(self, prompts: Sequence[str], seeds: np.ndarray, unet=None, first_unet=None,
+             switch_at: int = 0) -> np.ndarray:
+        """uint8 images (P, S, H, W, 3) of ``prompts`` with the (P, S) ``seeds``, at the diagnosis' sampling
+        settings, not cached (:meth:`sample` names and keeps what a measurement reads)."""
+        prompts, grid = list(prompts), np.asarray(seeds).reshape(len(prompts), -1)
+        flat_p = [p for p in prompts for _ in range(grid.shape[1])]
+        flat_s = [int(s) for s in grid.reshape(-1)]
+        if first_unet is None:
+            from ..sampler import sample_trajectories
+
+            images = sample_trajectories(self.pipe, flat_p, flat_s, num_inference_steps=self.num_steps,
+                                         guidance_scale=self.guidance_scale, eta=self.eta, unet=unet,
+                                         batch_size=self.batch_size).images
+        else:
+            images = sample_switched(self.pipe, first_unet, unet, switch_at, flat_p, flat_s, self.num_steps,
+                                     self.guidance_scale, self.eta, self.batch_size)
+        arr = to_uint8(images)
+        return arr.reshape(len(prompts), grid.shape[1], *arr.shape[1:])
 
     def measure(self, name: str) -> dict[str, float]:
         """Reward, diversity and retrieval of the cached images ``name`` (:func:`ddpo_study.metrics.compute_eval_metrics`),
@@ -182,7 +188,7 @@ def _default_prompts(base_model: str, run_config: dict | None) -> str:
     return "toy_eval" if toy else "sd_animals_30"
 
 
-def setup(base_model: str | None, tuned: str | Path, prompts: str = "", reward: str = "", num_prompts: int = 16,
+def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward: str = "", num_prompts: int = 16,
           num_seeds: int = 4, num_steps: int | None = None, guidance_scale: float | None = None,
           eta: float | None = None, device: str = "auto", clip_model: str = "", aesthetic_model: str = "",
           batch_size: int = 64) -> Diagnosis:

@@ -7,7 +7,7 @@ Spec format (``configs/*.yaml``)::
     notebook: notebooks/cell.ipynb          # relative paths are resolved against the repository root
     output_root: results/toy_study          # each cell writes to <output_root>/<cell name>
     cell_name: "{prompt_set}-{mode}-lam{diversity_lambda}-s{seed}"
-    fixed:                                  # DDPOConfig keys shared by every cell
+    fixed:                                  # DDPOConfig fields shared by every cell
       model: toy
       reward: aesthetic
     axes:                                   # the cells are the cartesian product of these lists
@@ -41,7 +41,7 @@ Spec format (``configs/*.yaml``)::
         primary: true                       # Holm over the primary rows; else exploratory
         min_seeds: 6                        # fewer common seeds: "not answered"
 
-Questions: see :func:`ddpo_study.grid.spec.parse_questions` (validated when the spec is loaded, against the
+Questions: see :func:`ddpo_study.grid.questions.parse_questions` (validated when the spec is loaded, against the
 full grid) and :mod:`ddpo_study.report.questions` (how they are answered). Without ``questions:`` the summary
 asks its default exploratory questions.
 
@@ -55,21 +55,24 @@ A variant may override ``fixed`` values but not an axis. ``cell_name`` is format
 other than letters, digits and ``._=+-`` by ``_``. Every cell name must be unique.
 
 Validation happens before anything runs: every key of ``fixed``/``axes``/``variants``/``quick`` must be a
-parameter of the notebook (``papermill.inspect_notebook``) and every cell's config must pass
-:meth:`DDPOConfig.from_dict`; otherwise a :class:`GridError` names the key and the cell. ``output_dir`` is
+:class:`~ddpo_study.config.DDPOConfig` field and every cell's config must pass :meth:`DDPOConfig.from_dict`;
+otherwise a :class:`GridError` names the key (with the closest field) and the cell. ``output_dir`` is
 set by the runner; ``num_threads`` is set to ``max(1, cpu_count // jobs)`` unless the spec sets it.
 
-Running a cell: papermill executes the notebook into ``<cell>/report.ipynb`` (saved after every notebook
-cell, so a failure keeps the partial notebook), then nbconvert writes a code-free ``<cell>/report.html``
-atomically. ``<cell>/status.json`` records ``state`` (running / done / failed), ``error`` (last lines),
-``started``/``finished`` times and ``seconds``. A cell with ``DONE`` (for its number of epochs) and
-``report.html`` is skipped; an interrupted cell is simply run again (``train.run`` resumes from its checkpoint);
-a failed cell does not stop the others, and :func:`run_grid` reports it (the CLI exits non-zero).
+Running a cell: papermill executes the notebook into ``<cell>/report.ipynb`` with the cell's config as its one
+parameter, ``config`` (a dict); the notebook is saved after every notebook cell, so a failure keeps the partial
+notebook; then nbconvert writes a code-free ``<cell>/report.html`` atomically. ``<cell>/status.json`` records
+``state`` (running / done / failed), ``error`` (last lines), ``started``/``finished`` times and ``seconds``. A
+cell with ``DONE`` (for its number of epochs) and ``report.html`` is skipped; an interrupted cell is simply run
+again (``train.run`` resumes from its checkpoint); a failed cell does not stop the others, and :func:`run_grid`
+reports it (the CLI exits non-zero).
 ``--jobs N`` runs N cells at once in separate processes; ``--shard i/n`` keeps the cells whose index % n == i;
 ``--match PATTERNS`` keeps the cells whose name matches a comma-separated shell-style pattern.
 ``grid stop SPEC`` writes ``<output_root>/STOP``: the running grid finishes the cells it has started and starts
 no more (no summary); the next ``grid run`` removes the file and goes on.
-After a whole grid (no shard or match) the summary runs: ``notebooks/summary.ipynb`` -> ``<output_root>/summary/``.
+After a whole grid (no shard or match) the command line runs the summary (:func:`ddpo_study.report.run_summary`:
+``notebooks/summary.ipynb`` -> ``<output_root>/summary/``), handed to :func:`run_grid` as ``summarize``: the grid
+knows nothing of the report.
 
 Command line (``python -m ddpo_study``)::
 
@@ -80,10 +83,12 @@ Command line (``python -m ddpo_study``)::
     summary ROOT_OR_SPEC [--quick] [--no-notebook]
     cell SPEC CELL_NAME [--quick]
 
-Modules: ``spec`` (the spec, its cells, ``--shard``) and ``runner`` (running cells, the grid, the summary, the
-status); everything is re-exported here.
+Modules: ``spec`` (the spec, its cells, ``--shard``), ``questions`` (the pre-registered contrasts), ``errors``
+(:class:`GridError`) and ``runner`` (running cells, the grid, the status); everything is re-exported here.
 """
 
+from .errors import GridError
+from .questions import QUESTION_METRICS, Question, parse_questions, same_value
 from .runner import (
     ERROR_LINES,
     KERNEL_NAME,
@@ -92,7 +97,6 @@ from .runner import (
     SHARED_EVAL_DIR,
     STATUS_FILE,
     STOP_FILE,
-    SUMMARY_NOTEBOOK,
     GridResult,
     cpu_count,
     execute_notebook,
@@ -104,37 +108,33 @@ from .runner import (
     request_stop,
     run_cell,
     run_grid,
-    run_summary,
     share_theme_css,
     status,
 )
 from .spec import (
-    QUESTION_METRICS,
     QUICK_SPECIAL,
     REPO_ROOT,
     RUNNER_KEYS,
     SPEC_KEYS,
     VARIANT_KEY,
     Cell,
-    GridError,
     GridSpec,
-    Question,
     expand,
     find_spec,
     load_spec,
-    notebook_parameters,
     parse_shard,
     select_match,
     select_shard,
 )
 
 __all__ = [
+    # errors, questions
+    "GridError", "QUESTION_METRICS", "Question", "parse_questions", "same_value",
     # spec
-    "QUESTION_METRICS", "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridError",
-    "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_match",
-    "select_shard",
+    "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridSpec", "expand", "find_spec",
+    "load_spec", "parse_shard", "select_match", "select_shard",
     # runner
-    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "SHARED_EVAL_DIR", "STATUS_FILE", "STOP_FILE", "SUMMARY_NOTEBOOK",
+    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "SHARED_EVAL_DIR", "STATUS_FILE", "STOP_FILE",
     "GridResult", "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status",
-    "request_stop", "run_cell", "run_grid", "run_summary", "share_theme_css", "status",
+    "request_stop", "run_cell", "run_grid", "share_theme_css", "status",
 ]

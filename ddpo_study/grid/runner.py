@@ -1,5 +1,6 @@
 """Running a grid: one cell's notebook through papermill (``status.json``, ``report.ipynb``, ``report.html``),
-all cells (``--jobs``, ``--shard``), the summary notebook, and the grid's status.
+all cells (``--jobs``, ``--shard``), and the grid's status. The summary after a whole grid is the caller's
+(``summarize``): the grid never imports the report.
 
 How cells run, are skipped and resumed is in the :mod:`ddpo_study.grid` docstring.
 """
@@ -21,21 +22,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..atomic import write_text
+from .errors import GridError
 from .spec import (
     REPO_ROOT,
     Cell,
-    GridError,
     GridSpec,
     _close_hint,
     _display_path,
-    _resolve,
     expand,
     load_spec,
     select_match,
     select_shard,
 )
 
-SUMMARY_NOTEBOOK = REPO_ROOT / "notebooks" / "summary.ipynb"
 KERNEL_NAME = "python3"
 STATUS_FILE = "status.json"
 REPORT_NOTEBOOK = "report.ipynb"
@@ -209,7 +208,7 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     Kept: config, metrics, status, the per-image eval rewards of epoch 0 and of the final epoch
     (``eval/epoch_XXXX.rewards.npz``, a few kB: the paired, prompt-clustered reward gain needs them; the runner
     writes them from the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
-    (``final/lora``, ~130 kB at rank 4; explore and diagnose load it). With ``keep_eval`` (default): the eval
+    (``final/lora``, ~130 kB at rank 4; diagnose loads it). With ``keep_eval`` (default): the eval
     images of the final epoch (~0.3 MB) and a link to those of epoch 0 (the base model: byte-identical across a
     grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.evaluation.share_eval_file`). With ``keep_report`` (default):
     ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
@@ -271,20 +270,21 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
     old = read_status(cell.dir)
     if _running_elsewhere(old):
         return {"state": "skipped", "cell": cell.name, "reason": f"running in process {old['pid']}"}
-    params = dict(cell.params)
+    config = dict(cell.params)
     if not cell.threads_from_spec:
-        params["num_threads"] = num_threads  # a resumed run may use another thread count (train allows it)
+        config["num_threads"] = num_threads  # a resumed run may use another thread count (train allows it)
     status = {"cell": cell.name, "index": cell.index, "variant": cell.variant, "state": "running",
               "started": _now(), "finished": None, "seconds": None, "error": None,
               "pid": os.getpid(), "host": socket.gethostname(), "cpu": cpu_model(),
-              "num_threads": params.get("num_threads"),
+              "num_threads": config.get("num_threads"),
               "attempt": int((old or {}).get("attempt", 0)) + 1}
     _write_json_atomic(cell.dir / STATUS_FILE, status)
     write_cell_gitignore(cell.dir)  # unfinished: ignored whole until it is done
     (cell.dir / REPORT_HTML).unlink(missing_ok=True)  # a stale report must not mark a re-run as done
     t0 = time.time()
     try:
-        execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, params, int(params.get("num_threads") or 1))
+        execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, {"config": config},
+                         int(config.get("num_threads") or 1))
         if not (cell.dir / "DONE").is_file():
             raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
@@ -330,6 +330,10 @@ def _run_cell_worker(args: tuple[str, Cell, int, bool | None]) -> dict[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------- the grid
+#: What runs after a whole grid: ``summarize(output_root, echo=...)`` -> the summary folder (None: no results yet).
+Summarize = Callable[..., "Path | None"]
+
+
 @dataclass
 class GridResult:
     spec: GridSpec
@@ -352,13 +356,15 @@ class GridResult:
 
 
 def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int = 1,
-             shard: str | tuple[int, int] | None = None, summary: bool = True, only: Iterable[str] | None = None,
-             match: str | Iterable[str] | None = None, echo: Callable[[str], None] | None = print) -> GridResult:
+             shard: str | tuple[int, int] | None = None, summarize: Summarize | None = None,
+             only: Iterable[str] | None = None, match: str | Iterable[str] | None = None,
+             echo: Callable[[str], None] | None = print) -> GridResult:
     """Validate every cell, then run the ones not yet done (``jobs`` at a time); see :mod:`ddpo_study.grid`.
 
     ``only``: run just these cell names (their reports are rendered). ``match``: only the cells whose name matches
-    one of these shell-style patterns (e.g. a question's conditions first). The summary (``write_summary`` via the
-    summary notebook) runs after a whole grid (no ``shard``/``only``/``match``) when ``summary`` is true.
+    one of these shell-style patterns (e.g. a question's conditions first). ``summarize(output_root, echo=echo)``
+    (the command line passes :func:`ddpo_study.report.run_summary`) runs after a whole grid (no
+    ``shard``/``only``/``match``, none stopped); its error is recorded, not raised: the cells' results stand.
     """
     echo = echo or (lambda _msg: None)
     spec = load_spec(spec, quick=quick)
@@ -423,36 +429,17 @@ def run_grid(spec: str | Path | dict | GridSpec, quick: bool = False, jobs: int 
     if result.failed:
         echo(f"{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (see <cell>/status.json, "
              "<cell>/report.ipynb)")
-    if summary and shard is None and only is None and match is None and not result.not_started:
-        try:
-            result.summary_dir = run_summary(spec.output_root, echo=echo)
-        except Exception as err:  # noqa: BLE001 - the cells' results stand; say what went wrong
-            result.summary_error = _error_text(err)
-            echo(f"summary failed: {result.summary_error.splitlines()[-1]}")
+    if summarize and shard is None and only is None and match is None and not result.not_started:
+        _summarize(result, summarize, echo)
     return result
 
 
-def run_summary(root: str | Path, notebook: bool = True, echo: Callable[[str], None] | None = print) -> Path | None:
-    """Write ``<root>/summary/`` (figures and tables); with ``notebook`` also ``summary.ipynb`` + ``.html``.
-
-    Returns the summary folder, or None when no cell under ``root`` has results yet.
-    """
-    from ..report import find_cells, write_summary
-
-    echo = echo or (lambda _msg: None)
-    root = _resolve(root)
-    if not find_cells(root):
-        echo(f"summary: no results under {root} yet")
-        return None
-    out = root / "summary"
-    if notebook:
-        out.mkdir(parents=True, exist_ok=True)
-        execute_notebook(SUMMARY_NOTEBOOK, out / "summary.ipynb", {"root": _display_path(root)}, max(1, cpu_count()))
-        export_html(out / "summary.ipynb", out / "summary.html")
-    else:
-        write_summary(root)
-    echo(f"summary: {out}")
-    return out
+def _summarize(result: GridResult, summarize: Summarize, echo: Callable[[str], None]) -> None:
+    try:
+        result.summary_dir = summarize(result.spec.output_root, echo=echo)
+    except Exception as err:  # noqa: BLE001 - the cells' results stand; say what went wrong
+        result.summary_error = _error_text(err)
+        echo(f"summary failed: {result.summary_error.splitlines()[-1]}")
 
 
 # ----------------------------------------------------------------------------------------------- status
@@ -466,7 +453,7 @@ def status(spec: str | Path | dict | GridSpec, quick: bool = False) -> "pd.DataF
 
     spec = load_spec(spec, quick=quick)
     rows = []
-    for cell in expand(spec, check_notebook=False):
+    for cell in expand(spec):
         st = read_status(cell.dir) or {}
         epochs_done, last_reward, last_train = 0, float("nan"), float("nan")
         metrics = cell.dir / "metrics.csv"

@@ -1,8 +1,8 @@
-"""A grid spec: reading and validating it (:func:`load_spec`), its cells (:func:`expand`), ``--shard`` and its
-pre-registered questions (:class:`Question`, :func:`parse_questions`, :func:`find_spec`).
+"""A grid spec: reading and validating it (:func:`load_spec`), its cells (:func:`expand`), ``--shard``/``--match``,
+and finding the spec of a results folder (:func:`find_spec`).
 
 The spec format and the rules for cells are in the :mod:`ddpo_study.grid` docstring; the ``questions:``
-section is described at :func:`parse_questions`.
+section is read by :func:`ddpo_study.grid.questions.parse_questions`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any, Iterable
 import yaml
 
 from ..config import ConfigError, DDPOConfig
+from .errors import GridError
+from .questions import Question, parse_questions, same_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,10 +30,6 @@ SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fix
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
-
-
-class GridError(ValueError):
-    """A grid spec that cannot run; the message names the key and, where it applies, the cell."""
 
 
 # ----------------------------------------------------------------------------------------------- the spec
@@ -62,12 +59,12 @@ class GridSpec:
 
 @dataclass
 class Cell:
-    """One grid cell: its position, name, folder and the notebook parameters it runs with."""
+    """One grid cell: its position, name, folder and the config it runs with."""
 
     index: int
     name: str
     dir: Path
-    params: dict[str, Any]  # every notebook parameter the runner passes (output_dir included)
+    params: dict[str, Any]  # its DDPOConfig values (output_dir included): the cell notebook's one parameter
     variant: str | None = None
     threads_from_spec: bool = False
     keep_unet: bool = False  # commit final/unet (spec's keep_unet)
@@ -223,20 +220,15 @@ def _variant_label(variant: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in variant.items() if k != VARIANT_KEY) or "base"
 
 
-def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
-    """The parameters of a notebook's ``parameters`` cell (name -> papermill's description)."""
-    import papermill
-
-    path = Path(notebook)
-    if not path.is_file():
-        raise GridError(f"notebook {path} does not exist")
-    return papermill.inspect_notebook(str(path))
+def _variant_labels(variants: Any) -> list[str]:
+    if not isinstance(variants, list):
+        return []
+    return [_variant_label(v) for v in variants if isinstance(v, dict)]
 
 
-def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
+def expand(spec: GridSpec) -> list[Cell]:
     """All cells of ``spec`` in their deterministic order, each validated (see :mod:`ddpo_study.grid`)."""
-    params_known = set(notebook_parameters(spec.notebook)) if check_notebook else None
-    config_fields = {f.name for f in dataclasses.fields(DDPOConfig)}
+    config_fields = [f.name for f in dataclasses.fields(DDPOConfig)]
     variants = spec.variants or [None]
 
     def check_keys(keys: Iterable[str], where: str) -> None:
@@ -244,9 +236,9 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
             if key in RUNNER_KEYS:
                 raise GridError(f"{where}: {key!r} is set by the grid runner (<output_root>/<cell name>), "
                                 "not by the spec")
-            if params_known is not None and key not in params_known:
-                raise GridError(f"{where}: {key!r} is not a parameter of the notebook {spec.notebook} "
-                                f"(so it cannot be passed to it)" + _close_hint(key, params_known))
+            if key not in config_fields:
+                raise GridError(f"{where}: {key!r} is not a DDPOConfig field (ddpo_study/config.py)"
+                                + _close_hint(key, config_fields))
 
     check_keys([k for k in spec.quick if k not in QUICK_SPECIAL], "quick")  # first: --quick merged them below
     check_keys(spec.fixed, "fixed")
@@ -273,14 +265,12 @@ def expand(spec: GridSpec, check_notebook: bool = True) -> list[Cell]:
                 params.update({k: v for k, v in variant.items() if k != VARIANT_KEY})
             where = f"cell #{index} ({', '.join(f'{k}={v!r}' for k, v in zip(spec.axes, combo))}" + (
                 f", variant {label!r})" if label is not None else ")")
-            config_values = {k: v for k, v in params.items() if k in config_fields}
             try:
-                cfg = DDPOConfig.from_dict({**config_values, "output_dir": "placeholder"})
+                cfg = DDPOConfig.from_dict({**params, "output_dir": "placeholder"})
             except ConfigError as err:
                 raise GridError(f"{where}: invalid config: {err}") from err
-            coerced = cfg.to_dict()
-            params.update({k: coerced[k] for k in config_values})  # e.g. YAML's "3e-4" string -> 0.0003
-            values = {**coerced, **{k: v for k, v in params.items() if k not in config_fields}}
+            values = cfg.to_dict()
+            params.update({k: values[k] for k in params})  # e.g. YAML's "3e-4" string -> 0.0003
             if label is not None:
                 values[VARIANT_KEY] = label
             try:
@@ -358,155 +348,6 @@ def select_match(cells: list[Cell], patterns: str | Iterable[str] | None) -> lis
         if not any(fnmatch.fnmatchcase(name, pat) for name in names):
             raise GridError(f"--match {pat!r} matches no cell" + _close_hint(pat, set(names)))
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in patterns)]
-
-
-# ----------------------------------------------------------------------------------------------- questions
-#: Metrics a question may compare (columns of metrics.csv).
-QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct", "judge_distinct_frac",
-                    "reward_mean", "within_div_clip", "cross_div_pixel", "within_div_pixel", "vendi_clip",
-                    "clip_score", "dist_base_clip", "dist_base_pixel", "param_dist")
-#: The study's diversity metrics: cross-prompt CLIP distance, prompt retrieval, the judge's all-correct rate and
-#: its number of distinct readings across prompts at one seed.
-DEFAULT_QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct")
-QUESTION_KEYS = ("id", "text", "a", "b", "where", "metrics", "at", "fractions", "primary", "min_seeds")
-QUESTION_AT = ("matched", "final")
-SEED_KEY = "seed"
-
-
-@dataclass(frozen=True)
-class Question:
-    """A pre-registered contrast: condition ``a`` vs condition ``b`` (config/axis values, ``where`` shared by both),
-    read on ``metrics`` at matched reward levels (``fractions`` of the smaller gain) or at the final epoch."""
-
-    id: str
-    text: str
-    a: dict[str, Any]
-    b: dict[str, Any]
-    where: dict[str, Any] = field(default_factory=dict)
-    metrics: tuple[str, ...] = DEFAULT_QUESTION_METRICS
-    at: str = "matched"
-    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    primary: bool = False
-    min_seeds: int = 3
-
-
-def same_value(x: Any, y: Any) -> bool:
-    """Axis / config values are equal: as numbers when both read as numbers (YAML's 0 vs 0.0 vs "0.0"),
-    else as strings."""
-    if isinstance(x, bool) or isinstance(y, bool):
-        return str(x).lower() == str(y).lower()
-    try:
-        return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
-    except (TypeError, ValueError):
-        return str(x) == str(y)
-
-
-def _variant_labels(variants: Any) -> list[str]:
-    if not isinstance(variants, list):
-        return []
-    return [_variant_label(v) for v in variants if isinstance(v, dict)]
-
-
-def parse_questions(raw: Any, axes: dict[str, list[Any]], variants: list[str] | None = None,
-                    fixed_seed: Any = None) -> list[Question]:
-    """The ``questions:`` section of a spec, validated against the grid's axes (before ``--quick``).
-
-    A list of mappings, written before the grid runs::
-
-        questions:
-          - id: Q1                                   # unique
-            text: Does LoRA lose more cross-prompt diversity than full fine-tuning at matched reward?
-            a: {mode: lora}                          # the two conditions: axis values (or {variant: name})
-            b: {mode: full}
-            where: {prompt_set: toy_30, diversity_lambda: 0.0}   # values both share
-            metrics: [cross_div_clip, retrieval_acc, judge_all, judge_distinct]   # default: these four
-            at: matched                              # matched (reward levels) | final (last epoch)
-            fractions: [0.5]                         # matched only; default [0.25, 0.5, 0.75]
-            primary: true                            # Holm over all primary rows; default false (exploratory)
-            min_seeds: 6                             # fewer common seeds: "not answered"; default 3
-
-    ``a`` and ``b`` name the same keys with different values; every axis with several values (seed excepted)
-    must be named in ``a``/``b`` or ``where``, so a question never pools settings silently. A primary question
-    needs at least ``min_seeds`` seeds in the grid. One :class:`GridError` line names the question and the fault.
-    """
-    if not isinstance(raw, list):
-        raise GridError("'questions' must be a list of mappings (id, text, a, b, where, metrics, at, ...)")
-    variants = list(variants or [])
-    known = {k: list(v) for k, v in axes.items() if k != SEED_KEY}
-    if variants:
-        known["variant"] = variants
-    seeds = axes.get(SEED_KEY, [fixed_seed] if fixed_seed is not None else [DDPOConfig.seed])
-    out: list[Question] = []
-    for i, q in enumerate(raw):
-        if not isinstance(q, dict):
-            raise GridError(f"question #{i}: must be a mapping, got {q!r}")
-        qid = str(q.get("id") or "").strip()
-        where_msg = f"question {qid!r}" if qid else f"question #{i}"
-
-        def fail(msg: str) -> GridError:
-            return GridError(f"{where_msg}: {msg}")
-
-        unknown = [k for k in q if k not in QUESTION_KEYS]
-        if unknown:
-            raise fail(f"unknown key(s) {unknown} (allowed: {list(QUESTION_KEYS)})")
-        if not qid:
-            raise fail("needs an 'id'")
-        if qid in {x.id for x in out}:
-            raise fail("duplicate id")
-        if not str(q.get("text") or "").strip():
-            raise fail("needs a 'text' (the question, in words)")
-        conds = {}
-        for side in ("a", "b", "where"):
-            value = q.get(side, {} if side == "where" else None)
-            if not isinstance(value, dict) or (side != "where" and not value):
-                raise fail(f"{side!r} must be a{' non-empty' if side != 'where' else ''} mapping of axis -> value")
-            for key, v in value.items():
-                if key == SEED_KEY:
-                    raise fail(f"{side}: 'seed' is the replicate, not a condition")
-                if key not in known:
-                    raise fail(f"{side}: {key!r} is not an axis of this grid (axes: {sorted(known)})")
-                if not any(same_value(v, allowed) for allowed in known[key]):
-                    raise fail(f"{side}: {key}={v!r} is not a value of axis {key!r} ({known[key]})")
-            conds[side] = dict(value)
-        if set(conds["a"]) != set(conds["b"]):
-            raise fail(f"'a' and 'b' must name the same keys ({sorted(conds['a'])} vs {sorted(conds['b'])})")
-        if all(same_value(conds["a"][k], conds["b"][k]) for k in conds["a"]):
-            raise fail("'a' and 'b' are the same condition")
-        both = sorted(set(conds["a"]) & set(conds["where"]))
-        if both:
-            raise fail(f"{both} both in 'a'/'b' and in 'where'")
-        loose = [k for k, v in known.items() if len(v) > 1 and k not in conds["a"] and k not in conds["where"]]
-        if loose:
-            raise fail(f"axis/axes {loose} have several values: set them in 'where' (or in 'a'/'b')")
-        metrics = q.get("metrics", list(DEFAULT_QUESTION_METRICS))
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        if not isinstance(metrics, list) or not metrics:
-            raise fail("'metrics' must be a non-empty list")
-        bad = [m for m in metrics if m not in QUESTION_METRICS]
-        if bad:
-            raise fail(f"unknown metric(s) {bad} (known: {list(QUESTION_METRICS)})")
-        at = q.get("at", "matched")
-        if at not in QUESTION_AT:
-            raise fail(f"'at' must be one of {list(QUESTION_AT)}, got {at!r}")
-        fractions = q.get("fractions", list(Question.fractions))
-        if at == "final" and "fractions" in q:
-            raise fail("'fractions' is for at: matched only")
-        if not isinstance(fractions, list) or not fractions or not all(
-                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
-            raise fail(f"'fractions' must be a non-empty list of numbers in (0, 1], got {fractions!r}")
-        primary = q.get("primary", False)
-        if not isinstance(primary, bool):
-            raise fail(f"'primary' must be true or false, got {primary!r}")
-        min_seeds = q.get("min_seeds", Question.min_seeds)
-        if not isinstance(min_seeds, int) or isinstance(min_seeds, bool) or min_seeds < 2:
-            raise fail(f"'min_seeds' must be an integer >= 2, got {min_seeds!r}")
-        if primary and len(seeds) < min_seeds:
-            raise fail(f"primary with min_seeds {min_seeds}, but the grid has {len(seeds)} seed(s)")
-        out.append(Question(id=qid, text=str(q["text"]).strip(), a=conds["a"], b=conds["b"], where=conds["where"],
-                            metrics=tuple(metrics), at=at, fractions=tuple(float(f) for f in fractions),
-                            primary=primary, min_seeds=min_seeds))
-    return out
 
 
 def find_spec(root: str | Path, configs: str | Path | None = None) -> GridSpec | None:

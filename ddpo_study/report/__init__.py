@@ -20,7 +20,8 @@ seeds, paired-by-seed contrasts, the clustered SE of a paired gain, Holm), ``lev
 per reward, after both conditions moved), ``questions`` (the spec's questions and their verdicts), ``tables``
 (grid tables), ``frontier`` (every condition's final reward gain and diversity with seed CIs, and its
 diversity difference from a reference at matched reward: the remedies side by side), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
-(one run's figures and tables), ``summary`` (writing ``<root>/summary/``, Markdown, notebook setup), ``continued`` (a run continued from
+(one run's figures and tables), ``summary`` (writing ``<root>/summary/``, directly or through the summary
+notebook: :func:`run_summary`; Markdown, notebook setup), ``continued`` (a run continued from
 another run's adapter, ``init_lora``: the joined curve and its reads). Everything
 is re-exported here: use ``report.<name>``.
 """
@@ -57,9 +58,8 @@ from .levels import (
     levels_by_reward,
     matched_levels,
     matched_runs,
+    read_after_epoch,
     reward_levels,
-    start_epoch,
-    value_at_reward,
 )
 from .plotting import PDF_METADATA, PNG_METADATA, new_figure, save_figure, style, styled
 from .questions import (
@@ -77,13 +77,13 @@ from .results import (
     NON_FACTORS,
     SHORT,
     VALUE_ONLY,
+    cell_eval_images,
     condition_factors,
     conditions,
     eval_epochs,
     eval_rows,
     final_rows,
     find_cells,
-    load_eval_images,
     load_grid_results,
     read_cell,
 )
@@ -98,7 +98,16 @@ from .stats import (
     t_quantile,
     welch_ci,
 )
-from .summary import Summary, notebook_setup, summary_figures, summary_tables, to_markdown, write_summary
+from .summary import (
+    SUMMARY_NOTEBOOK,
+    Summary,
+    notebook_setup,
+    run_summary,
+    summary_figures,
+    summary_tables,
+    to_markdown,
+    write_summary,
+)
 from .tables import (
     PLATEAU_LATE_FRACTION,
     PLATEAU_LATE_GAIN,
@@ -120,13 +129,13 @@ __all__ = [
     "continued_table", "fig_continued", "join_curves", "joined_curves", "original_of",
     # results
     "FINAL_METRICS", "LABELS", "NON_FACTORS", "SHORT", "VALUE_ONLY", "condition_factors", "conditions",
-    "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_eval_images", "load_grid_results", "read_cell",
+    "cell_eval_images", "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_grid_results", "read_cell",
     # stats
     "aggregate", "clustered_mean_se", "holm", "mean_ci", "one_sided_gain_p", "paired_gain", "paired_seed_ci",
     "t_quantile", "welch_ci",
     # levels
     "MATCH_FRACTIONS", "ConditionGain", "Level", "MatchedLevels", "condition_gain", "crossing", "levels_by_reward",
-    "matched_levels", "matched_runs", "reward_levels", "start_epoch", "value_at_reward",
+    "matched_levels", "matched_runs", "read_after_epoch", "reward_levels",
     # questions
     "ALPHA", "DEFAULTS", "default_questions", "evaluate_question", "questions_for", "questions_table", "select_runs",
     # frontier
@@ -144,5 +153,6 @@ __all__ = [
     "CELL_TABLE_METRICS", "as_jpeg", "cell_figures", "cell_table", "config_diff", "fig_cell_curves", "fig_cell_images",
     "fig_cell_ppo",
     # summary
-    "Summary", "notebook_setup", "summary_figures", "summary_tables", "to_markdown", "write_summary",
+    "SUMMARY_NOTEBOOK", "Summary", "notebook_setup", "run_summary", "summary_figures", "summary_tables",
+    "to_markdown", "write_summary",
 ]

@@ -13,7 +13,7 @@ import pandas as pd
 from ..config import EVAL_SEED_BASE, DDPOConfig
 from .figures import image_axis, tile, wrap_label
 from .plotting import new_figure, styled
-from .results import LABELS, _stem, eval_epochs, load_eval_images, read_cell
+from .results import LABELS, _stem, cell_eval_images, eval_epochs, read_cell
 
 
 # ================================================================================================ one cell
@@ -97,7 +97,7 @@ def fig_cell_images(cell_dir: str | Path, epochs: Sequence[int] | None = None, m
     fig = new_figure(8, 2)
     if not epochs:
         return fig
-    grids = [load_eval_images(cell_dir, e) for e in epochs]
+    grids = [cell_eval_images(cell_dir, e) for e in epochs]
     p, s, h, w = grids[0][0].shape[:4]
     p = min(p, max_prompts)
     fig.set_size_inches(1.5 + 0.5 * p, len(epochs) * (0.55 + 0.5 * s) + 1.6)

@@ -12,7 +12,7 @@ import pandas as pd
 from ..config import EVAL_SEED_BASE
 from .levels import reward_levels, reward_names
 from .plotting import new_figure, styled
-from .results import FINAL_METRICS, LABELS, _factors, conditions, eval_epochs, eval_rows, final_rows, load_eval_images
+from .results import FINAL_METRICS, LABELS, _factors, cell_eval_images, conditions, eval_epochs, eval_rows, final_rows
 from .stats import aggregate, mean_ci
 
 
@@ -210,10 +210,10 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no eval images yet", ha="center", va="center", transform=ax.transAxes)
         return fig
-    base_imgs, prompts = load_eval_images(picks[0][1]["cell_dir"], 0)
+    base_imgs, prompts = cell_eval_images(picks[0][1]["cell_dir"], 0)
     rows_img, labels = [base_imgs[:, eval_seed]], ["base model (epoch 0)"]
     for cond, row, epoch in picks:
-        imgs, _ = load_eval_images(row["cell_dir"], epoch)
+        imgs, _ = cell_eval_images(row["cell_dir"], epoch)
         rows_img.append(imgs[:, eval_seed])
         labels.append(f"{cond}\n(seed {row['seed']}, epoch {epoch})")
     p = min(len(prompts), max_prompts or len(prompts))

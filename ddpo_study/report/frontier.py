@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..grid.spec import Question
+from ..grid.questions import Question
 from .figures import _palette
 from .plotting import new_figure, styled
 from .questions import evaluate_question

@@ -35,7 +35,7 @@ REWARD_KEY = "reward"  # the config key naming a run's reward
 
 
 # ================================================================================================ one run
-def start_epoch(run: pd.DataFrame | pd.Series) -> int:
+def read_after_epoch(run: pd.DataFrame | pd.Series) -> int:
     """The epoch after which a run is read: 0, or ``progressive_switch_epoch`` for progressive runs."""
     row = run.iloc[0] if isinstance(run, pd.DataFrame) else run
     if row.get("mode") == "progressive" and pd.notna(row.get("progressive_switch_epoch")):
@@ -57,12 +57,6 @@ def crossing(run: pd.DataFrame, level: float, metric: str, reward: str = "reward
             return (float(val[j - 1] + t * (val[j] - val[j - 1])), float(ep[j - 1] + t * (ep[j] - ep[j - 1])),
                     float(ep[j - 1]))
     return math.nan, math.nan, math.nan
-
-
-def value_at_reward(run: pd.DataFrame, level: float, metric: str, reward: str = "reward_mean") -> tuple[float, float]:
-    """(metric, epoch) of :func:`crossing`."""
-    value, epoch, _ = crossing(run, level, metric, reward)
-    return value, epoch
 
 
 # ================================================================================================ descriptive levels
@@ -120,7 +114,7 @@ def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Seque
     """Per run and reward level: ``metric`` and the epoch at which the run first reaches the level.
 
     Levels: ``levels`` for every run, or else each reward's own :func:`reward_levels`. ``early`` marks a reading
-    interpolated before the run's first eval after its start epoch (:func:`start_epoch`)."""
+    interpolated before the run's first eval after its start epoch (:func:`read_after_epoch`)."""
     rows = []
     parts = {"": df} if levels is not None else by_reward(df)
     for name, part in parts.items():
@@ -128,7 +122,7 @@ def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Seque
         fr = list(fractions) if len(fractions) == len(lv) else [math.nan] * len(lv)
         for cell, run in eval_rows(part).groupby("cell", sort=False):
             first = run.iloc[0]
-            start = start_epoch(run)
+            start = read_after_epoch(run)
             for frac, level in zip(fr, lv):
                 value, epoch, lower = crossing(run, level, metric)
                 rows.append({"cell": cell, "reward": first.get(REWARD_KEY, name), "condition": first["condition"],
@@ -183,7 +177,7 @@ def condition_gain(ev: pd.DataFrame, label: str, alpha: float = 0.05, reward: st
     gains = []
     start = 0
     for _, run in ev.dropna(subset=[reward]).groupby("cell", sort=False):
-        start = start_epoch(run)
+        start = read_after_epoch(run)
         base = run.loc[run["epoch"] == 0, reward]
         if base.empty:
             continue
@@ -238,4 +232,4 @@ def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, st
 def _early(run: pd.DataFrame, level: float, reward: str) -> bool:
     """Does the run first reach ``level`` no later than its first eval after its start epoch?"""
     _, _, lower = crossing(run, level, reward, reward)
-    return bool(np.isfinite(lower) and lower <= start_epoch(run))
+    return bool(np.isfinite(lower) and lower <= read_after_epoch(run))

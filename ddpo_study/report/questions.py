@@ -1,5 +1,5 @@
 """The study's questions, answered from saved results: each a contrast of two conditions pre-registered in the
-grid spec (``questions:``, :class:`ddpo_study.grid.spec.Question`), or, for a spec without that section, the
+grid spec (``questions:``, :class:`ddpo_study.grid.questions.Question`), or, for a spec without that section, the
 default exploratory questions (:func:`default_questions`).
 
 For each question and metric (and each matched reward level): the paired-by-seed difference a - b
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from ..config import UNUSED_BY_MODE
-from ..grid.spec import DEFAULT_QUESTION_METRICS, REPO_ROOT, GridSpec, Question, find_spec, load_spec, same_value
-from .levels import crossing, matched_levels, start_epoch
+from ..grid.questions import DEFAULT_QUESTION_METRICS, Question, same_value
+from ..grid.spec import REPO_ROOT, GridSpec, find_spec, load_spec
+from .levels import crossing, matched_levels, read_after_epoch
 from .results import _factors, _format_factor, _order_key, eval_rows, final_rows
 from .stats import holm, paired_seed_ci, paired_seeds_needed
 
@@ -201,7 +202,7 @@ def _values_at(ev: pd.DataFrame, level: float, metric: str) -> pd.Series:
     out = {}
     for _, run in ev.groupby("cell", sort=False):
         value, _, lower = crossing(run, level, metric)
-        if np.isfinite(value) and lower > start_epoch(run):
+        if np.isfinite(value) and lower > read_after_epoch(run):
             out.setdefault(run["seed"].iloc[0], []).append(value)
     return pd.Series({s: float(np.mean(v)) for s, v in out.items()}, dtype=float)
 

@@ -1,6 +1,6 @@
 """Inference-time remedies against early stopping, at the same reward (files only).
 
-Input: ``points.csv`` of :func:`ddpo_study.diagnose.remedies.run_remedies` (one row per run x remedy point: its
+Input: :data:`POINTS_FILE` of :func:`ddpo_study.diagnose.remedy_sweep.run_remedies` (one row per run x remedy point: its
 reward and metrics at the run's own eval prompts and seeds) and each run's ``metrics.csv``. A remedy point (the
 LoRA at scale s, or the base model for the first k steps) buys diversity back by giving reward up; the honest
 comparison is the same run *stopped earlier at the same reward*. So each point is compared with its own run's
@@ -20,10 +20,13 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_bytes_if_changed
-from .levels import crossing, start_epoch
+from .levels import crossing, read_after_epoch
 from .plotting import new_figure, save_figure, styled
 from .results import LABELS, read_cell
 from .stats import holm, mean_ci, paired_seed_ci, paired_seeds_needed
+
+#: The sweep's points (in the remedies' output folder), which the sweep in :mod:`ddpo_study.diagnose` appends to.
+POINTS_FILE = "points.csv"
 
 
 def load_runs(points: pd.DataFrame, root: str | Path) -> dict[str, pd.DataFrame]:
@@ -53,7 +56,7 @@ def matched_points(points: pd.DataFrame, runs: dict[str, pd.DataFrame], metrics:
             refused = "at or below the base model"
         elif not np.isfinite(epoch):
             refused = "never reached"
-        elif lower <= start_epoch(run):
+        elif lower <= read_after_epoch(run):
             refused = "before the first eval"
         else:
             refused = ""
@@ -168,7 +171,6 @@ def write_remedies_summary(out_dir: str | Path, root: str | Path, metrics: Seque
                            ) -> list[Path]:
     """``remedies.{csv,md}``, ``matched_points.csv``, ``checks.md`` and ``remedies.{png,pdf}`` in ``out_dir``
     from its ``points.csv``; the same inputs give the same bytes."""
-    from ..diagnose.remedies import POINTS_FILE
     from .summary import CSV_FLOAT_FORMAT, to_markdown
 
     out = Path(out_dir)

@@ -235,7 +235,7 @@ def reward_epochs(cell_dir: str | Path) -> list[int]:
     return sorted({int(m.group(1)) for m in found if m})
 
 
-def load_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
+def cell_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
     """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch`` (:func:`ddpo_study.evaluation.load_eval_arrays`);
     a missing file is an error here, since the report asked for an epoch the cell lists."""
     from ..evaluation import eval_file, load_eval_arrays

@@ -1,18 +1,20 @@
 """A grid's summary on disk: :func:`write_summary` saves every summary figure and table under
-``<root>/summary/`` reproducibly (same inputs, same bytes); Markdown tables; the notebooks' setup."""
+``<root>/summary/`` reproducibly (same inputs, same bytes); :func:`run_summary` does so through the summary
+notebook (``summary.ipynb`` + ``.html``), for ``summary`` and after ``grid run``; Markdown tables; the notebooks'
+setup."""
 
 from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from ..atomic import write_bytes_if_changed
-from ..grid.spec import find_spec, load_spec
+from ..grid.spec import REPO_ROOT, find_spec, load_spec
 from .continued import continued_table, fig_continued, joined_curves
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
 from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
@@ -27,6 +29,7 @@ CSV_FLOAT_FORMAT = "%.6g"
 #: is), because as plain text it was the largest file of a summary (2.2 MB for the study) and the tree has a
 #: size limit.
 TIDY_FILE = "grid_results.csv.gz"
+SUMMARY_NOTEBOOK = REPO_ROOT / "notebooks" / "summary.ipynb"
 
 
 # ================================================================================================ writing
@@ -122,6 +125,31 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     write_bytes_if_changed(out / "README.md", "\n".join(md).encode())
     summary.files += [out / TIDY_FILE, out / "README.md"]
     return summary
+
+
+def run_summary(root: str | Path, notebook: bool = True, echo: Callable[[str], None] | None = print) -> Path | None:
+    """Write ``<root>/summary/`` (figures and tables); with ``notebook`` also ``summary.ipynb`` + ``.html``.
+
+    Returns the summary folder, or None when no cell under ``root`` has results yet.
+    """
+    from ..grid.runner import cpu_count, execute_notebook, export_html
+    from ..grid.spec import _display_path, _resolve
+    from .results import find_cells
+
+    echo = echo or (lambda _msg: None)
+    root = _resolve(root)
+    if not find_cells(root):
+        echo(f"summary: no results under {root} yet")
+        return None
+    out = root / "summary"
+    if notebook:
+        out.mkdir(parents=True, exist_ok=True)
+        execute_notebook(SUMMARY_NOTEBOOK, out / "summary.ipynb", {"root": _display_path(root)}, max(1, cpu_count()))
+        export_html(out / "summary.ipynb", out / "summary.html")
+    else:
+        write_summary(root)
+    echo(f"summary: {out}")
+    return out
 
 
 def notebook_setup() -> None:

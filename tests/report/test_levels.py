@@ -23,11 +23,10 @@ def runs(name: str, gains: list[float], seeds: int = 3, epochs=EPOCHS, noise: fl
     return eval_frame(curves, **kw)
 
 
-def test_crossing_and_value_at_reward():
+def test_crossing():
     run = pd.DataFrame({"epoch": [0, 2, 4], "reward_mean": [0.0, 1.0, 0.5], "x": [10.0, 20.0, 0.0]})
-    assert report.value_at_reward(run, 0.5, "x") == (15.0, 1.0)  # first crossing, interpolated
-    assert report.crossing(run, 0.5, "x") == (15.0, 1.0, 0.0)  # ... from the eval at epoch 0
-    assert report.value_at_reward(run, 1.0, "x") == (20.0, 2.0)
+    assert report.crossing(run, 0.5, "x") == (15.0, 1.0, 0.0)  # first crossing, interpolated from the eval at 0
+    assert report.crossing(run, 1.0, "x") == (20.0, 2.0, 0.0)
     assert report.crossing(run, -1.0, "x") == (10.0, 0.0, 0.0)
     assert all(math.isnan(v) for v in report.crossing(run, 2.0, "x"))
 
@@ -105,7 +104,7 @@ def test_progressive_is_read_only_after_its_switch():
     stuck = runs("progressive", [0.0, 0.9, 0.9, 0.9, 0.9], mode="progressive", switch=5, noise=0.01)
     got = report.matched_levels(stuck, lora, ("progressive", "lora"))
     assert not got.reason and all(lv.refused == why for lv in got.levels)  # Q4's trap: read in the full phase
-    assert report.start_epoch(stuck) == 5 and report.start_epoch(lora) == 0
+    assert report.read_after_epoch(stuck) == 5 and report.read_after_epoch(lora) == 0
 
 
 def test_matched_runs_flag_readings_before_the_first_eval(fake_grid):

@@ -1,8 +1,8 @@
-"""Inference-time remedies on a grid's finished runs: the sweeps of :mod:`.curves`, run by run, resumably.
+"""Sweeping a grid's finished runs with the inference-time remedies of :mod:`.curves`, run by run, resumably.
 
 A :class:`RemedySpec` (``configs/inference_remedies.yaml``) names a grid, the config values of the runs to sweep,
 the LoRA scales and the switch steps. :func:`sweep_run` samples one run at *its own* eval protocol (its eval
-prompts and seeds, steps, guidance and eta, via :func:`~ddpo_study.diagnose.sampling.setup` on the run folder), so
+prompts and seeds, steps, guidance and eta, via :func:`~ddpo_study.diagnose.sampling.prepare` on the run folder), so
 every point compares image for image with the run's training evals; its scale-1 and scale-0 points must
 reproduce the run's final and epoch-0 evals, and the ``check_*`` columns say by how much they do.
 :func:`run_remedies` appends one run at a time to ``<output>/points.csv`` and skips runs already there, so an
@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 
 from ..atomic import atomic_path
+from ..grid.questions import same_value
+from ..report.remedies import POINTS_FILE  # the analysis' input: its home is where it is read
 
-POINTS_FILE = "points.csv"
 REMEDIES = ("scale", "switch")  #: the LoRA scaled by ``value``; the base UNet for the first ``value`` steps
 
 
@@ -95,7 +96,7 @@ def load_remedy_spec(path: str | Path) -> RemedySpec:
 
 def selected_runs(spec: RemedySpec) -> list[Path]:
     """The grid's finished cells (``DONE``) whose config has every value of ``spec.where``, by name; one per seed."""
-    from ..grid.spec import load_spec, same_value
+    from ..grid.spec import load_spec
     from ..report.results import find_cells, read_cell
 
     grid = load_spec(spec.grid)
@@ -120,14 +121,14 @@ def sweep_run(run_dir: str | Path, spec: RemedySpec, device: str = "auto") -> pd
     """One row per remedy point of one run (scale 0 and 1 included), with the checks against its evals."""
     from ..report.results import read_cell
     from .curves import scale_sweep, switch_sweep
-    from .sampling import setup
+    from .sampling import prepare
 
     run_dir = Path(run_dir)
     cfg, metrics = read_cell(run_dir)
     bad = [k for k in spec.switch_steps if k >= int(cfg["num_steps"])]
     if bad:
         raise RemedySpecError(f"switch_steps {bad} are not below {run_dir.name}'s {cfg['num_steps']} DDIM steps")
-    dx = setup(None, run_dir, num_prompts=int(cfg["eval_num_prompts"]), num_seeds=int(cfg["eval_num_seeds"]),
+    dx = prepare(None, run_dir, num_prompts=int(cfg["eval_num_prompts"]), num_seeds=int(cfg["eval_num_seeds"]),
                device=device, batch_size=int(cfg["sample_batch_size"]))
     scale = scale_sweep(dx, (0.0, *spec.scales, 1.0)).rename(columns={"scale": "value"}).assign(remedy="scale")
     switch = switch_sweep(dx, list(spec.switch_steps)).drop(columns="base_fraction")
