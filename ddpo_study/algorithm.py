@@ -79,21 +79,32 @@ def _ppo(cfg: "DDPOConfig", family: SamplerFamily) -> Objective:
     return PPO(cfg, family)
 
 
-#: Algorithm name -> factory ``(cfg, family) -> Objective``. DDPO is PPO-clip on a family's per-step log-probs.
-ALGORITHMS = {"ddpo": _ppo}
+#: Algorithm name (``config.ALGORITHMS``) -> (objective factory ``(cfg, family) -> Objective``, the sampler family
+#: it trains). DDPO and Flow-GRPO are the same objective, PPO-clip on per-step log-probs, on two families.
+ALGORITHMS = {"ddpo": (_ppo, "ddim"), "flow_grpo": (_ppo, "flow")}
 
 
 def family_for(pipe) -> SamplerFamily:
-    """The sampler family of a loaded pipeline: DDIM with log-probs for a UNet (SD-type) pipeline."""
+    """The sampler family of a loaded pipeline: DDIM with log-probs for a UNet (SD-type) pipeline, the flow SDE
+    for a transformer (SD3-type) one."""
+    from .flow_sampler import FlowFamily
     from .sampler import DDIMFamily
 
     if getattr(pipe, "unet", None) is not None:
         return DDIMFamily()
-    raise ValueError(f"no sampler family for a {type(pipe).__name__} (needs a UNet pipeline)")
+    if getattr(pipe, "transformer", None) is not None:
+        return FlowFamily()
+    raise ValueError(f"no sampler family for a {type(pipe).__name__} (needs a UNet or an SD3 transformer)")
 
 
 def make_objective(algorithm: str, cfg: "DDPOConfig", family: SamplerFamily) -> Objective:
-    """The objective registered as ``algorithm`` (one clear error for an unknown name)."""
+    """The objective registered as ``algorithm`` for ``family`` (one clear error for an unknown name or a model
+    of the wrong family, e.g. Flow-GRPO on an SD-type UNet)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    return ALGORITHMS[algorithm](cfg, family)
+    factory, family_name = ALGORITHMS[algorithm]
+    if family.name != family_name:
+        kinds = {"ddim": "an SD-type (UNet, DDIM)", "flow": "an SD3-type (flow-matching transformer)"}
+        raise ValueError(f"algorithm {algorithm!r} trains {kinds[family_name]} model; this model is "
+                         f"{kinds.get(family.name, family.name)}")
+    return factory(cfg, family)

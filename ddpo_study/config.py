@@ -31,6 +31,8 @@ import yaml
 from .seeding import MAX_INNER_EPOCHS
 
 MODES = ("lora", "full", "progressive")
+#: Training algorithms (``algorithm.ALGORITHMS`` maps each to its objective and the model family it trains).
+ALGORITHMS = ("ddpo", "flow_grpo")
 DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
 DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -82,6 +84,8 @@ class DDPOConfig:
     """Seed of the run: all sampling noise, prompt draws and timestep draws derive from it and the epoch."""
     model: str = "toy"
     """Pipeline to fine-tune: 'toy', 'sd15', a local diffusers folder or a hub id."""
+    algorithm: str = "ddpo"
+    """'ddpo' (PPO-clip on DDIM log-probs; SD-type models) or 'flow_grpo' (PPO-clip on the flow SDE's log-probs; SD3-type models)."""
     clip_model: str = ""
     """CLIP used by rewards and metrics; '' means the toy model's clip/ folder for 'toy', else openai/clip-vit-large-patch14."""
     aesthetic_model: str = ""
@@ -112,6 +116,10 @@ class DDPOConfig:
     """Classifier-free guidance scale (1.0 = no guidance); 5.0 as DDPO, and where the toy base model meets its prompt-following bar."""
     eta: float = 1.0
     """DDIM eta: 1.0 makes every step stochastic, which the policy-gradient needs (0 would make log-probs degenerate)."""
+    noise_level: float = 0.7
+    """Flow-GRPO: the SDE's noise level (flow_grpo's default 0.7); the SD-type sampler uses eta instead."""
+    eval_num_steps: int = 0
+    """Sampler steps at evaluation (0 = num_steps); Flow-GRPO trains on few SDE steps and evaluates the ODE at more (flow_grpo: 10 / 40)."""
     samples_per_epoch: int = 64
     """Images sampled per epoch (all processes together)."""
     images_per_prompt: int = 8
@@ -233,6 +241,7 @@ class DDPOConfig:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: {msg}")
 
         need(self.mode in MODES, "mode", f"must be one of {MODES}")
+        need(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {ALGORITHMS}")
         if self.init_lora:  # an adapter to start from: only LoRA mode has one at epoch 0
             need(self.mode == "lora", "init_lora", f"needs mode 'lora' (mode is {self.mode!r})")
             need(Path(self.init_lora).exists(), "init_lora", "no such file or folder")
@@ -249,7 +258,8 @@ class DDPOConfig:
         for key in ("lora_learning_rate", "full_learning_rate", "clip_range", "adv_clip_max", "max_grad_norm",
                     "lora_alpha", "adam_epsilon"):
             need(getattr(self, key) > 0, key, "must be > 0")
-        for key in ("train_timesteps_per_pass", "eta", "kl_beta", "target_kl", "adam_weight_decay", "num_threads"):
+        for key in ("train_timesteps_per_pass", "eta", "kl_beta", "target_kl", "adam_weight_decay", "num_threads",
+                    "eval_num_steps", "noise_level"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
@@ -264,7 +274,11 @@ class DDPOConfig:
         need(self.stat_min_count <= self.stat_buffer_size, "stat_min_count", "must be <= stat_buffer_size")
         need(self.inner_epochs <= MAX_INNER_EPOCHS, "inner_epochs",
              f"must be <= {MAX_INNER_EPOCHS} (each PPO pass has its own random stream: ddpo_study.seeding)")
-        need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
+        if self.algorithm == "ddpo":
+            need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
+        else:  # the flow SDE's steps need noise for a log-probability, as DDIM's need eta > 0
+            need(self.noise_level > 0 or self.num_epochs == 0, "noise_level",
+                 "must be > 0 to train (the ODE step has no log-probability)")
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",
              "num_steps x timestep_fraction must select at least one step")
         if self.mode == "progressive":

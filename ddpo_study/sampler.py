@@ -569,7 +569,7 @@ class DDIMFamily:
                                    batch_size=cfg.sample_batch_size, progress=progress)
 
     def generate(self, pipe, denoiser, prompts, seeds, cfg) -> Tensor:
-        return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
+        return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.eval_num_steps or cfg.num_steps,
                                    guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=denoiser,
                                    batch_size=cfg.sample_batch_size).images
 

@@ -150,6 +150,7 @@ def setup(cfg: DDPOConfig) -> RunState:
     eval_prompts = load_prompts(cfg.eval_prompt_set)[: cfg.eval_num_prompts]
     pipe = load_pipeline(cfg.model, device=acc.device, dtype=frozen_dtype(cfg.mixed_precision, acc.device))
     family = family_for(pipe)
+    objective = make_objective(cfg.algorithm, cfg, family)  # before any file is written: a wrong model is one line
     clip, aesthetic, lpips_model, lpips_warning = load_scorers(cfg, acc.device)
     ctx = RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=acc.device)
     if acc.is_main_process:
@@ -177,7 +178,7 @@ def setup(cfg: DDPOConfig) -> RunState:
     elif cfg.init_lora:  # a resume loads the adapter from its checkpoint instead
         load_lora_into(denoiser, cfg.init_lora)
     state = RunState(cfg=cfg, acc=acc, out=out, pipe=pipe, family=family,
-                     objective=make_objective("ddpo", cfg, family), policy=policy, tracker=tracker,
+                     objective=objective, policy=policy, tracker=tracker,
                      reward_fn=make_reward(cfg.reward, ctx, diversity_lambda=cfg.diversity_lambda,
                                            diversity_form=cfg.diversity_form,
                                            diversity_feature=cfg.diversity_feature),

@@ -26,7 +26,7 @@ def test_the_loop_goes_through_the_family_and_the_registered_objective(monkeypat
             calls.append(("generate", len(prompts)))
             return super().generate(pipe, denoiser, prompts, seeds, cfg)
 
-    real = algorithm.ALGORITHMS["ddpo"]
+    real, family_name = algorithm.ALGORITHMS["ddpo"]
 
     class SpyObjective:
         name = "spy"
@@ -40,7 +40,7 @@ def test_the_loop_goes_through_the_family_and_the_registered_objective(monkeypat
             return {**self.inner.update(state, batch, advantages, epoch), "train_spy": float(epoch)}
 
     monkeypatch.setattr(train, "family_for", lambda pipe: SpyFamily())
-    monkeypatch.setitem(algorithm.ALGORITHMS, "ddpo", SpyObjective)
+    monkeypatch.setitem(algorithm.ALGORITHMS, "ddpo", (SpyObjective, family_name))
     cfg = tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "run", num_epochs=2, eval_every=2)
     out = train.run(cfg, progress=False)
     n_eval = cfg.eval_num_prompts * cfg.eval_num_seeds
@@ -52,12 +52,25 @@ def test_the_loop_goes_through_the_family_and_the_registered_objective(monkeypat
     assert df["train_optimizer_steps"].iloc[1:].tolist() == [2, 2]
 
 
-def test_unknown_algorithms_and_families_are_one_clear_error():
-    with pytest.raises(ValueError, match=r"unknown algorithm 'grpo'; known: \['ddpo'\]"):
+def test_unknown_algorithms_wrong_families_and_unknown_pipelines_are_one_clear_error():
+    from ddpo_study.flow_sampler import FlowFamily
+
+    with pytest.raises(ValueError, match=r"unknown algorithm 'grpo'; known: \['ddpo', 'flow_grpo'\]"):
         algorithm.make_objective("grpo", None, DDIMFamily())
+    with pytest.raises(ValueError, match="'flow_grpo' trains an SD3-type .* this model is an SD-type"):
+        algorithm.make_objective("flow_grpo", None, DDIMFamily())
+    with pytest.raises(ValueError, match="'ddpo' trains an SD-type .* this model is an SD3-type"):
+        algorithm.make_objective("ddpo", None, FlowFamily())
     with pytest.raises(ValueError, match="no sampler family for a SimpleNamespace"):
-        algorithm.family_for(SimpleNamespace(transformer=object()))
+        algorithm.family_for(SimpleNamespace(vae=object()))
 
 
-def test_the_ddim_family_trains_the_unet(tiny_pipe):
+def test_the_registry_is_the_configs_list_of_algorithms():
+    from ddpo_study.config import ALGORITHMS
+
+    assert tuple(algorithm.ALGORITHMS) == ALGORITHMS
+
+
+def test_each_family_trains_its_pipelines_denoiser(tiny_pipe, tiny_sd3_pipe):
     assert algorithm.family_for(tiny_pipe).denoiser(tiny_pipe) is tiny_pipe.unet
+    assert algorithm.family_for(tiny_sd3_pipe).denoiser(tiny_sd3_pipe) is tiny_sd3_pipe.transformer
