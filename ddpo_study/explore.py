@@ -3,10 +3,10 @@
 :func:`load_cell` rebuilds the base pipeline from the cell's ``config.json`` and loads the run's weights the way a
 user would: LoRA through the stock ``pipe.load_lora_weights``, a full UNet with
 :func:`ddpo_study.checkpoint.load_full_unet` (progressive: the full-tuned UNet, then its LoRA on top). Weights are
-looked for (:func:`find_weights`) in ``<run>/final/{lora,unet}`` (what a finished run keeps: the LoRA in diffusers
-format, ``pytorch_lora_weights.safetensors``; the full UNet as a diffusers folder, fp16 safetensors allowed), then in
-``<run>/checkpoints/latest/{lora,unet}`` (a run still training). A run without weights is an error that names what is
-missing: the tuned model is never silently the base. Then
+looked for (:func:`ddpo_study.rundir.find_weights`) in ``<run>/final/{lora,unet}`` (what a finished run keeps: the
+LoRA in diffusers format, ``pytorch_lora_weights.safetensors``; the full UNet as a diffusers folder, fp16 safetensors
+allowed), then in ``<run>/checkpoints/latest/{lora,unet}`` (a run still training). A run without weights is an error
+that names what is missing: the tuned model is never silently the base. Then
 
 * :func:`reproduction_check` re-samples the saved eval prompts and seeds and compares them with the saved
   ``eval/epoch_XXXX.npz`` images (base model vs epoch 0, tuned model vs the weights' epoch). Near-zero differences
@@ -24,7 +24,6 @@ For a checkpoint made elsewhere (TRL, ddpo-pytorch, any diffusers LoRA or UNet),
 from __future__ import annotations
 
 import copy
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,77 +34,11 @@ import numpy as np
 import pandas as pd
 
 from .config import EVAL_SEED_BASE
-from .finetune import ADAPTER_NAME, LORA_FILE
+from .finetune import ADAPTER_NAME
 from .images import to_uint8
 from .models import resolve_device
-from .report import eval_epochs, image_axis, load_eval_images, new_figure, styled, tile, wrap_label
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A run folder whose tuned weights are not there; the message names what was looked for."""
-
-
-@dataclass
-class RunWeights:
-    """Where a run's tuned weights are: ``lora`` (a diffusers LoRA folder) and/or ``unet`` (a diffusers UNet
-    folder), found in ``source`` (``final`` or ``checkpoint``) at ``epoch``."""
-
-    lora: Path | None
-    unet: Path | None
-    source: str
-    epoch: int
-
-
-def _done_epochs(run_dir: Path) -> int | None:
-    try:
-        return int(json.loads((run_dir / "DONE").read_text())["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def find_weights(run_dir: str | Path) -> RunWeights:
-    """The tuned weights of a run folder: ``final/`` of a finished run, else ``checkpoints/latest/``.
-
-    ``lora`` runs need ``lora/pytorch_lora_weights.safetensors``; ``full`` runs a ``unet/`` folder (``config.json``
-    and its weights); ``progressive`` runs both (the full-tuned UNet and the LoRA trained on top of it). Raises
-    :class:`MissingWeightsError` naming the missing files; it never returns "no weights".
-    """
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no config.json: not a run folder")
-    mode = json.loads(cfg_file.read_text()).get("mode", "lora")
-    need = {"lora": ("lora",), "full": ("unet",), "progressive": ("unet", "lora")}.get(mode, ("lora",))
-
-    def missing_in(folder: Path) -> list[str]:
-        out = []
-        if "lora" in need and not (folder / "lora" / LORA_FILE).is_file():
-            out.append(str(folder / "lora" / LORA_FILE))
-        if "unet" in need and not (folder / "unet" / "config.json").is_file():
-            out.append(str(folder / "unet" / "config.json"))
-        return out
-
-    done = _done_epochs(run_dir)
-    final, ckpt = run_dir / "final", run_dir / "checkpoints" / "latest"
-    candidates = []
-    if done is not None:
-        candidates.append((final, "final", done))
-    state_file = ckpt / "state.json"
-    if state_file.is_file():
-        candidates.append((ckpt, "checkpoint", int(json.loads(state_file.read_text())["epoch"])))
-    for folder, source, epoch in candidates:
-        if not missing_in(folder):
-            return RunWeights(lora=folder / "lora" if "lora" in need else None,
-                              unet=folder / "unet" if "unet" in need else None, source=source, epoch=epoch)
-    looked = missing_in(final) + (missing_in(ckpt) if state_file.is_file() else [str(state_file)])
-    what = {"lora": "its LoRA adapter", "full": "its full UNet", "progressive": "its full UNet and LoRA"}.get(mode)
-    if done is not None:
-        raise MissingWeightsError(
-            f"the finished {mode} run {run_dir} has no tuned weights ({what}): missing {', '.join(looked)}. "
-            "Finished runs keep them in final/ (lora/ in diffusers format, unet/ as a diffusers folder); a run "
-            "without them can be compared with its base only through its saved eval images")
-    raise MissingWeightsError(f"the {mode} run {run_dir} has no checkpoint yet (nothing trained to load): missing "
-                              f"{', '.join(looked)}")
+from .report import image_axis, load_eval_images, new_figure, styled, tile, wrap_label
+from .rundir import RunWeights, eval_epochs, find_weights, read_config
 
 
 @dataclass
@@ -141,16 +74,13 @@ def _quiet_text_encoder_notice():
 
 
 def load_cell(cell_dir: str | Path, device: str = "auto", adapter_name: str = ADAPTER_NAME) -> LoadedCell:
-    """The base pipeline of ``cell_dir``'s config plus its tuned weights (:func:`find_weights`), loaded with the
-    stock loaders. A run without weights raises :class:`MissingWeightsError`."""
+    """The base pipeline of ``cell_dir``'s config plus its tuned weights (:func:`~ddpo_study.rundir.find_weights`),
+    loaded with the stock loaders. A run without weights raises :class:`~ddpo_study.rundir.MissingWeightsError`."""
     from .checkpoint import load_full_unet
     from .models import load_pipeline
 
     cell_dir = Path(cell_dir)
-    cfg_file = cell_dir / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cell_dir} holds no config.json: not a run folder")
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_config(cell_dir)
     weights = find_weights(cell_dir)  # before loading anything: a missing file fails at once
     dev = resolve_device(device)
     pipe = load_pipeline(cfg["model"], device=dev)

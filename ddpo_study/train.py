@@ -20,7 +20,6 @@ columns describe the samples drawn at the start of epoch ``e``).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import finetune
-from .atomic import atomic_path
 from .checkpoint import (
     export_final,
     load_checkpoint_state,
@@ -42,14 +39,21 @@ from .checkpoint import (
     optimizer_from_tensors,
     save_checkpoint,
 )
-from .config import UNUSED_BY_MODE, DDPOConfig, save_config
-from .evaluation import evaluate, load_eval_images, save_eval_images
+from .config import DDPOConfig
+from .evaluation import evaluate
 from .ppo import StepController, clipped_surrogate_loss, select_timesteps
 from .prompts import load_prompts
+from .rundir import (
+    is_finished,
+    load_eval_images,
+    prepare_output_dir,
+    read_metrics,
+    save_eval_images,
+    write_done,
+    write_metrics,
+)
 from .sampler import ddim_gaussian_kl, recompute_log_probs, sample_trajectories, transition_outputs
 from .stat_tracking import PerPromptStatTracker, global_advantages
-
-METRICS_FILE = "metrics.csv"
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -83,28 +87,6 @@ def optimizer_steps_per_epoch(cfg: DDPOConfig, world: int = 1) -> int:
 def _epoch_rng(cfg: DDPOConfig, epoch: int, stream: int) -> np.random.Generator:
     """Independent, reproducible randomness for (run seed, epoch, purpose)."""
     return np.random.default_rng([cfg.seed, epoch, stream])
-
-
-def _prepare_output_dir(cfg: DDPOConfig, write: bool = True) -> Path:
-    """Check that ``output_dir`` holds no other experiment; with ``write``, create it and save the config there."""
-    out = Path(cfg.output_dir)
-    cfg_file = out / "config.json"
-    if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
-        new = cfg.to_dict()
-        # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
-        # num_threads/device/log_with change speed or logging, not results, and keys the mode never reads change
-        # nothing. A key missing from an older config.json counts as its default.
-        defaults = DDPOConfig().to_dict()
-        ignored = {"num_epochs", "num_threads", "device", "log_with", *UNUSED_BY_MODE.get(cfg.mode, ())}
-        diff = {k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k)} - ignored
-        if diff:
-            raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
-                             "use a new output_dir or delete the old one")
-    if write:
-        (out / "eval").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, cfg_file)
-    return out
 
 
 def load_scorers(cfg: DDPOConfig, device: torch.device):
@@ -205,7 +187,7 @@ def setup(cfg: DDPOConfig) -> RunState:
     reward_fn = make_reward(cfg.reward, ctx, diversity_lambda=cfg.diversity_lambda, diversity_form=cfg.diversity_form,
                             diversity_feature=cfg.diversity_feature)
     if acc.is_main_process:
-        _prepare_output_dir(cfg)
+        prepare_output_dir(cfg)
         if lpips_warning:
             (out / "warnings.txt").write_text(lpips_warning + "\n")
         if cfg.trackers:
@@ -484,7 +466,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
         # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains; nor
         # rewrites its config.json (a committed run's file stays byte for byte).
-        _prepare_output_dir(cfg, write=False)
+        prepare_output_dir(cfg, write=False)
         return Path(cfg.output_dir)
     s = setup(cfg)
     main = s.acc.is_main_process
@@ -511,7 +493,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", step_kl=f"{row.get('train_step_kl', 0):.1e}")
     if main:
         export_final(s.out / "final", s.unet, full_unet=cfg.mode != "lora")  # the trained weights, kept after the checkpoints are deleted
-        (s.out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
+        write_done(s.out, cfg.num_epochs)
     if cfg.trackers:
         s.acc.end_training()
     return s.out
@@ -545,34 +527,6 @@ def _evaluate(s: RunState, epoch: int) -> dict[str, Any]:
     if epoch == 0:
         s.set_base_images(load_eval_images(s.out, 0))  # the saved (uint8) images, as a resumed run sees them
     return {**metrics, "time_eval_s": time.time() - t0}
-
-
-def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.csv`` atomically (a kill never leaves a truncated file)."""
-    with atomic_path(out / METRICS_FILE) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-
-
-def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    path = out / METRICS_FILE
-    if not path.is_file():
-        return []
-    df = pd.read_csv(path)
-    df = df[df["epoch"] <= upto_epoch]  # rows written after the last checkpoint are redone
-    return [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-            for row in df.to_dict("records")]
-
-
-def is_finished(out: str | Path, num_epochs: int) -> bool:
-    """Whether ``out`` holds a run trained to ``num_epochs`` (``DONE`` for that count and its metrics row)."""
-    out = Path(out)
-    try:
-        done = int(json.loads((out / "DONE").read_text()).get("epochs", -1)) == num_epochs
-    except (OSError, ValueError, AttributeError):
-        return False
-    if not done or not (out / METRICS_FILE).is_file():
-        return False
-    return bool((pd.read_csv(out / METRICS_FILE)["epoch"] == num_epochs).any())
 
 
 def _frozen_copy(unet):

@@ -62,7 +62,7 @@ def test_cell_notebook_parameters_are_the_config_fields_with_their_defaults():
 
 
 def test_report_notebooks_have_their_parameters():
-    assert list(papermill.inspect_notebook(str(NOTEBOOKS / "summary.ipynb"))) == ["root"]
+    assert list(papermill.inspect_notebook(str(NOTEBOOKS / "summary.ipynb"))) == ["root", "allow_damaged"]
     assert {"cell_dir", "seeds", "device"} <= set(papermill.inspect_notebook(str(NOTEBOOKS / "explore.ipynb")))
     diag = papermill.inspect_notebook(str(NOTEBOOKS / "diagnose.ipynb"))
     assert {"base_model", "tuned", "prompts", "reward", "lora_scales", "switch_steps", "out_dir"} <= set(diag)

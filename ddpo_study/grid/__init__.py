@@ -89,8 +89,6 @@ from .runner import (
     KERNEL_NAME,
     REPORT_HTML,
     REPORT_NOTEBOOK,
-    SHARED_EVAL_DIR,
-    STATUS_FILE,
     STOP_FILE,
     SUMMARY_NOTEBOOK,
     GridResult,
@@ -134,7 +132,7 @@ __all__ = [
     "GridSpec", "Question", "expand", "find_spec", "load_spec", "notebook_parameters", "parse_shard", "select_match",
     "select_shard",
     # runner
-    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "SHARED_EVAL_DIR", "STATUS_FILE", "STOP_FILE", "SUMMARY_NOTEBOOK",
+    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STOP_FILE", "SUMMARY_NOTEBOOK",
     "GridResult", "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status",
     "request_stop", "run_cell", "run_grid", "run_summary", "share_theme_css", "status",
 ]

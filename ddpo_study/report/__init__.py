@@ -25,6 +25,7 @@ another run's adapter, ``init_lora``: the joined curve and its reads). Everythin
 is re-exported here: use ``report.<name>``.
 """
 
+from ..rundir import eval_epochs
 from .cell import (
     CELL_TABLE_METRICS,
     as_jpeg,
@@ -79,7 +80,6 @@ from .results import (
     VALUE_ONLY,
     condition_factors,
     conditions,
-    eval_epochs,
     eval_rows,
     final_rows,
     find_cells,
