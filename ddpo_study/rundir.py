@@ -211,7 +211,7 @@ def _parse_metrics(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise _damaged(path, f"unreadable as CSV ({str(err).strip().splitlines()[0]})") from None
     if "epoch" not in df:
-        raise _damaged(path, f"no epoch column (header starts {', '.join(lines[0][:3])}): not a metrics table")
+        raise _damaged(path, f"no epoch column (first line {text.splitlines()[0][:40]!r}): not a metrics table")
     epochs = pd.to_numeric(df["epoch"], errors="coerce")
     odd = df["epoch"][~(epochs.notna() & (epochs % 1 == 0) & (epochs >= 0))]
     if len(odd):

@@ -12,8 +12,9 @@ import torch
 
 from ddpo_study import explore
 from ddpo_study.checkpoint import save_full_unet, save_lora
-from ddpo_study.finetune import ADAPTER_NAME, apply_lora, effective_state_dict
+from ddpo_study.finetune import ADAPTER_NAME, LORA_FILE, apply_lora, effective_state_dict
 from ddpo_study.models import load_pipeline
+from ddpo_study.rundir import MissingWeightsError
 
 pytestmark = pytest.mark.usefixtures("module_one_thread")
 
@@ -51,12 +52,12 @@ def lora_unet(unet):
 ])
 def test_a_finished_run_without_weights_is_an_error_naming_them(tmp_path, tiny_model_dir, mode, missing):
     run = make_run(tmp_path / "run", tiny_model_dir, mode)
-    with pytest.raises(explore.MissingWeightsError, match=f"finished {mode} run") as err:
+    with pytest.raises(MissingWeightsError, match=f"finished {mode} run") as err:
         explore.load_cell(run, device="cpu")
     for name in missing:
         assert str(run / name) in str(err.value)
     unfinished = make_run(tmp_path / "unfinished", tiny_model_dir, mode, done_epochs=None)
-    with pytest.raises(explore.MissingWeightsError, match="has no checkpoint yet"):
+    with pytest.raises(MissingWeightsError, match="has no checkpoint yet"):
         explore.load_cell(unfinished, device="cpu")
 
 
@@ -90,7 +91,7 @@ def test_final_weights_are_loaded_and_checkpoints_are_the_fallback(tmp_path, tin
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "toy_study" / "toy_30-lora-lam0.0-s0"
 
 
-@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / explore.LORA_FILE).is_file(),
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / LORA_FILE).is_file(),
                     reason="the committed study cell keeps no final/lora adapter yet")
 def test_the_committed_lora_cell_loads_and_reproduces_its_saved_eval_images():
     """explore.ipynb's default: a fresh clone's committed LoRA cell, its final epoch, images as evaluated."""
@@ -100,7 +101,7 @@ def test_the_committed_lora_cell_loads_and_reproduces_its_saved_eval_images():
     assert list(check["verdict"]) == ["match", "match"], check
 
 
-@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / explore.LORA_FILE).is_file(),
+@pytest.mark.skipif(not (COMMITTED / "final" / "lora" / LORA_FILE).is_file(),
                     reason="the committed study cell keeps no final/lora adapter yet")
 def test_a_cell_committed_without_eval_images_says_so(tmp_path):
     """A grid commits eval images for some cells only (keep_eval): the check says why there is nothing to compare."""
