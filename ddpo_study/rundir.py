@@ -1,18 +1,19 @@
 """The run folder: its file names, and reading and writing them. One home, so that its format is known in one place.
 
     <run>/config.json                  the run's DDPOConfig (:func:`prepare_output_dir`, :func:`read_config`)
-    <run>/metrics.csv                  one row per epoch, row 0 the base model (:func:`write_metrics`, :func:`load_metrics`)
-    <run>/DONE                         ``{"epochs": N}``, written last: trained to N epochs (:func:`write_done`, :func:`read_done`)
+    <run>/metrics.csv                  one row per epoch, row 0 the base model (:func:`write_metrics`,
+                                       :func:`load_metrics`)
+    <run>/DONE                         ``{"epochs": N}``, written last: trained to N epochs (:func:`write_done`)
     <run>/status.json                  the grid runner's record of the cell (:func:`read_status`, :func:`write_status`)
     <run>/warnings.txt                 what the run had to go without (LPIPS)
-    <run>/eval/epoch_XXXX.npz          eval images (uint8 prompts x seeds), prompts and per-image rewards; ``.png``: the grid
+    <run>/eval/epoch_XXXX.npz          eval images (uint8 prompts x seeds), prompts, per-image rewards; ``.png``: a grid
     <run>/eval/epoch_XXXX.rewards.npz  the per-image rewards alone, a few kB (what a grid commits for every cell)
     <run>/eval/epoch_XXXX.link.json    where the images' npz lives when a grid keeps one copy (``<root>/base_eval/``)
     <run>/checkpoints/latest/          the resumable state (:mod:`ddpo_study.checkpoint`)
     <run>/final/{lora,unet}            the trained weights a finished run keeps (:func:`find_weights`)
 
 Reading is strict for a finished run (one with ``DONE``): its files are results, often committed and read from a
-clone, so a ``metrics.csv`` cut off or unreadable or without the rows its ``DONE`` promises, an eval file that is
+clone, so a ``metrics.csv`` cut off, unreadable or without the rows its ``DONE`` promises, eval rewards that are
 missing or unreadable, or a base-eval link whose copy is missing or fails its hash raises :class:`DamagedRunError`,
 one line naming the file and what is wrong, rather than a shorter curve or a cell gone from every table. A run still
 training is read as it is: its newest rows may be redone when it resumes.
@@ -285,7 +286,8 @@ def rewards_file(out: Path, epoch: int) -> Path:
 def eval_epochs(cell_dir: str | Path) -> list[int]:
     """Epochs with saved eval images (``eval/epoch_XXXX.npz``, or its ``.link.json`` to a grid's shared copy),
     sorted."""
-    found = [re.fullmatch(r"epoch_(\d+)(\.npz|\.link\.json)", p.name) for p in (Path(cell_dir) / EVAL_DIR).glob("epoch_*")]
+    found = [re.fullmatch(r"epoch_(\d+)(\.npz|\.link\.json)", p.name)
+             for p in (Path(cell_dir) / EVAL_DIR).glob("epoch_*")]
     return sorted({int(m.group(1)) for m in found if m})
 
 

@@ -77,7 +77,7 @@ Command line (``python -m ddpo_study``)::
     grid status SPEC [--quick]
     grid stop SPEC [--quick]                                      # finish the running cells, start no more
     grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]   # each unfinished cell's config, to train elsewhere
-    summary ROOT_OR_SPEC [--quick] [--no-notebook]
+    summary ROOT_OR_SPEC [--quick] [--no-notebook] [--allow-damaged]
     cell SPEC CELL_NAME [--quick]
 
 Modules: ``spec`` (the spec, its cells, ``--shard``) and ``runner`` (running cells, the grid, the summary, the

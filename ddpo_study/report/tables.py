@@ -54,7 +54,8 @@ def cells_table(df: pd.DataFrame) -> pd.DataFrame:
     if damaged:  # the column only then: a summary of sound cells keeps its bytes
         rows = [{**r, "damaged": ""} for r in rows]
         rows += [{"cell": cell, "condition": "", "seed": math.nan, "epochs_done": math.nan, "epochs_total": math.nan,
-                  "done": True, **{m: math.nan for m in metrics}, "damaged": why} for cell, why in sorted(damaged.items())]
+                  "done": True, **{m: math.nan for m in metrics}, "damaged": why}
+                 for cell, why in sorted(damaged.items())]
     return pd.DataFrame(rows)
 
 
