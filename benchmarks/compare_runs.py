@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ddpo_study.rundir import METRICS_FILE, load_metrics
+
 TIMING = ("time_", "cpu_epoch_s")  # machine-dependent columns: not compared
 
 
 def compare(a: Path, b: Path, until: int | None = None) -> tuple[int, list[tuple[str, float]]]:
     """(rows compared, [(column, max |a - b|)] for the columns that differ)."""
-    da, db = (pd.read_csv(Path(p) / "metrics.csv") for p in (a, b))
+    da, db = (load_metrics(p) for p in (a, b))
     if until is not None:
         da, db = da[da["epoch"] <= until], db[db["epoch"] <= until]
     cols = [c for c in da.columns if c in db.columns and c != "epoch" and not c.startswith(TIMING)]
@@ -47,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", type=int, default=None, help="compare epochs up to this one (default: all shared)")
     args = p.parse_args(argv)
     for run in (args.a, args.b):
-        if not (run / "metrics.csv").is_file():
-            print(f"no metrics.csv in {run}", file=sys.stderr)
+        if not (run / METRICS_FILE).is_file():
+            print(f"no {METRICS_FILE} in {run}", file=sys.stderr)
             return 2
     rows, differ = compare(args.a, args.b, args.until)
     for col, diff in differ:

@@ -26,35 +26,32 @@ such runs are counted and flagged.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+from ddpo_study.rundir import METRICS_FILE, read_status  # noqa: E402
+
 PHASES = {"sample": "time_sample_s", "reward": "time_reward_s", "train": "time_train_s", "eval": "time_eval_s"}
 
 
 def find_runs(root: Path) -> list[Path]:
-    return sorted({p.parent for p in root.rglob("metrics.csv")} | ({root} if (root / "metrics.csv").is_file() else set()))
+    return sorted({p.parent for p in root.rglob(METRICS_FILE)} | ({root} if (root / METRICS_FILE).is_file() else set()))
 
 
 def read_run(run: Path) -> dict:
     import pandas as pd
 
-    df = pd.read_csv(run / "metrics.csv")
+    df = pd.read_csv(run / METRICS_FILE)  # as it is: a running cell's time counts too
     row = {"run": run, "epochs": int(df["epoch"].max()) if "epoch" in df and len(df) else len(df)}
     for name, col in PHASES.items():
         row[name] = float(df[col].fillna(0).sum()) if col in df else 0.0
     row["phases"] = sum(row[n] for n in PHASES)
     row["seconds"], row["attempt"], row["state"] = None, None, None
-    status_file = run / "status.json"
-    if status_file.is_file():
-        try:
-            status = json.loads(status_file.read_text())
-        except json.JSONDecodeError:
-            status = {}
+    status = read_status(run)
+    if status is not None:
         if isinstance(status.get("seconds"), (int, float)):
             row["seconds"] = float(status["seconds"])
         row["attempt"], row["state"] = status.get("attempt"), status.get("state")
@@ -73,7 +70,7 @@ def main() -> None:
         raise SystemExit(f"{root} does not exist")
     runs = [read_run(r) for r in find_runs(root)]
     if not runs:
-        raise SystemExit(f"no metrics.csv under {root}")
+        raise SystemExit(f"no {METRICS_FILE} under {root}")
 
     with_status = [r for r in runs if r["seconds"] is not None]
     resumed = [r for r in with_status if (r["attempt"] or 1) > 1]

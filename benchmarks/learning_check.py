@@ -23,6 +23,7 @@ import pandas as pd
 from ddpo_study import report
 from ddpo_study.cli import parse_sets
 from ddpo_study.config import DDPOConfig
+from ddpo_study.rundir import load_metrics
 from ddpo_study.train import run
 
 
@@ -47,7 +48,7 @@ def main() -> None:
         out = Path(run(cfg))
         gain = report.paired_reward_gain(out, args.epochs)
         z = gain["z"]
-        df = pd.read_csv(out / "metrics.csv")
+        df = load_metrics(out)
         first, last = df[df.epoch == 1].iloc[0], df[df.epoch == args.epochs].iloc[0]
         base = df[df.epoch == 0].iloc[0]
         rows.append({"mode": mode, "eval_reward_0": gain["reward_0"], "eval_reward_end": gain["reward_end"],

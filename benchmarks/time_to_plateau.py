@@ -44,6 +44,7 @@ import pandas as pd
 import yaml
 
 from ddpo_study.report.tables import PLATEAU_LATE_FRACTION, PLATEAU_LATE_GAIN  # the rule's one home
+from ddpo_study.rundir import load_metrics, read_config
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = dict(model="toy", mode="lora", prompt_set="toy_30", reward="aesthetic", eval_prompt_set="toy_eval",
@@ -87,7 +88,7 @@ def train_chunk(cfg: dict, out: Path) -> pd.DataFrame:
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{out.name}: training failed\n{proc.stderr[-2000:]}")
-    return pd.read_csv(out / "metrics.csv")
+    return load_metrics(out)
 
 
 def curve(df: pd.DataFrame, out: Path) -> pd.DataFrame:
@@ -115,11 +116,11 @@ def plateau_row(ev: pd.DataFrame) -> int | None:
 def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out_root: Path) -> pd.DataFrame:
     out = out_root / name
     if (out / FINISHED).is_file():  # finished by an earlier invocation: reuse it if it is this recipe
-        saved = json.loads((out / "config.json").read_text())
+        saved = read_config(out)
         want = {**COMMON, **settings, "eval_every": chunk}
         if all(saved.get(k) == v for k, v in want.items()):
             print(f"{name}: reusing the finished run in {out}", flush=True)
-            return curve(pd.read_csv(out / "metrics.csv"), out)
+            return curve(load_metrics(out), out)
         raise SystemExit(f"error: {out} holds another recipe's run; delete it to re-run {name}")
     epochs = 0
     while True:

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .rundir import MODEL_CONFIG_FILE
+
 #: Hidden widths of the LAION "improved aesthetic predictor" used by DDPO.
 LAION_HIDDEN = (1024, 128, 64, 16)
 
@@ -39,15 +41,15 @@ class AestheticMLP(nn.Module):
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        (path / MODEL_CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
 
     @classmethod
     def load(cls, path: str | Path) -> "AestheticMLP":
         path = Path(path)
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
+        cfg_file, weights = path / MODEL_CONFIG_FILE, path / "model.safetensors"
         if not cfg_file.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"aesthetic predictor at {path} needs config.json and model.safetensors")
+            raise FileNotFoundError(f"aesthetic predictor at {path} needs {MODEL_CONFIG_FILE} and model.safetensors")
         cfg = json.loads(cfg_file.read_text())
         model = cls(cfg["embed_dim"], tuple(cfg["hidden"]), cfg.get("activation", "relu"))
         model.load_state_dict(load_file(str(weights)))

@@ -13,8 +13,9 @@ Commands:
   grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]
                                        write each unfinished cell's config to DIR/<cell>.json, to train them
                                        elsewhere (`train DIR/<cell>.json`); `grid run` then only renders reports
-  summary ROOT_OR_SPEC [--quick] [--no-notebook]
-                                       figures and tables of a grid's results under <root>/summary/
+  summary ROOT_OR_SPEC [--quick] [--no-notebook] [--allow-damaged]
+                                       figures and tables of a grid's results under <root>/summary/ (a finished
+                                       cell with damaged files stops it, or is listed in cells.md)
   cell SPEC CELL_NAME [--quick] [--write-config PATH]
                                        run one cell of a grid (or write its config for accelerate launch)
   diagnose TUNED [--base MODEL] [--prompts SET] [--out DIR] ...
@@ -50,14 +51,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .diagnose import DiagnoseError, TunedModelError
     from .diagnose.remedy_sweep import RemedySpecError
-    from .explore import MissingWeightsError
     from .grid import GridError
     from .models import ModelLoadError
     from .prompts import PromptSetError
     from .rewards import RewardError
+    from .rundir import DamagedRunError, MissingWeightsError
 
     return (GridError, ConfigError, PromptSetError, ModelLoadError, RewardError, TunedModelError, DiagnoseError,
-            MissingWeightsError, RemedySpecError)
+            MissingWeightsError, RemedySpecError, DamagedRunError)
 
 
 def cmd_train(args) -> int:
@@ -190,8 +191,8 @@ def cmd_grid_status(args) -> int:
         print(shown.to_string(index=False))
     counts = table["state"].value_counts()
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
-    from .evaluation import unlinked_shared_evals
-    from .grid import SHARED_EVAL_DIR, load_spec
+    from .grid import load_spec
+    from .rundir import SHARED_EVAL_DIR, unlinked_shared_evals
 
     unlinked = unlinked_shared_evals(load_spec(args.spec, quick=args.quick).output_root / SHARED_EVAL_DIR)
     if unlinked:
@@ -250,7 +251,7 @@ def cmd_summary(args) -> int:
 
     target = Path(args.target)
     root = load_spec(target, quick=args.quick).output_root if target.is_file() else target
-    out = run_summary(root, notebook=not args.no_notebook)
+    out = run_summary(root, notebook=not args.no_notebook, allow_damaged=args.allow_damaged)
     return 0 if out is not None else 1
 
 
@@ -258,6 +259,8 @@ def summary_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="ROOT_OR_SPEC", help="a results folder or a grid spec (its output_root)")
     p.add_argument("--quick", action="store_true", help="with a spec: its quick output_root")
     p.add_argument("--no-notebook", action="store_true", help="write the files only, without summary.ipynb/.html")
+    p.add_argument("--allow-damaged", action="store_true",
+                   help="list finished cells whose files are damaged in cells.md instead of stopping on the first")
 
 
 def cmd_cell(args) -> int:

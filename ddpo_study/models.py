@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .rundir import MODEL_CONFIG_FILE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY_MODEL_DIR = REPO_ROOT / "data" / "toy-model"
 MODEL_REGISTRY = {
@@ -139,8 +141,8 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipScore
 
     path_s = str(path)
     local = Path(path_s).exists()
-    if local and not (Path(path_s) / "config.json").is_file():
-        raise ModelLoadError(f"CLIP folder {path_s} has no config.json")
+    if local and not (Path(path_s) / MODEL_CONFIG_FILE).is_file():
+        raise ModelLoadError(f"CLIP folder {path_s} has no {MODEL_CONFIG_FILE}")
     try:
         model = CLIPModel.from_pretrained(path_s, local_files_only=local).to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(path_s, local_files_only=local)

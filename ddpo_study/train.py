@@ -21,21 +21,17 @@ the start of epoch ``e``).
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import finetune, seeding
 from .algorithm import Objective, SamplerFamily, family_for, make_objective
-from .atomic import atomic_path
 from .checkpoint import (
     export_final,
     load_checkpoint_state,
@@ -44,12 +40,23 @@ from .checkpoint import (
     optimizer_from_tensors,
     save_checkpoint,
 )
-from .config import UNUSED_BY_MODE, DDPOConfig, save_config
-from .evaluation import evaluate, load_eval_images, save_eval_images
+from .config import DDPOConfig
+from .evaluation import evaluate
 from .prompts import load_prompts
+from .rundir import (
+    WARNINGS_FILE,
+    checkpoint_dir,
+    eval_png,
+    final_dir,
+    is_finished,
+    load_eval_images,
+    prepare_output_dir,
+    read_metrics,
+    save_eval_images,
+    write_done,
+    write_metrics,
+)
 from .stat_tracking import PerPromptStatTracker, global_advantages
-
-METRICS_FILE = "metrics.csv"
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -64,27 +71,6 @@ def optimizer_steps_per_epoch(cfg: DDPOConfig, world: int = 1) -> int:
         raise ValueError(f"samples_per_epoch={cfg.samples_per_epoch} must divide evenly over {world} processes")
     return cfg.inner_epochs * cfg.samples_per_epoch // (cfg.train_batch_size * cfg.gradient_accumulation_steps)
 
-
-def _prepare_output_dir(cfg: DDPOConfig, write: bool = True) -> Path:
-    """Check that ``output_dir`` holds no other experiment; with ``write``, create it and save the config there."""
-    out = Path(cfg.output_dir)
-    cfg_file = out / "config.json"
-    if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
-        new = cfg.to_dict()
-        # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
-        # num_threads/device/log_with change speed or logging, not results, and keys the mode never reads change
-        # nothing. A key missing from an older config.json counts as its default.
-        defaults = DDPOConfig().to_dict()
-        ignored = {"num_epochs", "num_threads", "device", "log_with", *UNUSED_BY_MODE.get(cfg.mode, ())}
-        diff = {k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k)} - ignored
-        if diff:
-            raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "
-                             "use a new output_dir or delete the old one")
-    if write:
-        (out / "eval").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, cfg_file)
-    return out
 
 
 
@@ -154,16 +140,16 @@ def setup(cfg: DDPOConfig) -> RunState:
     clip, aesthetic, lpips_model, lpips_warning = load_scorers(cfg, acc.device)
     ctx = RewardContext(clip=clip, aesthetic=aesthetic, lpips=lpips_model, device=acc.device)
     if acc.is_main_process:
-        _prepare_output_dir(cfg)
+        prepare_output_dir(cfg)
         if lpips_warning:
-            (out / "warnings.txt").write_text(lpips_warning + "\n")
+            (out / WARNINGS_FILE).write_text(lpips_warning + "\n")
         if cfg.trackers:
             acc.init_trackers(out.name, config=cfg.to_dict())
     acc.wait_for_everyone()
 
     denoiser = family.denoiser(pipe)
     base_state = finetune.snapshot_base_state(denoiser)
-    ckpt_dir = out / "checkpoints" / "latest"
+    ckpt_dir = checkpoint_dir(out)
     # The main process reads first: reading may repair a checkpoint killed between its two renames.
     ckpt = load_checkpoint_state(ckpt_dir) if acc.is_main_process else None
     acc.wait_for_everyone()
@@ -299,7 +285,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         # Nothing to do, and nothing to load: a finished run needs no checkpoint (committed results have none),
         # so rendering its report again, or after training it elsewhere (`grid configs`), never retrains; nor
         # rewrites its config.json (a committed run's file stays byte for byte).
-        _prepare_output_dir(cfg, write=False)
+        prepare_output_dir(cfg, write=False)
         return Path(cfg.output_dir)
     state = setup(cfg)
     main = state.acc.is_main_process
@@ -318,7 +304,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
                 row.update(_evaluate(state, epoch))
             state.rows = [r for r in state.rows if r["epoch"] < epoch] + [row]
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
-                save_checkpoint(state.out / "checkpoints" / "latest", state.denoiser, state.policy.optimizer,
+                save_checkpoint(checkpoint_dir(state.out), state.denoiser, state.policy.optimizer,
                                 {"epoch": epoch, "stat_buffers": state.tracker.state_dict()},
                                 whole_unet=cfg.mode != "lora", export_lora=finetune.has_lora(state.denoiser))
             write_metrics(state.out, state.rows)  # after the checkpoint: a row never exists without its state
@@ -326,8 +312,8 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         state.acc.wait_for_everyone()
         bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", step_kl=f"{row.get('train_step_kl', 0):.1e}")
     if main:  # the trained weights, kept after the checkpoints are deleted
-        export_final(state.out / "final", state.denoiser, full_unet=cfg.mode != "lora")
-        (state.out / "DONE").write_text(json.dumps({"epochs": cfg.num_epochs}) + "\n")
+        export_final(final_dir(state.out), state.denoiser, full_unet=cfg.mode != "lora")
+        write_done(state.out, cfg.num_epochs)
     if cfg.trackers:
         state.acc.end_training()
     return state.out
@@ -339,7 +325,7 @@ def _log(state: RunState, row: dict[str, Any], epoch: int) -> None:
     if not state.cfg.trackers:
         return
     state.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v == v}, step=epoch)
-    png = state.out / "eval" / f"epoch_{epoch:04d}.png"
+    png = eval_png(state.out, epoch)
     if "reward_mean" not in row or not png.is_file():
         return
     from PIL import Image
@@ -364,31 +350,4 @@ def _evaluate(state: RunState, epoch: int) -> dict[str, Any]:
         state.set_base_images(load_eval_images(state.out, 0))  # the saved (uint8) images, as a resumed run sees them
     return {**metrics, "time_eval_s": time.time() - t0}
 
-
-def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.csv`` atomically (a kill never leaves a truncated file)."""
-    with atomic_path(out / METRICS_FILE) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-
-
-def read_metrics(out: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    path = out / METRICS_FILE
-    if not path.is_file():
-        return []
-    df = pd.read_csv(path)
-    df = df[df["epoch"] <= upto_epoch]  # rows written after the last checkpoint are redone
-    return [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-            for row in df.to_dict("records")]
-
-
-def is_finished(out: str | Path, num_epochs: int) -> bool:
-    """Whether ``out`` holds a run trained to ``num_epochs`` (``DONE`` for that count and its metrics row)."""
-    out = Path(out)
-    try:
-        done = int(json.loads((out / "DONE").read_text()).get("epochs", -1)) == num_epochs
-    except (OSError, ValueError, AttributeError):
-        return False
-    if not done or not (out / METRICS_FILE).is_file():
-        return False
-    return bool((pd.read_csv(out / METRICS_FILE)["epoch"] == num_epochs).any())
 

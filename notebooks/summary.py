@@ -20,6 +20,7 @@
 
 # %% tags=["parameters"]
 root = "results/toy_study"  # a grid's output_root (relative to the repository root)
+allow_damaged = False  # True: finished cells with damaged files are listed in cells.md instead of stopping the summary
 
 # %%
 # %matplotlib inline
@@ -33,7 +34,7 @@ report.notebook_setup()  # no loading bars or deprecation chatter in the report
 
 from IPython.display import Markdown, display
 
-summary = report.write_summary(root)
+summary = report.write_summary(root, allow_damaged=allow_damaged)
 display(Markdown(f"{len(summary.files)} files written to `{summary.out_dir}`"))
 
 # %% [markdown]

@@ -217,7 +217,7 @@ def make_run(root, model_dir, mode="lora", done_epochs: int | None = 3):
     ("progressive", ["final/lora/pytorch_lora_weights.safetensors", "final/unet/config.json"]),
 ])
 def test_a_run_folder_without_weights_is_an_error_naming_them(tmp_path, tiny_model_dir, base_pipe, mode, missing):
-    from ddpo_study.explore import MissingWeightsError
+    from ddpo_study.rundir import MissingWeightsError
 
     run = make_run(tmp_path / "run", tiny_model_dir, mode)
     with pytest.raises(MissingWeightsError, match=f"finished {mode} run") as err:

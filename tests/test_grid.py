@@ -344,7 +344,7 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
     for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json"):
         (cell / "final" / part).parent.mkdir(parents=True, exist_ok=True)
         (cell / "final" / part).write_text("x")
-    from ddpo_study.evaluation import ensure_rewards_file, load_eval_rewards
+    from ddpo_study.rundir import ensure_rewards_file, load_eval_rewards
 
     for e in (0, 20):  # what the runner does for a finished cell before it writes the file
         ensure_rewards_file(cell, e)

@@ -61,6 +61,6 @@ def test_the_cell_notebook_takes_the_config_as_one_parameter(tmp_path):
 
 
 def test_report_notebooks_have_their_parameters():
-    assert list(papermill.inspect_notebook(str(NOTEBOOKS / "summary.ipynb"))) == ["root"]
+    assert list(papermill.inspect_notebook(str(NOTEBOOKS / "summary.ipynb"))) == ["root", "allow_damaged"]
     diag = papermill.inspect_notebook(str(NOTEBOOKS / "diagnose.ipynb"))
     assert {"base_model", "tuned", "prompts", "reward", "lora_scales", "switch_steps", "out_dir"} <= set(diag)

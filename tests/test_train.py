@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ddpo_study import train
+from ddpo_study import rundir, train
 from ddpo_study.config import ConfigError, DDPOConfig
 from tests.conftest import tiny_config
 
@@ -106,7 +106,7 @@ def test_a_finished_run_without_checkpoints_is_not_retrained(tiny_model_dir, tin
     del saved_config["log_with"]  # an older run's config.json lacks newer fields (they count as defaults)
     cfg_file.write_text(json.dumps(saved_config))  # and another layout than save_config's: a rewrite would show
     config_bytes = cfg_file.read_bytes()
-    assert train.is_finished(out, 1) and not train.is_finished(out, 2)
+    assert rundir.is_finished(out, 1) and not rundir.is_finished(out, 2)
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a finished run loaded its pipeline")

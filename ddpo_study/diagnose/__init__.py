@@ -22,7 +22,7 @@ Inputs (:func:`prepare`):
     upcast), or a folder with a ``unet/`` subfolder (a pipeline, TRL's or ddpo-pytorch's full checkpoints);
   - one of our run folders (``config.json`` + ``metrics.csv``): its final (or latest) weights, its base model,
     reward and sampling settings. A run without weights is an error naming what is missing
-    (:class:`~ddpo_study.explore.MissingWeightsError`): the tuned model is never silently the base.
+    (:class:`~ddpo_study.rundir.MissingWeightsError`): the tuned model is never silently the base.
 
   ``.bin`` files are read with ``torch.load(weights_only=True)``: a file holding pickled Python objects other than
   tensors is refused with one line (:class:`TunedModelError`), never unpickled;

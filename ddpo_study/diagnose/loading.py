@@ -11,7 +11,6 @@ ddpo-pytorch ``unet.save_attn_procs`` checkpoint (``attn_procs``, converted to a
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import re
 from collections import Counter
@@ -23,6 +22,7 @@ import torch
 
 from ..finetune import ADAPTER_NAME, LORA_FILE
 from ..models import resolve_model
+from ..rundir import MODEL_CONFIG_FILE, find_weights, is_run_folder, read_config
 
 #: Names of the files a tuned model may come in (see :mod:`ddpo_study.diagnose`).
 LORA_FILES = (LORA_FILE, "pytorch_lora_weights.bin")
@@ -93,7 +93,7 @@ def _kind_of_file(path: Path) -> str:
 
 def _unet_weight_file(folder: Path) -> Path | None:
     """The single weights file of a diffusers UNet folder (None for sharded or absent weights)."""
-    if not (folder / "config.json").is_file():
+    if not (folder / MODEL_CONFIG_FILE).is_file():
         return None
     for pattern in ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin"):
         found = sorted(p for p in folder.glob(pattern) if not p.name.endswith(".index.json"))
@@ -104,10 +104,6 @@ def _unet_weight_file(folder: Path) -> Path | None:
 
 def _is_unet_folder(folder: Path) -> bool:
     return _unet_weight_file(folder) is not None or any(folder.glob("diffusion_pytorch_model*.index.json"))
-
-
-def _is_run_folder(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "metrics.csv").is_file()
 
 
 def inspect_tuned(tuned: str | Path) -> tuple[str, Path]:
@@ -123,7 +119,7 @@ def inspect_tuned(tuned: str | Path) -> tuple[str, Path]:
         raise TunedModelError(f"tuned model {tuned}: no such file or folder")
     if path.is_file():
         return _kind_of_file(path), path
-    if _is_run_folder(path):
+    if is_run_folder(path):
         return "run", path
     for name in LORA_FILES:
         if (path / name).is_file():
@@ -263,10 +259,8 @@ def load_tuned(tuned: str | Path, base_unet, adapter_name: str = ADAPTER_NAME) -
     """Read ``tuned`` (any form of :func:`inspect_tuned`) as a UNet next to ``base_unet`` (left untouched)."""
     kind, path = inspect_tuned(tuned)
     if kind == "run":
-        from ..explore import find_weights
-
         weights = find_weights(path)
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = read_config(path)
         unet = _load_unet_folder(weights.unet, base_unet) if weights.unet is not None else copy.deepcopy(base_unet)
         adapter = None
         if weights.lora is not None:

@@ -21,6 +21,7 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..grid.questions import same_value
 from ..report.remedies import POINTS_FILE  # the analysis' input: its home is where it is read
+from ..rundir import has_done, read_config
 
 REMEDIES = ("scale", "switch")  #: the LoRA scaled by ``value``; the base UNet for the first ``value`` steps
 
@@ -97,14 +98,14 @@ def load_remedy_spec(path: str | Path) -> RemedySpec:
 def selected_runs(spec: RemedySpec) -> list[Path]:
     """The grid's finished cells (``DONE``) whose config has every value of ``spec.where``, by name; one per seed."""
     from ..grid.spec import load_spec
-    from ..report.results import find_cells, read_cell
+    from ..report.results import find_cells
 
     grid = load_spec(spec.grid)
     out = []
     for cell in find_cells(grid.output_root):
-        if not (cell / "DONE").is_file():
+        if not has_done(cell):
             continue
-        cfg, _ = read_cell(cell)
+        cfg = read_config(cell)
         for key in spec.where:
             if key not in cfg:
                 raise RemedySpecError(f"where: {key!r} is not a config key of {cell.name}")

@@ -9,7 +9,6 @@ is the combined sampler: one UNet for the first ``k`` DDIM steps, another for th
 from __future__ import annotations
 
 import copy
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from ..config import EVAL_SEED_BASE, DDPOConfig
 from ..images import to_uint8
 from ..models import TOY_MODEL_DIR, resolve_device, resolve_model
+from ..rundir import read_config
 from .loading import TunedModel, inspect_tuned, load_tuned
 
 SEED_MODES = {"shared": "the same seeds for every prompt", "per_prompt": "a different seed per prompt"}
@@ -203,7 +203,7 @@ def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward
     from ..rewards import RewardContext, make_reward
 
     kind, path = inspect_tuned(tuned)  # fail on an unreadable path before loading models
-    run_cfg = json.loads((path / "config.json").read_text()) if kind == "run" else {}
+    run_cfg = read_config(path) if kind == "run" else {}
     base_model = base_model or run_cfg.get("model") or "toy"
     prompt_list = load_prompts(prompts or _default_prompts(base_model, run_cfg))[:num_prompts]
     if len(prompt_list) < 2:

@@ -80,7 +80,7 @@ Command line (``python -m ddpo_study``)::
     grid status SPEC [--quick]
     grid stop SPEC [--quick]                                      # finish the running cells, start no more
     grid configs SPEC DIR [--quick] [--shard i/n] [--match PATTERNS]   # each unfinished cell's config, to train elsewhere
-    summary ROOT_OR_SPEC [--quick] [--no-notebook]
+    summary ROOT_OR_SPEC [--quick] [--no-notebook] [--allow-damaged]
     cell SPEC CELL_NAME [--quick]
 
 Modules: ``spec`` (the spec, its cells, ``--shard``), ``questions`` (the pre-registered contrasts), ``errors``
@@ -94,8 +94,6 @@ from .runner import (
     KERNEL_NAME,
     REPORT_HTML,
     REPORT_NOTEBOOK,
-    SHARED_EVAL_DIR,
-    STATUS_FILE,
     STOP_FILE,
     GridResult,
     cpu_count,
@@ -134,7 +132,7 @@ __all__ = [
     "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridSpec", "expand", "find_spec",
     "load_spec", "parse_shard", "select_match", "select_shard",
     # runner
-    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "SHARED_EVAL_DIR", "STATUS_FILE", "STOP_FILE",
+    "ERROR_LINES", "KERNEL_NAME", "REPORT_HTML", "REPORT_NOTEBOOK", "STOP_FILE",
     "GridResult", "cpu_count", "execute_notebook", "export_html", "find_cell", "is_done", "is_trained", "read_status",
     "request_stop", "run_cell", "run_grid", "share_theme_css", "status",
 ]

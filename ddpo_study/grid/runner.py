@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import platform
 import re
@@ -22,6 +21,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..atomic import write_text
+from ..rundir import (
+    DONE_FILE,
+    METRICS_FILE,
+    SHARED_EVAL_DIR,
+    ensure_rewards_file,
+    has_done,
+    is_finished,
+    read_done,
+    read_status,
+    share_eval_file,
+    write_status,
+)
 from .errors import GridError
 from .spec import (
     REPO_ROOT,
@@ -36,11 +47,9 @@ from .spec import (
 )
 
 KERNEL_NAME = "python3"
-STATUS_FILE = "status.json"
 REPORT_NOTEBOOK = "report.ipynb"
 REPORT_HTML = "report.html"
 STOP_FILE = "STOP"  # in a grid's output_root: start no more cells (``grid stop``)
-SHARED_EVAL_DIR = "base_eval"  # in a grid's output_root: one copy of each distinct base-model eval (by content)
 ERROR_LINES = 15
 
 
@@ -56,22 +65,8 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def read_status(cell_dir: Path) -> dict[str, Any] | None:
-    path = Path(cell_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def is_trained(cell: Cell) -> bool:
     """The cell's run is trained to its number of epochs (``DONE`` and the last metrics row), report or not."""
-    from ..train import is_finished
-
     return is_finished(cell.dir, cell.num_epochs)
 
 
@@ -210,7 +205,7 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     writes them from the images' npz for runs older than these files). With ``keep_lora`` (default): the final LoRA adapter
     (``final/lora``, ~130 kB at rank 4; diagnose loads it). With ``keep_eval`` (default): the eval
     images of the final epoch (~0.3 MB) and a link to those of epoch 0 (the base model: byte-identical across a
-    grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.evaluation.share_eval_file`). With ``keep_report`` (default):
+    grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.rundir.share_eval_file`). With ``keep_report`` (default):
     ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
     (``grid run`` renders a missing report from the data without training; a kept adapter re-samples the
     images). Left local: the executed ``report.ipynb``, the eval PNG grids (the npz holds the same images),
@@ -220,10 +215,11 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     which files are present, so a clone that lacks the intermediate evals writes the same file (``make study``
     leaves ``git status`` clean).
     """
-    if not (cell_dir / "DONE").is_file():  # running or interrupted: nothing of it is a result yet
-        lines = ["# Written by the grid runner: an unfinished cell (no DONE yet); nothing of it is committed.", "*"]
+    final = read_done(cell_dir)
+    if final is None:  # running or interrupted: nothing of it is a result yet
+        lines = [f"# Written by the grid runner: an unfinished cell (no {DONE_FILE} yet); nothing of it is committed.",
+                 "*"]
         return _write_gitignore(cell_dir, lines)
-    final = int(json.loads((cell_dir / "DONE").read_text())["epochs"])
     images = ["!eval/epoch_0000.link.json", f"!eval/epoch_{final:04d}.npz"] if keep_eval else []
     lines = ["# Written by the grid runner (ddpo_study.grid.runner.write_cell_gitignore): the base and final eval",
              "# rewards (and, for some cells, images) and the final adapter are committed; the executed notebook,",
@@ -239,10 +235,8 @@ def _write_finished_gitignore(cell: Cell) -> Path:
     """:func:`write_cell_gitignore` with the cell's ``keep_*`` flags from its spec, after making sure the base and
     final per-image reward files it lists exist (runs older than those files have them only inside the images'
     npz)."""
-    from ..evaluation import ensure_rewards_file, share_eval_file
-
-    if (cell.dir / "DONE").is_file():
-        final = int(json.loads((cell.dir / "DONE").read_text())["epochs"])
+    final = read_done(cell.dir)
+    if final is not None:
         for epoch in (0, final):
             ensure_rewards_file(cell.dir, epoch)
         if cell.keep_eval:  # the base model's images, the same in every cell: one copy per grid (a clone has the link)
@@ -278,15 +272,15 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
               "pid": os.getpid(), "host": socket.gethostname(), "cpu": cpu_model(),
               "num_threads": config.get("num_threads"),
               "attempt": int((old or {}).get("attempt", 0)) + 1}
-    _write_json_atomic(cell.dir / STATUS_FILE, status)
+    write_status(cell.dir, status)
     write_cell_gitignore(cell.dir)  # unfinished: ignored whole until it is done
     (cell.dir / REPORT_HTML).unlink(missing_ok=True)  # a stale report must not mark a re-run as done
     t0 = time.time()
     try:
         execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, {"config": config},
                          int(config.get("num_threads") or 1))
-        if not (cell.dir / "DONE").is_file():
-            raise RuntimeError(f"the notebook finished but {cell.dir / 'DONE'} was not written")
+        if not has_done(cell.dir):
+            raise RuntimeError(f"the notebook finished but {cell.dir / DONE_FILE} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
         _write_finished_gitignore(cell)
         status.update(state="done")
@@ -297,7 +291,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
         status.update(state="failed", error=_error_text(err))
     finally:
         status.update(finished=_now(), seconds=round(time.time() - t0, 1))
-        _write_json_atomic(cell.dir / STATUS_FILE, status)
+        write_status(cell.dir, status)
     return status
 
 
@@ -456,7 +450,7 @@ def status(spec: str | Path | dict | GridSpec, quick: bool = False) -> "pd.DataF
     for cell in expand(spec):
         st = read_status(cell.dir) or {}
         epochs_done, last_reward, last_train = 0, float("nan"), float("nan")
-        metrics = cell.dir / "metrics.csv"
+        metrics = cell.dir / METRICS_FILE
         if metrics.is_file():
             try:
                 df = pd.read_csv(metrics)

@@ -26,6 +26,7 @@ another run's adapter, ``init_lora``: the joined curve and its reads). Everythin
 is re-exported here: use ``report.<name>``.
 """
 
+from ..rundir import eval_epochs
 from .cell import (
     CELL_TABLE_METRICS,
     as_jpeg,
@@ -80,7 +81,6 @@ from .results import (
     cell_eval_images,
     condition_factors,
     conditions,
-    eval_epochs,
     eval_rows,
     final_rows,
     find_cells,

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..config import EVAL_SEED_BASE, DDPOConfig
+from ..rundir import eval_epochs
 from .figures import image_axis, tile, wrap_label
 from .plotting import new_figure, styled
-from .results import LABELS, _stem, cell_eval_images, eval_epochs, read_cell
+from .results import LABELS, _stem, cell_eval_images, read_cell
 
 
 # ================================================================================================ one cell

@@ -10,12 +10,13 @@ paired gains clustered by prompt (:func:`~.stats.paired_gain`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from ..rundir import METRICS_FILE, check_finished, has_done, load_eval_rewards, load_metrics, read_config
 from .plotting import new_figure, styled
 from .results import LABELS, find_cells
 from .stats import paired_gain
@@ -33,16 +34,16 @@ def original_of(cell_dir: str | Path) -> Path | None:
     A relative ``init_lora`` is relative to where training ran (the repository root for a grid): it is looked up
     from the working directory, then from each folder above ``cell_dir``."""
     cell_dir = Path(cell_dir)
-    cfg = json.loads((cell_dir / "config.json").read_text())
+    cfg = read_config(cell_dir)
     if not cfg.get("init_lora"):
         return None
     path = Path(cfg["init_lora"])
     path = path.parent if path.suffix == ".safetensors" else path  # the file itself, or its lora/ folder
     run = path.parent.parent  # <run>/final/lora -> <run>
     for where in ([Path()] if run.is_absolute() else [Path.cwd(), *cell_dir.resolve().parents]):
-        if (where / run / "metrics.csv").is_file():
+        if (where / run / METRICS_FILE).is_file():
             return where / run
-    raise FileNotFoundError(f"{cell_dir}: the run its init_lora came from ({run}) has no metrics.csv here")
+    raise FileNotFoundError(f"{cell_dir}: the run its init_lora came from ({run}) has no {METRICS_FILE} here")
 
 
 def join_curves(original: pd.DataFrame, continued: pd.DataFrame) -> pd.DataFrame:
@@ -59,11 +60,10 @@ def _eval_row(run: pd.DataFrame, epoch: int) -> pd.Series:
 
 def continued_row(cell_dir: str | Path) -> dict:
     """The reads C0-C3 of one continuation."""
-    from ..evaluation import load_eval_rewards
-
     cell_dir = Path(cell_dir)
     original = original_of(cell_dir)
-    o, c = (pd.read_csv(d / "metrics.csv") for d in (original, cell_dir))
+    check_finished(original)  # another grid's run, perhaps: its files are read here as strictly as the cell's
+    o, c = (load_metrics(d) for d in (original, cell_dir))
     end_o, end_c = int(o["epoch"].max()), int(c["epoch"].max())
     start = abs(_eval_row(c, 0)["reward_mean"] / _eval_row(o, end_o)["reward_mean"] - 1)
     joined = join_curves(o, c)
@@ -88,19 +88,24 @@ def continued_row(cell_dir: str | Path) -> dict:
     return row
 
 
-def continued_table(root: str | Path) -> pd.DataFrame:
-    """:func:`continued_row` for every finished cell under ``root`` that was started from an adapter."""
-    rows = [continued_row(cell) for cell in find_cells(root)
-            if (cell / "DONE").is_file() and original_of(cell) is not None]
+def _finished(root: str | Path, cells: Iterable[str | Path] | None) -> list[Path]:
+    """``cells`` (e.g. the undamaged ones a summary read), else every finished cell under ``root``."""
+    return [Path(c) for c in cells] if cells is not None else [c for c in find_cells(root) if has_done(c)]
+
+
+def continued_table(root: str | Path, cells: Iterable[str | Path] | None = None) -> pd.DataFrame:
+    """:func:`continued_row` for every finished cell under ``root`` (or of ``cells``) started from an adapter."""
+    rows = [continued_row(cell) for cell in _finished(root, cells) if original_of(cell) is not None]
     return pd.DataFrame(rows) if rows else pd.DataFrame({"cell": []})
 
 
-def joined_curves(root: str | Path) -> pd.DataFrame:
-    """The joined curves (:func:`join_curves`) of the finished continuations under ``root``, one ``cell`` each."""
+def joined_curves(root: str | Path, cells: Iterable[str | Path] | None = None) -> pd.DataFrame:
+    """The joined curves (:func:`join_curves`) of the finished continuations under ``root`` (or of ``cells``), one
+    ``cell`` each."""
     parts = []
-    for cell in find_cells(root):
-        if (cell / "DONE").is_file() and (orig := original_of(cell)) is not None:
-            o, c = (pd.read_csv(d / "metrics.csv") for d in (orig, cell))
+    for cell in _finished(root, cells):
+        if (orig := original_of(cell)) is not None:
+            o, c = (load_metrics(d) for d in (orig, cell))
             parts.append(join_curves(o, c).assign(cell=cell.name))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"cell": []})
 

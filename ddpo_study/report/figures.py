@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import EVAL_SEED_BASE
+from ..rundir import eval_epochs
 from .levels import reward_levels, reward_names
 from .plotting import new_figure, styled
-from .results import FINAL_METRICS, LABELS, _factors, cell_eval_images, conditions, eval_epochs, eval_rows, final_rows
+from .results import FINAL_METRICS, LABELS, _factors, cell_eval_images, conditions, eval_rows, final_rows
 from .stats import aggregate, mean_ci
 
 

@@ -17,6 +17,20 @@ import numpy as np
 import pandas as pd
 
 from ..config import MODES, UNUSED_BY_MODE, DDPOConfig
+from ..rundir import (
+    CHECKPOINTS_DIR,
+    DONE_FILE,
+    METRICS_FILE,
+    DamagedRunError,
+    check_finished,
+    eval_file,
+    has_done,
+    is_run_folder,
+    load_eval_arrays,
+    load_metrics,
+    read_config,
+    read_status,
+)
 
 #: Config keys that never define a condition (seed is the replicate; the others are run plumbing).
 NON_FACTORS = ("seed", "output_dir", "num_threads", "device", "log_with")
@@ -55,20 +69,20 @@ FINAL_METRICS = ("reward_mean", "cross_div_clip", "within_div_clip", "retrieval_
 
 # ================================================================================================ loading
 def find_cells(root: str | Path) -> list[Path]:
-    """Run folders (``config.json`` + ``metrics.csv``) under ``root`` (``root`` itself may be one), sorted."""
+    """Run folders under ``root`` (``root`` itself may be one; :func:`~ddpo_study.rundir.is_run_folder`), sorted."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p.parent for p in root.rglob("metrics.csv")
-             if (p.parent / "config.json").is_file() and "checkpoints" not in p.parent.relative_to(root).parts]
+    found = [p.parent for name in (METRICS_FILE, DONE_FILE) for p in root.rglob(name)
+             if is_run_folder(p.parent) and CHECKPOINTS_DIR not in p.parent.relative_to(root).parts]
     return sorted(set(found))
 
 
 def read_cell(cell_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(config dict, metrics frame) of one run folder."""
+    """(config dict, metrics frame) of one run folder; a finished run's are read strictly
+    (:func:`~ddpo_study.rundir.load_metrics`)."""
     cell_dir = Path(cell_dir)
-    cfg = json.loads((cell_dir / "config.json").read_text())
-    return cfg, pd.read_csv(cell_dir / "metrics.csv")
+    return read_config(cell_dir), load_metrics(cell_dir)
 
 
 def condition_factors(df: pd.DataFrame) -> list[str]:
@@ -128,10 +142,14 @@ def _prompt_count(name: Any) -> float:
         return float(digits[-1]) if digits else math.inf
 
 
-def load_grid_results(root: str | Path, finished_only: bool = False) -> pd.DataFrame:
+def load_grid_results(root: str | Path, finished_only: bool = False, allow_damaged: bool = False) -> pd.DataFrame:
     """Every cell's ``metrics.csv`` rows under ``root``, with its config columns and labels; ``finished_only``:
     only cells with ``DONE`` (what a clone of the committed results has), so a summary does not depend on which
     cells happen to be running.
+
+    A finished cell is checked first (:func:`~ddpo_study.rundir.check_finished`): a damaged one raises
+    :class:`~ddpo_study.rundir.DamagedRunError`, or with ``allow_damaged`` is left out of the rows and listed in
+    ``df.attrs["damaged"]`` (cell -> the error's line) for :func:`~.tables.cells_table`; never dropped unsaid.
 
     Added columns: ``cell`` (folder relative to root), ``cell_dir``, ``done`` (``DONE`` exists), ``variant``
     (from the runner's ``status.json``, if any), ``condition`` (label of the varying config keys, seed
@@ -139,28 +157,39 @@ def load_grid_results(root: str | Path, finished_only: bool = False) -> pd.DataF
     lists the varying keys. An empty frame when nothing is there yet.
     """
     root = Path(root)
-    frames = []
+    frames, damaged = [], {}
     for cell_dir in find_cells(root):
-        if finished_only and not (cell_dir / "DONE").is_file():
+        finished = has_done(cell_dir)
+        if finished_only and not finished:
             continue
+        rel = cell_dir.relative_to(root).as_posix() if cell_dir != root else cell_dir.name
+        if finished:
+            try:
+                check_finished(cell_dir)
+            except DamagedRunError as err:
+                if not allow_damaged:
+                    raise
+                damaged[rel] = str(err)
+                continue
         try:
             cfg, metrics = read_cell(cell_dir)
         except (pd.errors.EmptyDataError, json.JSONDecodeError, FileNotFoundError):
             continue  # a run that has not written its first row yet
         metrics = metrics.copy()
-        rel = cell_dir.relative_to(root).as_posix() if cell_dir != root else cell_dir.name
         metrics.insert(0, "cell", rel)
         for key, value in cfg.items():
             if key != "output_dir" and key not in metrics:
                 metrics[key] = value
         metrics["cell_dir"] = str(cell_dir)
-        metrics["done"] = (cell_dir / "DONE").is_file()
+        metrics["done"] = finished
         status = _status_of(cell_dir)
         metrics["variant"] = status.get("variant")
         metrics["grid_index"] = status.get("index")
         frames.append(metrics)
     if not frames:
-        return pd.DataFrame(columns=["cell", "epoch", "condition"])
+        empty = pd.DataFrame(columns=["cell", "epoch", "condition"])
+        empty.attrs["damaged"] = damaged
+        return empty
     df = pd.concat(frames, ignore_index=True, sort=False)
     factors = condition_factors(df)
     cells = df.drop_duplicates("cell").copy()
@@ -184,15 +213,13 @@ def load_grid_results(root: str | Path, finished_only: bool = False) -> pd.DataF
     df["condition_order"] = df["condition"].map(order)
     df = df.sort_values(["condition_order", "seed", "cell", "epoch"], kind="stable").reset_index(drop=True)
     df.attrs["factors"] = factors
+    df.attrs["damaged"] = damaged
     return df
 
 
 def _status_of(cell_dir: Path) -> dict[str, Any]:
     """What the grid runner recorded in ``status.json`` (variant name, cell index); {} for other runs."""
-    try:
-        status = json.loads((cell_dir / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    status = read_status(cell_dir)
     return status if isinstance(status, dict) else {}
 
 
@@ -222,24 +249,9 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     return last.sort_values(["condition_order", "seed", "cell"], kind="stable")
 
 
-def eval_epochs(cell_dir: str | Path) -> list[int]:
-    """Epochs with saved eval images (``eval/epoch_XXXX.npz``, or its ``.link.json`` to a grid's shared copy),
-    sorted."""
-    found = [re.fullmatch(r"epoch_(\d+)(\.npz|\.link\.json)", p.name) for p in (Path(cell_dir) / "eval").glob("epoch_*")]
-    return sorted({int(m.group(1)) for m in found if m})
-
-
-def reward_epochs(cell_dir: str | Path) -> list[int]:
-    """Epochs with saved per-image eval rewards (``eval/epoch_XXXX.rewards.npz`` or the images' npz), sorted."""
-    found = [re.fullmatch(r"epoch_(\d+)(\.rewards)?\.npz", p.name) for p in (Path(cell_dir) / "eval").glob("epoch_*.npz")]
-    return sorted({int(m.group(1)) for m in found if m})
-
-
 def cell_eval_images(cell_dir: str | Path, epoch: int) -> tuple[np.ndarray, list[str]]:
-    """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch`` (:func:`ddpo_study.evaluation.load_eval_arrays`);
+    """(images uint8 (P, S, H, W, 3), prompts) saved at ``epoch`` (:func:`ddpo_study.rundir.load_eval_arrays`);
     a missing file is an error here, since the report asked for an epoch the cell lists."""
-    from ..evaluation import eval_file, load_eval_arrays
-
     saved = load_eval_arrays(Path(cell_dir), epoch)
     if saved is None:
         raise FileNotFoundError(f"{eval_file(Path(cell_dir), epoch)}: no saved eval images (nor a link to them)")

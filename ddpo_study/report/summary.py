@@ -79,7 +79,8 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
             "learning": learning_table(df), "cells": cells_table(df)}
 
 
-def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None) -> Summary:
+def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None,
+                  allow_damaged: bool = False) -> Summary:
     """Every summary figure (PNG + PDF; image grids PNG only, :data:`RASTER_FIGURES`) and table (CSV + Markdown)
     of the grid under ``root``, written to ``<root>/summary/`` (or ``out_dir``), plus ``README.md`` (tables inline, figures linked) and
     :data:`TIDY_FILE` (the tidy data), from the finished cells (``DONE``) only. Re-running on the same results
@@ -87,11 +88,15 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
 
     The questions are the ``questions:`` of ``spec`` (a path, dict or GridSpec), or else of the spec in
     ``configs/`` whose output_root is ``root``; without one, the default exploratory questions. A spec's
-    ``frontier_remedies`` folder adds the inference-time remedies to the frontier (:func:`~.frontier.remedy_rows`)."""
+    ``frontier_remedies`` folder adds the inference-time remedies to the frontier (:func:`~.frontier.remedy_rows`).
+
+    A damaged finished cell (:class:`~ddpo_study.rundir.DamagedRunError`) stops it; with ``allow_damaged`` such
+    cells are in no table or figure but listed, with what is wrong, in ``cells.md`` and the README."""
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root / "summary"
     out.mkdir(parents=True, exist_ok=True)
-    df = load_grid_results(root, finished_only=True)  # the committed cells only: a clone writes the same files
+    # the committed cells only: a clone writes the same files
+    df = load_grid_results(root, finished_only=True, allow_damaged=allow_damaged)
     summary = Summary(out_dir=out)
     if df.empty:
         return summary
@@ -100,17 +105,22 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
     summary.tables = summary_tables(df, questions, remedies)
-    continued = continued_table(root)  # runs started from another run's adapter (init_lora): the joined reads
+    read = sorted({Path(c) for c in df["cell_dir"]})  # the finished cells, damaged ones left out
+    continued = continued_table(root, read)  # runs started from another run's adapter (init_lora): the joined reads
     if not continued.empty:
         summary.tables["continued"] = continued
-        summary.figures["continued_curves"] = fig_continued(joined_curves(root))
+        summary.figures["continued_curves"] = fig_continued(joined_curves(root, read))
     for name, fig in summary.figures.items():
         raster = name in RASTER_FIGURES
         summary.files += save_figure(fig, out / name, formats=("png",) if raster else ("png", "pdf"))
         if raster:
             (out / f"{name}.pdf").unlink(missing_ok=True)  # what older summaries wrote
+    damaged = df.attrs.get("damaged") or {}
     md = [f"# Summary of {root.name}\n", f"{df['cell'].nunique()} cells, conditions varying in: "
           f"{', '.join(_factors(df)) or '(none)'}; mean and 95% CI over seeds. Questions: {source}.\n"]
+    if damaged:
+        md.append(f"**{len(damaged)} damaged cell(s) left out of every table and figure** (listed in cells.md): "
+                  f"{', '.join(sorted(damaged))}.\n")
     for name, table in summary.tables.items():
         csv = out / f"{name}.csv"
         write_bytes_if_changed(csv, table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n").encode())
@@ -127,27 +137,36 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     return summary
 
 
-def run_summary(root: str | Path, notebook: bool = True, echo: Callable[[str], None] | None = print) -> Path | None:
+def run_summary(root: str | Path, notebook: bool = True, echo: Callable[[str], None] | None = print,
+                allow_damaged: bool = False) -> Path | None:
     """Write ``<root>/summary/`` (figures and tables); with ``notebook`` also ``summary.ipynb`` + ``.html``.
 
-    Returns the summary folder, or None when no cell under ``root`` has results yet.
+    Returns the summary folder, or None when no cell under ``root`` has results yet. A finished cell whose files
+    are damaged stops it with :class:`~ddpo_study.rundir.DamagedRunError` before the notebook starts (one line
+    naming the file, not a kernel's traceback); ``allow_damaged`` lists such cells in ``cells.md`` instead.
     """
     from ..grid.runner import cpu_count, execute_notebook, export_html
     from ..grid.spec import _display_path, _resolve
+    from ..rundir import check_finished
     from .results import find_cells
 
     echo = echo or (lambda _msg: None)
     root = _resolve(root)
-    if not find_cells(root):
+    cells = find_cells(root)
+    if not cells:
         echo(f"summary: no results under {root} yet")
         return None
+    if not allow_damaged:
+        for cell in cells:
+            check_finished(cell)
     out = root / "summary"
     if notebook:
         out.mkdir(parents=True, exist_ok=True)
-        execute_notebook(SUMMARY_NOTEBOOK, out / "summary.ipynb", {"root": _display_path(root)}, max(1, cpu_count()))
+        params = {"root": _display_path(root), **({"allow_damaged": True} if allow_damaged else {})}
+        execute_notebook(SUMMARY_NOTEBOOK, out / "summary.ipynb", params, max(1, cpu_count()))
         export_html(out / "summary.ipynb", out / "summary.html")
     else:
-        write_summary(root)
+        write_summary(root, allow_damaged=allow_damaged)
     echo(f"summary: {out}")
     return out
 

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..rundir import load_eval_rewards, reward_epochs
 from .levels import MATCH_FRACTIONS, matched_runs
-from .results import FINAL_METRICS, conditions, eval_rows, final_rows, reward_epochs
+from .results import FINAL_METRICS, conditions, eval_rows, final_rows
 from .stats import mean_ci, paired_gain
 
 #: The plateau rule (here and in ``benchmarks/time_to_plateau.py``): a run has plateaued at eval e when its gain
@@ -37,16 +38,24 @@ def final_table(df: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS) -> pd.
 
 
 def cells_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: condition, seed, epochs, done, last eval numbers."""
+    """One row per cell: condition, seed, epochs, done, last eval numbers; and, when the results were read with
+    ``allow_damaged`` and some finished cells are damaged (``df.attrs["damaged"]``), a row for each of those with
+    only its ``damaged`` column: what is wrong with it (its numbers are in no table)."""
     ev = eval_rows(df)
+    metrics = ("reward_mean", "cross_div_clip", "retrieval_acc")
     rows = []
     for cell, g in df.groupby("cell", sort=False):
         e = ev[ev["cell"] == cell]
         last = e.loc[e["epoch"].idxmax()] if len(e) else g.iloc[-1]
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0],
                      "epochs_done": int(g["epoch"].max()), "epochs_total": int(g["num_epochs"].iloc[0]),
-                     "done": bool(g["done"].iloc[0]),
-                     **{m: last.get(m, math.nan) for m in ("reward_mean", "cross_div_clip", "retrieval_acc")}})
+                     "done": bool(g["done"].iloc[0]), **{m: last.get(m, math.nan) for m in metrics}})
+    damaged = df.attrs.get("damaged") or {}
+    if damaged:  # the column only then: a summary of sound cells keeps its bytes
+        rows = [{**r, "damaged": ""} for r in rows]
+        rows += [{"cell": cell, "condition": "", "seed": math.nan, "epochs_done": math.nan, "epochs_total": math.nan,
+                  "done": True, **{m: math.nan for m in metrics}, "damaged": why}
+                 for cell, why in sorted(damaged.items())]
     return pd.DataFrame(rows)
 
 
@@ -58,10 +67,8 @@ def paired_reward_gain(cell_dir: str | Path, epoch: int | None = None) -> dict[s
     prompt move together; :func:`~ddpo_study.report.stats.clustered_mean_se`) and ``z`` the gain in those
     standard errors (> 3: it learned); ``gain_se_iid`` / ``z_iid`` treat the images as independent. Reads the
     per-image rewards of ``eval/epoch_XXXX.rewards.npz`` or ``eval/epoch_XXXX.npz``
-    (:func:`~ddpo_study.evaluation.load_eval_rewards`); NaNs when they are missing.
+    (:func:`~ddpo_study.rundir.load_eval_rewards`); NaNs when they are missing.
     """
-    from ..evaluation import load_eval_rewards
-
     cell_dir = Path(cell_dir)
     epochs = reward_epochs(cell_dir)
     epoch = epochs[-1] if epoch is None and epochs else epoch

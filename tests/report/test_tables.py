@@ -156,6 +156,7 @@ def test_a_run_still_training_is_not_finished_and_has_no_plateau(tmp_path):
     cell = next(p for p in tmp_path.iterdir() if p.name.endswith("-s0"))
     metrics = pd.read_csv(cell / "metrics.csv")
     metrics[metrics["epoch"] <= 8].to_csv(cell / "metrics.csv", index=False)  # 8 of its 12 epochs so far
+    (cell / "DONE").unlink()  # with it, the cut metrics would be a damaged finished run (tests/test_rundir.py)
     t = report.learning_table(report.load_grid_results(tmp_path)).set_index("seed")
     assert t.loc[0, "finished"] == False and t.loc[1, "finished"] == True  # noqa: E712
     assert t.loc[0, "plateaued"] == False  # noqa: E712
