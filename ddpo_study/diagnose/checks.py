@@ -120,7 +120,8 @@ def reproduction_check(dx: Diagnosis, max_prompts: int = 8) -> pd.DataFrame:
     run between checkpoints). A tuned model that is not a run folder, a run without saved eval images, or a
     diagnosis at other sampling settings than the run's: one row saying why there is nothing to compare.
     """
-    from ..report.results import cell_eval_images, eval_epochs
+    from ..report.results import cell_eval_images
+    from ..rundir import eval_epochs
 
     tuned, cfg = dx.tuned, dx.tuned.run_config
     if cfg is None:

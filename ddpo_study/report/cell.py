@@ -168,6 +168,9 @@ def config_diff(cfg: Any) -> pd.DataFrame:
 
     values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     docs = field_docs()
-    rows = [{"key": f.name, "value": values[f.name], "default": f.default, "meaning": docs.get(f.name, "")}
-            for f in dataclasses.fields(DDPOConfig) if f.name in values and values[f.name] != f.default]
+    # the defaults as resolved for this run: derived fields (the stat tracker's window follows images_per_prompt)
+    # count as default when they are what the derivation gives
+    defaults = DDPOConfig(images_per_prompt=values.get("images_per_prompt", DDPOConfig.images_per_prompt)).to_dict()
+    rows = [{"key": f.name, "value": values[f.name], "default": defaults[f.name], "meaning": docs.get(f.name, "")}
+            for f in dataclasses.fields(DDPOConfig) if f.name in values and values[f.name] != defaults[f.name]]
     return pd.DataFrame(rows, columns=["key", "value", "default", "meaning"])
