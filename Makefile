@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study study-quick test venv toy-model clean-venv lab notebooks
+.PHONY: study study-quick test venv toy-model toy-flow clean-venv lab notebooks
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ notebooks: $(STAMP)
 
 toy-model: $(STAMP)
 	$(BIN)/python -m ddpo_study.toy.pretrain
+
+# The flow-matching toy (an SD3 pipeline on the UNet toy's text encoder and VAE) and its base eval; resumes from
+# data/toy-flow-ckpt if killed.
+toy-flow: $(STAMP)
+	$(BIN)/python -m ddpo_study.toy.pretrain_flow --out data/toy-flow
 
 clean-venv:
 	rm -rf $(VENV)
