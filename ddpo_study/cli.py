@@ -22,6 +22,8 @@ Commands:
                                        folder, run folder) against its base: collapse or loading bug? (HTML)
   remedies SPEC [--no-sample]          inference-time remedies (LoRA scale, base for the first k steps) on a
                                        grid's finished runs vs the same runs stopped earlier at equal reward
+  monitor --watch DIR [--base MODEL] [--once] ...
+                                       another trainer's checkpoints as they appear: when do the prompts go?
 """
 
 from __future__ import annotations
@@ -385,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sample", action="store_true", help="only rewrite the tables and figure from points.csv")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_remedies)
+
+    from .watch import add_parser as add_monitor_parser  # the monitor's arguments and handler live with it
+
+    add_monitor_parser(sub)
 
     args = ap.parse_args(argv)
     try:
