@@ -240,21 +240,23 @@ class Monitor:
         """Sample and read ``pipe`` (or ``denoiser`` in it); against :attr:`reference` when one is set."""
         from .evaluation import judge_metrics
         from .images import to_uint8
-        from .metrics import compute_eval_metrics, grid_embeds, image_rewards
+        from .metrics import compute_eval_metrics, distance_from_base, grid_embeds, image_rewards
 
         images = self.sample(pipe, denoiser)
         rewards = image_rewards(images, self.prompts, self._reward_fn, self.batch_size) if self._reward_fn else None
-        ref = self.reference
-        base_images = None
-        if ref is not None and ref.images is not None:
-            base_images = torch.from_numpy(ref.images)
-            if self._reference_embeds is None:
-                self._reference_embeds = grid_embeds(base_images, self.clip, self.batch_size)
-        metrics = compute_eval_metrics(images, self.prompts, self.clip, rewards=rewards, batch_size=self.batch_size,
-                                       base_images=base_images, base_embeds=self._reference_embeds)
+        # The metrics of the float images, as a training run's evals compute them ...
+        metrics = compute_eval_metrics(images, self.prompts, self.clip, rewards=rewards, batch_size=self.batch_size)
         metrics.update(judge_metrics(images, self.prompts))  # toy prompts only; {} otherwise
-        reading = Reading(name=name, metrics=metrics, images=to_uint8(images),
-                          rewards=None if rewards is None else rewards.numpy(),
+        ref, saved = self.reference, to_uint8(images)
+        if ref is not None and ref.images is not None:
+            # ... but the distance from the base between 8-bit images, all a reference keeps (``base.npz``), so the
+            # base's own weights read as 0 before and after a watcher's restart.
+            if self._reference_embeds is None:
+                self._reference_embeds = grid_embeds(ref.images, self.clip, self.batch_size)
+            dist = distance_from_base(saved, ref.images, self.clip, base_embeds=self._reference_embeds,
+                                      batch_size=self.batch_size)
+            metrics["dist_base_pixel"], metrics["dist_base_clip"] = dist["pixel"], dist["clip"]
+        reading = Reading(name=name, metrics=metrics, images=saved, rewards=None if rewards is None else rewards.numpy(),
                           base=None if ref is None else ref.metrics)
         if ref is not None and ref.rewards is not None and rewards is not None:
             from .report.stats import paired_gain
