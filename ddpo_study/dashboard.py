@@ -47,8 +47,8 @@ def draw(rows: Sequence[dict], out: str | Path, title: str = "", refresh_s: floa
             ax.plot(xs, [_value(r, key) for r in ordered], color="0.6", lw=1, zorder=1)
             for status, kw in _STYLE.items():
                 pts = [(x, _value(r, key)) for x, r in zip(xs, ordered) if r["status"] == status]
-                if pts:
-                    ax.scatter(*zip(*pts), zorder=2, **kw)
+                if pts:  # the markers' legend once, in the first panel; each panel's legend names its lines
+                    ax.scatter(*zip(*pts), zorder=2, **{**kw, "label": kw["label"] if ax is axes[0] else None})
             for r in rows:  # unreadable checkpoints: where they were, without a value
                 if r.get("status") == UNREADABLE:
                     ax.axvline(_value(r, "step"), color="0.8", ls=":", lw=1, zorder=0)
@@ -61,7 +61,8 @@ def draw(rows: Sequence[dict], out: str | Path, title: str = "", refresh_s: floa
                 ax.axhline(_value(base, "retrieval_chance"), color="0.5", ls=":", lw=0.8, label="chance")
             ax.set_xlabel("checkpoint step (base at 0)")
             ax.set_title(label)
-        axes[-1].legend(loc="best")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best")
         if title:
             fig.suptitle(title, fontsize=9)
         png = save_figure(fig, out / PNG_FILE, formats=("png",))[0]

@@ -137,6 +137,8 @@ class Watcher:
             self._columns = [*HEAD_COLUMNS, *reading.metrics,
                              *(k for k in DISTANCE_COLUMNS if k not in reading.metrics), *TAIL_COLUMNS]
             self._add({"checkpoint": BASE, "step": 0, "status": BASE, **reading.metrics})
+        else:
+            self._draw()  # as this version draws it
 
     # -------------------------------------------------------------------------------------------- scanning
     def poll(self) -> int:
@@ -200,14 +202,17 @@ class Watcher:
     def _add(self, row: dict) -> None:
         """Append ``row`` and rewrite ``monitor.csv`` (atomically: a kill leaves the old or the new file) and the
         dashboard."""
-        from .dashboard import draw
-
         self.rows.append({k: "" if v is None else str(v) for k, v in row.items()})
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.out / CSV_FILE, buf.getvalue())
+        self._draw()
+
+    def _draw(self) -> None:
+        from .dashboard import draw
+
         draw(self.rows, self.out, title=f"monitor: {self.watch.name}", refresh_s=self.refresh_s)
 
     # -------------------------------------------------------------------------------------------- the loop
