@@ -23,6 +23,8 @@ Commands:
                                        folder, run folder) against its base: collapse or loading bug? (HTML)
   remedies SPEC [--no-sample]          inference-time remedies (LoRA scale, base for the first k steps) on a
                                        grid's finished runs vs the same runs stopped earlier at equal reward
+  monitor --watch DIR [--base MODEL] [--once] ...
+                                       another trainer's checkpoints as they appear: when do the prompts go?
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+
+from . import watch
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -409,6 +413,7 @@ COMMANDS = (
             diagnose_arguments, cmd_diagnose, DIAGNOSE_DESCRIPTION),
     Command("remedies", "inference-time remedies on a grid's runs vs early stopping at equal reward",
             remedies_arguments, cmd_remedies, REMEDIES_DESCRIPTION),
+    Command("monitor", watch.HELP, watch.monitor_arguments, watch.cmd_monitor, watch.DESCRIPTION),
 )
 
 

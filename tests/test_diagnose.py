@@ -120,6 +120,44 @@ def test_trl_layouts_pipeline_folder_with_lora_file_and_bin_checkpoint(tmp_path,
         assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned))
 
 
+
+def peft_saved_lora(unet, folder, rank=2, alpha=6.0, seed=3):
+    """What flow_grpo and DiffusionNFT keep: ``get_peft_model(unet).save_pretrained(folder)``
+    (``adapter_model.safetensors`` + ``adapter_config.json``), B non-zero; returns the tuned UNet."""
+    from peft import LoraConfig, get_peft_model
+
+    tuned = copy.deepcopy(unet)
+    model = get_peft_model(tuned, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v"]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.save_pretrained(folder)
+    return tuned.requires_grad_(False).eval()
+
+
+def test_peft_save_pretrained_layout_in_a_lora_subfolder(tmp_path, base_pipe):
+    """flow_grpo's checkpoint-N/lora/: read with its saved alpha (6 over rank 2), found from the checkpoint folder;
+    without its adapter_config.json, or truncated, one line naming the file."""
+    tuned = peft_saved_lora(base_pipe.unet, tmp_path / "checkpoint-7" / "lora")
+    file = tmp_path / "checkpoint-7" / "lora" / "adapter_model.safetensors"
+    assert diagnose.inspect_tuned(tmp_path / "checkpoint-7") == ("peft", file)
+    loaded = diagnose.load_tuned(tmp_path / "checkpoint-7", base_pipe.unet)
+    assert loaded.kind == "peft" and loaded.lora_on_base and loaded.lora_layers > 0
+    assert_same_weights(effective_state_dict(loaded.unet), effective_state_dict(tuned))
+
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(diagnose.TunedModelError, match="adapter_config.json"):
+        diagnose.inspect_tuned(tmp_path / "bare")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "adapter_config.json").write_text((file.parent / "adapter_config.json").read_text())
+    (tmp_path / "cut" / file.name).write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(diagnose.TunedModelError, match="not a readable safetensors file") as err:
+        diagnose.load_tuned(tmp_path / "cut", base_pipe.unet)
+    assert "\n" not in str(err.value)
+
 def ddpo_pytorch_state_dict(unet, rank=3, seed=2):
     """What ddpo-pytorch's ``unet.save_attn_procs`` writes with diffusers 0.17: for every attention processor
     ``<name>.processor``, ``LoRAAttnProcessor`` tensors ``to_{q,k,v,out}_lora.{down,up}.weight`` (down: (r, in),

@@ -15,6 +15,9 @@ Inputs (:func:`prepare`):
     That is what our runs keep (``<run>/final/lora``), what TRL's ``DDPOTrainer.save_pretrained`` writes (next to a
     whole pipeline in the same folder) and what its accelerate checkpoints hold. Loaded with diffusers' stock
     ``lora_state_dict`` + ``load_lora_into_unet``, as ``pipe.load_lora_weights`` does;
+  - a peft adapter: ``PeftModel.save_pretrained``'s ``adapter_model.safetensors`` (or ``.bin``) with its
+    ``adapter_config.json``, what flow_grpo and DiffusionNFT keep in ``checkpoint-N/lora/`` (a folder's ``lora/``
+    subfolder is looked into);
   - a ddpo-pytorch checkpoint: ``unet.save_attn_procs`` of diffusers 0.17's ``LoRAAttnProcessor`` (keys
     ``<block>.attn1.processor.to_q_lora.down.weight``...; ``pytorch_lora_weights.bin``, ``pytorch_model.bin`` or a
     safetensors file), converted to a peft adapter on our UNet (:func:`attn_procs_to_peft`);
@@ -81,6 +84,8 @@ from .checks import (
 from .curves import default_switch_steps, fig_scale_images, fig_tradeoff, scale_sweep, scaled_name, switch_sweep
 from .loading import (
     LORA_FILES,
+    PEFT_CONFIG,
+    PEFT_FILES,
     STATE_FILES,
     TunedModel,
     TunedModelError,
@@ -106,7 +111,7 @@ from .sampling import SEED_MODES, Diagnosis, describe, prepare, sample_switched
 
 __all__ = [
     # loading
-    "LORA_FILES", "STATE_FILES", "TunedModel", "TunedModelError", "attn_procs_to_peft", "inspect_tuned", "load_tuned",
+    "LORA_FILES", "PEFT_CONFIG", "PEFT_FILES", "STATE_FILES", "TunedModel", "TunedModelError", "attn_procs_to_peft", "inspect_tuned", "load_tuned",
     "read_state_dict",
     # sampling
     "SEED_MODES", "Diagnosis", "describe", "prepare", "sample_switched",

@@ -85,7 +85,7 @@ def loading_checks(dx: Diagnosis) -> pd.DataFrame:
     from ..finetune import param_distance_from_base, snapshot_base_state
 
     tuned, rows = dx.tuned, []
-    if tuned.kind in ("lora", "attn_procs", "unet+lora"):
+    if tuned.kind in ("lora", "peft", "attn_procs", "unet+lora"):
         rows.append({"check": "layers carrying the LoRA", "value": float(tuned.lora_layers), "threshold": "> 0",
                      "ok": tuned.lora_layers > 0})
     try:

@@ -1,8 +1,10 @@
 """Reading a tuned model in any of the forms a diagnosis takes, as a UNet next to the base's (left untouched).
 
-:func:`inspect_tuned` tells the forms apart without loading anything: a diffusers / TRL LoRA (``lora``), a
-ddpo-pytorch ``unet.save_attn_procs`` checkpoint (``attn_procs``, converted to a peft adapter by
-:func:`attn_procs_to_peft`), a full diffusers UNet folder (``unet``) or one of our run folders (``run``).
+:func:`inspect_tuned` tells the forms apart without loading anything: a diffusers / TRL LoRA (``lora``), a peft
+``save_pretrained`` adapter (``peft``: ``adapter_model.safetensors`` + ``adapter_config.json``, what flow_grpo and
+DiffusionNFT keep in ``checkpoint-N/lora/``), a ddpo-pytorch ``unet.save_attn_procs`` checkpoint (``attn_procs``,
+converted to a peft adapter by :func:`attn_procs_to_peft`), a full diffusers UNet folder (``unet``) or one of our
+run folders (``run``).
 :func:`load_tuned` reads it as a :class:`TunedModel`. ``.bin`` files go through :func:`read_state_dict`
 (``torch.load(weights_only=True)``): pickled Python objects other than tensors are refused with one line
 (:class:`TunedModelError`), never unpickled.
@@ -27,6 +29,12 @@ from ..rundir import MODEL_CONFIG_FILE, find_weights, is_run_folder, read_config
 #: Names of the files a tuned model may come in (see :mod:`ddpo_study.diagnose`).
 LORA_FILES = (LORA_FILE, "pytorch_lora_weights.bin")
 STATE_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
+#: peft's ``save_pretrained`` layout: the adapter's tensors under ``base_model.model.<module>`` in one of these files,
+#: its ``LoraConfig`` (rank, alpha, target layers) in :data:`PEFT_CONFIG` beside it.
+PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+PEFT_CONFIG = "adapter_config.json"
+#: The prefix ``PeftModel.save_pretrained`` puts before the wrapped model's module names.
+PEFT_PREFIX = "base_model.model."
 
 _ATTN_PROC_KEY = re.compile(r"(?P<block>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<part>down|up)"
                             r"\.weight")
@@ -83,6 +91,11 @@ def _tensor_names(path: Path) -> list[str]:
 
 def _kind_of_file(path: Path) -> str:
     names = _tensor_names(path)
+    if path.name in PEFT_FILES:
+        if not (path.parent / PEFT_CONFIG).is_file():
+            raise TunedModelError(f"{path} is a peft adapter without its {PEFT_CONFIG} beside it (its rank, alpha "
+                                  "and target layers are there)")
+        return "peft"
     if any(_ATTN_PROC_KEY.fullmatch(k) for k in names):
         return "attn_procs"
     if names and any("lora" in k for k in names):
@@ -107,8 +120,9 @@ def _is_unet_folder(folder: Path) -> bool:
 
 
 def inspect_tuned(tuned: str | Path) -> tuple[str, Path]:
-    """``(kind, path)`` of a tuned model without loading it: kind is ``run``, ``lora`` (diffusers/TRL/ours),
-    ``attn_procs`` (ddpo-pytorch) or ``unet`` (a full UNet folder); path is the file or folder to read.
+    """``(kind, path)`` of a tuned model without loading it: kind is ``run``, ``lora`` (diffusers/TRL/ours), ``peft``
+    (a peft ``save_pretrained`` adapter), ``attn_procs`` (ddpo-pytorch) or ``unet`` (a full UNet folder); path is the
+    file or folder to read. A folder's ``lora/`` subfolder is looked into (flow_grpo's ``checkpoint-N/lora``).
 
     A registry name (``toy``) is taken as its pipeline folder, whose ``unet/`` is then the "tuned" UNet.
     """
@@ -121,18 +135,24 @@ def inspect_tuned(tuned: str | Path) -> tuple[str, Path]:
         return _kind_of_file(path), path
     if is_run_folder(path):
         return "run", path
-    for name in LORA_FILES:
+    for name in LORA_FILES + PEFT_FILES:
         if (path / name).is_file():
             return _kind_of_file(path / name), path / name
     if _is_unet_folder(path):
         return "unet", path
+    if (path / "lora").is_dir() and (path / "unet").is_dir():
+        # our progressive export: the adapter sits on a full-tuned UNet, which only the run folder pairs up
+        raise TunedModelError(f"{path} holds both unet/ and lora/ (a progressive run's export): pass its run folder")
     if _is_unet_folder(path / "unet"):
         return "unet", path / "unet"
+    if (path / "lora").is_dir():  # flow_grpo's and DiffusionNFT's checkpoint-N/lora/, our final/lora/
+        return inspect_tuned(path / "lora")
     for name in STATE_FILES:
         if (path / name).is_file():
             return _kind_of_file(path / name), path / name
-    raise TunedModelError(f"{path} holds no tuned weights I can read: looked for {', '.join(LORA_FILES)}, a UNet "
-                          f"folder (config.json + diffusion_pytorch_model.*), unet/ and {', '.join(STATE_FILES)}")
+    raise TunedModelError(f"{path} holds no tuned weights I can read: looked for {', '.join(LORA_FILES + PEFT_FILES)}, "
+                          f"a UNet folder (config.json + diffusion_pytorch_model.*), unet/, lora/ and "
+                          f"{', '.join(STATE_FILES)}")
 
 
 # ================================================================================================ loading
@@ -192,6 +212,35 @@ def _add_attn_procs_lora(unet, file: Path, adapter: str) -> None:
             p.requires_grad_(False)
 
 
+def _add_peft_lora(unet, file: Path, adapter: str) -> None:
+    """A peft ``save_pretrained`` adapter (``PeftModel`` around the UNet, as flow_grpo and DiffusionNFT train) into
+    ``unet``: its ``LoraConfig`` as saved, its tensors without the ``PeftModel`` prefix."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
+    try:
+        config = LoraConfig.from_pretrained(str(file.parent))
+    except Exception as err:  # noqa: BLE001 - bad JSON, another adapter type...
+        raise TunedModelError(f"{file.parent / PEFT_CONFIG} is not a readable LoRA config ({_first_line(err)})") from err
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in read_state_dict(file).items()}
+    config.inference_mode = True
+    try:
+        unet.add_adapter(config, adapter_name=adapter)
+        result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
+    except Exception as err:  # noqa: BLE001 - target layers absent, shape mismatch
+        raise TunedModelError(f"{file} does not fit this UNet ({_first_line(err)}): was it trained on another base "
+                              "model?") from err
+    unexpected = getattr(result, "unexpected_keys", []) or []
+    if unexpected:
+        raise TunedModelError(f"{file}: tensors that match no LoRA layer of this UNet, e.g. {unexpected[:2]}")
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k and f".{adapter}." in k]
+    if missing:  # a half-written or filtered file would leave layers at their init
+        raise TunedModelError(f"{file} lacks LoRA tensors of its own config, e.g. {missing[:2]}")
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(False)
+
+
 def _add_diffusers_lora(unet, file: Path, adapter: str) -> None:
     """diffusers' stock path (what ``pipe.load_lora_weights`` runs), into ``unet``."""
     from diffusers import StableDiffusionPipeline
@@ -238,7 +287,7 @@ class TunedModel:
     """The tuned UNet next to the base, and how it was read."""
 
     source: Path  #: the file or folder read
-    kind: str  #: ``lora``, ``attn_procs``, ``unet`` or ``unet+lora`` (a progressive run)
+    kind: str  #: ``lora``, ``peft``, ``attn_procs``, ``unet`` or ``unet+lora`` (a progressive run)
     unet: Any  #: the UNet to sample with (a LoRA-wrapped copy of the base, or a loaded full UNet)
     adapter: str | None  #: the LoRA adapter's name in ``unet``
     lora_on_base: bool  #: the adapter sits on an unchanged copy of the base: LoRA scale 0 must give the base exactly
@@ -248,7 +297,7 @@ class TunedModel:
 
     @property
     def description(self) -> str:
-        what = {"lora": "diffusers LoRA", "attn_procs": "ddpo-pytorch attention-processor LoRA (converted to peft)",
+        what = {"lora": "diffusers LoRA", "peft": "peft LoRA (save_pretrained)", "attn_procs": "ddpo-pytorch attention-processor LoRA (converted to peft)",
                 "unet": "full UNet", "unet+lora": "full-tuned UNet with a LoRA on top (progressive)"}[self.kind]
         extra = f", {self.lora_layers} LoRA layers" if self.adapter else ""
         epoch = f", epoch {self.epoch}" if self.epoch is not None else ""
@@ -277,6 +326,8 @@ def load_tuned(tuned: str | Path, base_unet, adapter_name: str = ADAPTER_NAME) -
     unet = copy.deepcopy(base_unet)
     if kind == "attn_procs":
         _add_attn_procs_lora(unet, path, adapter_name)
+    elif kind == "peft":
+        _add_peft_lora(unet, path, adapter_name)
     else:
         _add_diffusers_lora(unet, path, adapter_name)
     layers = _lora_layers(unet, adapter_name)
