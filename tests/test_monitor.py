@@ -176,9 +176,9 @@ def test_watch_waits_for_a_checkpoint_still_being_written(tmp_path, tiny_model_d
     watched, out = tmp_path / "trainer", tmp_path / "monitor"
     watched.mkdir()
     ap = argparse.ArgumentParser()
-    watch.add_parser(ap.add_subparsers())
+    watch.monitor_arguments(ap)
     args = ap.parse_args(monitor_args(watched, out, tiny_model_dir, prompt_file, "--settle", "0.5",
-                                      "--interval", "7"))
+                                      "--interval", "7")[1:])  # without the subcommand's name
     lines, waits = [], []
     growing = watched / "checkpoint-5" / "optimizer.bin"
 
