@@ -26,10 +26,25 @@ REWARD_CHANGE_Z = 2.0
 KEPT, MAXIMISED, BROKE, UNCLEAR = "kept prompts", "maximised", "broke", "no reward change"
 
 
+#: Float slack of the comparisons: a drop of exactly the threshold (retrieval 0.9 -> 0.8) counts, whatever the
+#: rounding of the subtraction (0.9 - 0.8 is 0.0999...98 in floats).
+TOLERANCE = 1e-9
+
+
+def diversity_lost(diversity_ratio: float, threshold: float = COLLAPSE_DIVERSITY_RATIO) -> bool:
+    """Cross-prompt diversity (tuned / base) below ``threshold``."""
+    return bool(diversity_ratio < threshold - TOLERANCE)
+
+
+def dropped(drop: float, threshold: float = COLLAPSE_RETRIEVAL_DROP) -> bool:
+    """A measure (base - tuned) fell by ``threshold`` or more (retrieval; the guard's judge all-correct too)."""
+    return bool(drop >= threshold - TOLERANCE)
+
+
 def lost_prompts(diversity_ratio: float, retrieval_drop: float) -> bool:
     """Did the model lose the prompts: diversity ratio (tuned / base) or retrieval drop (base - tuned) past the
     thresholds above."""
-    return bool(diversity_ratio < COLLAPSE_DIVERSITY_RATIO or retrieval_drop >= COLLAPSE_RETRIEVAL_DROP)
+    return diversity_lost(diversity_ratio) or dropped(retrieval_drop)
 
 
 def collapse_kind(diversity_ratio: float, retrieval_drop: float, reward_z: float) -> str:

@@ -191,6 +191,16 @@ class DDPOConfig:
     diversity_feature: str = "clip"
     """Feature space of the similarity: 'clip', 'lpips' or 'pixel'."""
 
+    # --- guard -----------------------------------------------------------------------------------------
+    stop_when_prompts_lost: bool = False
+    """Guard: stop at the first eval whose prompts are lost against epoch 0 (the stop_* thresholds; ddpo_study.guard); final/ then keeps the last passing eval's weights."""
+    stop_cross_prompt_ratio: float = 0.95
+    """Guard: lost when cross-prompt CLIP distance is below this fraction of epoch 0's (collapse.py's rule)."""
+    stop_retrieval_drop: float = 0.10
+    """Guard: lost when prompt retrieval is this much (absolute) below epoch 0's (collapse.py's rule)."""
+    stop_judge_drop: float = 0.10
+    """Guard, toy prompts only: lost when judge all-correct is this much below epoch 0's (0 = not used); see docs/guard.md."""
+
     # --- checkpoints -----------------------------------------------------------------------------------
     checkpoint_every: int = 1
     """Write a resumable checkpoint every N epochs (and at the end)."""
@@ -259,10 +269,11 @@ class DDPOConfig:
                     "lora_alpha", "adam_epsilon"):
             need(getattr(self, key) > 0, key, "must be > 0")
         for key in ("train_timesteps_per_pass", "eta", "kl_beta", "target_kl", "adam_weight_decay", "num_threads",
-                    "eval_num_steps", "noise_level"):
+                    "eval_num_steps", "noise_level", "stop_retrieval_drop", "stop_judge_drop"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
+        need(0 < self.stop_cross_prompt_ratio <= 1, "stop_cross_prompt_ratio", "must be in (0, 1]")
         need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "betas must be in [0, 1)")
         need(self.samples_per_epoch % max(self.images_per_prompt, 1) == 0, "images_per_prompt",
              f"must divide samples_per_epoch={self.samples_per_epoch}")

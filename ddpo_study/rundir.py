@@ -125,9 +125,15 @@ def prepare_output_dir(cfg: DDPOConfig, write: bool = True) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- DONE
-def write_done(out: str | Path, epochs: int) -> None:
-    """``DONE``, the run's last file: it is trained to ``epochs`` epochs and its ``final/`` weights are written."""
-    write_text(Path(out) / DONE_FILE, json.dumps({"epochs": epochs}) + "\n")
+def write_done(out: str | Path, epochs: int, stopped: dict[str, Any] | None = None) -> None:
+    """``DONE``, the run's last file: it is trained to ``epochs`` epochs and its ``final/`` weights are written.
+
+    A run the guard stopped (``ddpo_study.guard``) also records ``stopped``: the epochs it was planned for
+    (``planned``), the eval that fired (``epoch``, ``rules``, ``values``) and the epoch whose weights ``final/``
+    keeps (``kept_epoch``, the last eval that passed).
+    """
+    write_text(Path(out) / DONE_FILE, json.dumps({"epochs": epochs, **({"stopped": stopped} if stopped else {})})
+               + "\n")
 
 
 def has_done(out: str | Path) -> bool:
@@ -135,23 +141,41 @@ def has_done(out: str | Path) -> bool:
     return (Path(out) / DONE_FILE).is_file()
 
 
-def read_done(out: str | Path) -> int | None:
-    """The epochs the run's ``DONE`` says it was trained to; None while it has none (still training)."""
+def _done(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / DONE_FILE
     if not path.is_file():
         return None
     try:
-        return int(json.loads(path.read_text(encoding="utf-8"))["epochs"])
+        info = json.loads(path.read_text(encoding="utf-8"))
+        int(info["epochs"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise _damaged(path, 'not {"epochs": N}, what a finished run writes') from None
+    return info
+
+
+def read_done(out: str | Path) -> int | None:
+    """The epochs the run's ``DONE`` says it was trained to; None while it has none (still training)."""
+    info = _done(out)
+    return None if info is None else int(info["epochs"])
+
+
+def read_stop(out: str | Path) -> dict[str, Any] | None:
+    """What ``DONE`` says of a guard stop (see :func:`write_done`); None for a run that ran its planned epochs."""
+    info = _done(out)
+    return None if info is None else info.get("stopped")
 
 
 def is_finished(out: str | Path, num_epochs: int) -> bool:
-    """Whether ``out`` holds a run trained to ``num_epochs`` (``DONE`` for that count and its metrics row)."""
+    """Whether ``out`` holds a run trained to ``num_epochs`` -- or planned for them and stopped by the guard --
+    (``DONE`` and its last metrics row)."""
     out = Path(out)
-    if read_done(out) != num_epochs or not (out / METRICS_FILE).is_file():
+    info = _done(out)
+    if info is None or not (out / METRICS_FILE).is_file():
         return False
-    return bool((_parse_metrics(out / METRICS_FILE)["epoch"] == num_epochs).any())
+    planned = (info.get("stopped") or {}).get("planned", info["epochs"])
+    if num_epochs not in (int(info["epochs"]), int(planned)):
+        return False
+    return bool((_parse_metrics(out / METRICS_FILE)["epoch"] == int(info["epochs"])).any())
 
 
 # ----------------------------------------------------------------------------------------------- metrics

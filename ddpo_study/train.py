@@ -42,6 +42,7 @@ from .checkpoint import (
 )
 from .config import DDPOConfig
 from .evaluation import evaluate
+from .guard import StopCheck, StopRule
 from .prompts import load_prompts
 from .rundir import (
     WARNINGS_FILE,
@@ -289,19 +290,25 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
         return Path(cfg.output_dir)
     state = setup(cfg)
     main = state.acc.is_main_process
+    guard = StopRule.from_config(cfg) if cfg.stop_when_prompts_lost else None
     if main and state.start_epoch == 0 and not any(r.get("epoch") == 0 for r in state.rows):
         # 0 unless init_lora loaded an adapter: the distance is always from the base model's weights
         dist = finetune.param_distance_from_base(state.denoiser, state.base_state)
         state.rows = [{"epoch": 0, **_evaluate(state, 0), "param_dist": dist}]
+        if guard is not None:  # epoch 0 is the guard's reference: it passes, and final/ starts as the base
+            state.rows[0].update(guard.check(state.rows[0], state.rows[0]).columns())
+            export_final(final_dir(state.out), state.denoiser, full_unet=cfg.mode != "lora")
         write_metrics(state.out, state.rows)
         _log(state, state.rows[0], 0)
     bar = tqdm(range(state.start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
                disable=not (progress and main), initial=state.start_epoch, total=cfg.num_epochs)
+    stop = None
     for epoch in bar:
         row = train_epoch(state, epoch)
         if main:
             if epoch % cfg.eval_every == 0 or epoch == cfg.num_epochs:
                 row.update(_evaluate(state, epoch))
+                stop = _guard(state, guard, row)
             state.rows = [r for r in state.rows if r["epoch"] < epoch] + [row]
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
                 save_checkpoint(checkpoint_dir(state.out), state.denoiser, state.policy.optimizer,
@@ -311,12 +318,50 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
             _log(state, row, epoch)
         state.acc.wait_for_everyone()
         bar.set_postfix(reward=f"{row['train_reward_mean']:.3f}", step_kl=f"{row.get('train_step_kl', 0):.1e}")
-    if main:  # the trained weights, kept after the checkpoints are deleted
-        export_final(final_dir(state.out), state.denoiser, full_unet=cfg.mode != "lora")
-        write_done(state.out, cfg.num_epochs)
+        if guard is not None and _stopping(state, stop):
+            break
+    if main:
+        if stop is None:  # the trained weights, kept after the checkpoints are deleted
+            export_final(final_dir(state.out), state.denoiser, full_unet=cfg.mode != "lora")
+            write_done(state.out, cfg.num_epochs)
+        else:  # final/ already holds the last passing eval's weights (exported when it passed)
+            write_done(state.out, stop.epoch, _stop_record(cfg, stop, state.rows))
     if cfg.trackers:
         state.acc.end_training()
     return state.out
+
+
+def _guard(state: RunState, guard: StopRule | None, row: dict[str, Any]) -> StopCheck | None:
+    """The guard at an eval: record its columns; export the weights if the eval passed (``final/`` always holds
+    the last passing eval's); return the check if it fired."""
+    if guard is None:
+        return None
+    check = guard.check(row, state.rows[0])
+    row.update(check.columns())
+    if check.fired:
+        state.acc.print(check.line() + f"; stopping, final/ keeps epoch {_kept_epoch(state.rows)}")
+        return check
+    export_final(final_dir(state.out), state.denoiser, full_unet=state.cfg.mode != "lora")
+    return None
+
+
+def _stopping(state: RunState, stop: StopCheck | None) -> bool:
+    """Whether the main process's guard fired (every process leaves the loop together)."""
+    if state.acc.num_processes == 1:
+        return stop is not None
+    flag = torch.tensor([0.0 if stop is None else 1.0], device=state.acc.device)
+    return bool(state.acc.reduce(flag, "sum").item() > 0)
+
+
+def _kept_epoch(rows: list[dict[str, Any]]) -> int:
+    """The last eval that passed the guard (whose weights ``final/`` holds)."""
+    # a passing row has the guard's numbers and no fired rule ('' is read back as missing after a resume)
+    return max(int(r["epoch"]) for r in rows if "guard_cross_ratio" in r and not r.get("guard_fired"))
+
+
+def _stop_record(cfg: DDPOConfig, stop: StopCheck, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"planned": cfg.num_epochs, "epoch": stop.epoch, "rules": list(stop.fired), "kept_epoch": _kept_epoch(rows),
+            "values": {k: v for k, v in stop.columns().items() if k != "guard_fired"}}
 
 
 def _log(state: RunState, row: dict[str, Any], epoch: int) -> None:

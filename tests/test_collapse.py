@@ -18,3 +18,11 @@ from ddpo_study.collapse import BROKE, KEPT, MAXIMISED, UNCLEAR, collapse_kind
 ])
 def test_collapse_kind(ratio, drop, z, kind):
     assert collapse_kind(ratio, drop, z) == kind
+
+
+def test_a_drop_of_exactly_the_threshold_counts_despite_float_rounding():
+    from ddpo_study.collapse import COLLAPSE_RETRIEVAL_DROP, dropped, lost_prompts
+
+    assert 0.9 - 0.8 < COLLAPSE_RETRIEVAL_DROP  # the subtraction rounds below 0.1 ...
+    assert dropped(0.9 - 0.8) and lost_prompts(1.0, 0.9 - 0.8)  # ... and still counts as the drop it is
+    assert not dropped(0.1 - 1e-6) and not lost_prompts(0.95, 0.0)

@@ -30,6 +30,7 @@ from ..rundir import (
     is_finished,
     read_done,
     read_status,
+    read_stop,
     share_eval_file,
     write_status,
 )
@@ -283,7 +284,7 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
             raise RuntimeError(f"the notebook finished but {cell.dir / DONE_FILE} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
         _write_finished_gitignore(cell)
-        status.update(state="done")
+        status.update(state="done", **({"stopped": stop} if (stop := read_stop(cell.dir)) else {}))
     except KeyboardInterrupt:
         status.update(state="interrupted", error="KeyboardInterrupt")
         raise

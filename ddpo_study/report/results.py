@@ -30,6 +30,7 @@ from ..rundir import (
     load_metrics,
     read_config,
     read_status,
+    read_stop,
 )
 
 #: Config keys that never define a condition (seed is the replicate; the others are run plumbing).
@@ -182,6 +183,8 @@ def load_grid_results(root: str | Path, finished_only: bool = False, allow_damag
                 metrics[key] = value
         metrics["cell_dir"] = str(cell_dir)
         metrics["done"] = finished
+        if finished and (stop := read_stop(cell_dir)):  # the guard stopped it (columns only then: bytes kept)
+            metrics["stopped_at"], metrics["kept_epoch"] = stop["epoch"], stop["kept_epoch"]
         status = _status_of(cell_dir)
         metrics["variant"] = status.get("variant")
         metrics["grid_index"] = status.get("index")

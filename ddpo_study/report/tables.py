@@ -38,7 +38,8 @@ def final_table(df: pd.DataFrame, metrics: Sequence[str] = FINAL_METRICS) -> pd.
 
 
 def cells_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: condition, seed, epochs, done, last eval numbers; and, when the results were read with
+    """One row per cell: condition, seed, epochs, done, last eval numbers (and, when the guard stopped some run,
+    ``stopped_at`` / ``kept_epoch``: the eval that fired and the one whose weights ``final/`` keeps); and, when the results were read with
     ``allow_damaged`` and some finished cells are damaged (``df.attrs["damaged"]``), a row for each of those with
     only its ``damaged`` column: what is wrong with it (its numbers are in no table)."""
     ev = eval_rows(df)
@@ -49,7 +50,8 @@ def cells_table(df: pd.DataFrame) -> pd.DataFrame:
         last = e.loc[e["epoch"].idxmax()] if len(e) else g.iloc[-1]
         rows.append({"cell": cell, "condition": g["condition"].iloc[0], "seed": g["seed"].iloc[0],
                      "epochs_done": int(g["epoch"].max()), "epochs_total": int(g["num_epochs"].iloc[0]),
-                     "done": bool(g["done"].iloc[0]), **{m: last.get(m, math.nan) for m in metrics}})
+                     "done": bool(g["done"].iloc[0]), **{m: last.get(m, math.nan) for m in metrics},
+                     **({k: g[k].iloc[0] for k in ("stopped_at", "kept_epoch")} if "stopped_at" in g else {})})
     damaged = df.attrs.get("damaged") or {}
     if damaged:  # the column only then: a summary of sound cells keeps its bytes
         rows = [{**r, "damaged": ""} for r in rows]
