@@ -14,7 +14,9 @@ any moment leaves either the old or the new checkpoint, never half of one.
 
 At the end of a run :func:`export_final` writes ``final/``, the weights a user loads and that are kept after
 the resume checkpoints are deleted: ``final/lora/pytorch_lora_weights.safetensors`` (lora, progressive; tens
-of kB for the toy) and ``final/unet/`` (full, progressive: the UNet without the adapter, in fp16).
+of kB for the toy) and ``final/unet/`` (full, progressive: the UNet without the adapter, in fp16). For an
+SD3-type pipeline the network is the transformer: its LoRA is in ``StableDiffusion3Pipeline.save_lora_weights``'
+format (stock ``load_lora_weights`` reads it) and the full weights go to ``final/transformer/``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME, convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
@@ -34,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .finetune import ADAPTER_NAME, LORA_FILE, has_lora
+from .rundir import MODEL_CONFIG_FILE
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -125,22 +128,39 @@ def load_unet_tensors(unet, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: The pipeline folder of each denoiser class: where diffusers (and ``final/``) keep its weights.
+DENOISER_FOLDERS = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "transformer"}
+
+
+def denoiser_folder(model: nn.Module) -> str:
+    """``unet`` or ``transformer``: the folder name of ``model``'s kind of network."""
+    return DENOISER_FOLDERS.get(type(model).__name__, "unet")
+
+
+def _denoiser(pipe_or_model) -> nn.Module:
+    for name in ("unet", "transformer"):
+        if getattr(pipe_or_model, name, None) is not None:
+            return getattr(pipe_or_model, name)
+    return pipe_or_model
+
+
 def save_lora(pipe_or_unet, out_dir: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:
-    """Write the UNet's LoRA as a diffusers LoRA file (``pytorch_lora_weights.safetensors``) in ``out_dir``.
+    """Write the network's LoRA as a diffusers LoRA file (``pytorch_lora_weights.safetensors``) in ``out_dir``.
 
     The adapter's ``LoraConfig`` is stored as the file's metadata. This matters: without it
     ``load_lora_weights`` infers the rank from the tensor shapes and assumes ``alpha == rank``, silently changing
-    the scale ``alpha / r`` of any adapter trained with ``alpha != rank``.
+    the scale ``alpha / r`` of any adapter trained with ``alpha != rank``. An SD3 transformer's adapter is written
+    as ``StableDiffusion3Pipeline.save_lora_weights`` does (peft's key names under ``transformer.``).
     """
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
-    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
-    metadata = unet.peft_config[adapter_name].to_dict()
-    StableDiffusionPipeline.save_lora_weights(
-        out_dir,
-        unet_lora_layers=state_dict,
-        safe_serialization=True,
-        unet_lora_adapter_metadata=metadata,
-    )
+    model = _denoiser(pipe_or_unet)
+    peft_sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    metadata = model.peft_config[adapter_name].to_dict()
+    if isinstance(model, SD3Transformer2DModel):
+        StableDiffusion3Pipeline.save_lora_weights(out_dir, transformer_lora_layers=peft_sd, safe_serialization=True,
+                                                   transformer_lora_adapter_metadata=metadata)
+    else:
+        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=convert_state_dict_to_diffusers(peft_sd),
+                                                  safe_serialization=True, unet_lora_adapter_metadata=metadata)
     return Path(out_dir)
 
 
@@ -164,12 +184,13 @@ def load_lora_into(unet: nn.Module, path: str | Path, adapter_name: str = ADAPTE
         meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     want = unet.peft_config[adapter_name]
+    prefix = denoiser_folder(unet)  # save_lora_weights' key prefix: "unet." or "transformer."
     for key, own in (("r", want.r), ("lora_alpha", want.lora_alpha)):
-        theirs = meta.get(f"unet.{key}")
+        theirs = meta.get(f"{prefix}.{key}")
         if theirs is not None and float(theirs) != float(own):
             raise ValueError(f"init_lora: {file} has {key} {theirs}, this run's adapter {own}")
-    stripped = {k.removeprefix("unet."): v for k, v in tensors.items()}
-    peft_sd = convert_unet_state_dict_to_peft(stripped)
+    stripped = {k.removeprefix(f"{prefix}."): v for k, v in tensors.items()}
+    peft_sd = convert_unet_state_dict_to_peft(stripped) if prefix == "unet" else stripped
     own = {k for k in get_peft_model_state_dict(unet, adapter_name=adapter_name)}
     missing, extra = sorted(own - set(peft_sd)), sorted(set(peft_sd) - own)
     if missing or extra:
@@ -213,14 +234,16 @@ def save_full_unet(unet: UNet2DConditionModel, out_dir: str | Path, dtype: torch
 
 
 def load_full_unet(path: str | Path, torch_dtype: torch.dtype | None = None) -> UNet2DConditionModel:
-    """Load a ``save_full_unet`` checkpoint from a local folder."""
-    return UNet2DConditionModel.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True)
+    """Load a ``save_full_unet`` checkpoint from a local folder (a UNet, or an SD3 transformer by its config)."""
+    config = json.loads((Path(path) / MODEL_CONFIG_FILE).read_text())
+    cls = SD3Transformer2DModel if config.get("_class_name") == "SD3Transformer2DModel" else UNet2DConditionModel
+    return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True)
 
 
 
 def export_final(folder: Path, unet: UNet2DConditionModel, full_unet: bool) -> Path:
     """Write the trained weights to ``folder`` (``final/``) atomically: ``lora/`` when an adapter exists, and with
-    ``full_unet`` (any full fine-tuning happened) ``unet/`` in fp16 (the toy UNet: a few MB)."""
+    ``full_unet`` (any full fine-tuning happened) ``unet/`` (``transformer/`` for SD3) in fp16 (the toy: a few MB)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -228,6 +251,6 @@ def export_final(folder: Path, unet: UNet2DConditionModel, full_unet: bool) -> P
     if has_lora(unet):
         save_lora(unet, tmp / "lora")
     if full_unet:
-        save_full_unet(unet, tmp / "unet", dtype=torch.float16)
+        save_full_unet(unet, tmp / denoiser_folder(unet), dtype=torch.float16)
     _swap_in(tmp, folder)
     return folder

@@ -1,8 +1,11 @@
 """Load the models of the study by name or path: the diffusion pipeline and the CLIP-based scorers.
 
-Names (a small registry, like ddpo-pytorch's): ``toy`` is the embedded toy world in ``data/toy-model``;
-``sd15`` is Stable Diffusion v1.5 on the model hub. Anything else is taken as a local diffusers folder or a
-hub id. Every pipeline gets a ``DDIMScheduler`` (DDPO's sampler) and no safety checker.
+Names (a small registry, like ddpo-pytorch's): ``toy`` is the embedded toy world in ``data/toy-model`` (SD-type);
+``toy-flow`` its flow-matching twin in ``data/toy-flow`` (an SD3-type ``StableDiffusion3Pipeline``); ``sd15`` is
+Stable Diffusion v1.5 and ``sd35`` Stable Diffusion 3.5 Medium on the model hub. Anything else is taken as a local
+diffusers folder (its ``model_index.json`` says which kind) or a hub id (SD-type). SD-type pipelines get a
+``DDIMScheduler`` (DDPO's sampler) and no safety checker; SD3-type ones keep their
+``FlowMatchEulerDiscreteScheduler`` and load without T5 when the folder has none (diffusers' documented way).
 
 Failures name the path and what is wrong with it, instead of a deep stack trace from diffusers.
 """
@@ -21,11 +24,18 @@ from .rundir import MODEL_CONFIG_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOY_MODEL_DIR = REPO_ROOT / "data" / "toy-model"
+TOY_FLOW_DIR = REPO_ROOT / "data" / "toy-flow"
 MODEL_REGISTRY = {
     "toy": str(TOY_MODEL_DIR),
+    "toy-flow": str(TOY_FLOW_DIR),
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd35": "stabilityai/stable-diffusion-3.5-medium",
 }
+#: Hub ids of SD3-type pipelines in the registry (a local folder says its kind in model_index.json).
+SD3_HUB_IDS = ("stabilityai/stable-diffusion-3.5-medium",)
+SD3_CLASS = "StableDiffusion3Pipeline"
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SD3_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 
 
 class ModelLoadError(RuntimeError):
@@ -44,47 +54,82 @@ def resolve_model(name_or_path: str) -> str:
     return MODEL_REGISTRY.get(name_or_path, name_or_path)
 
 
-def _check_pipeline_dir(path: Path) -> None:
+def _pipeline_class(path: Path) -> str:
+    """The ``_class_name`` of a local pipeline folder's ``model_index.json`` (one clear error if it has none)."""
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: {index.name} is missing")
     try:
-        components = json.loads(index.read_text())
+        return str(json.loads(index.read_text()).get("_class_name", ""))
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{index} is not valid JSON ({err})") from err
-    missing = [c for c in PIPELINE_COMPONENTS if c not in components or not (path / c).is_dir()]
+
+
+def _check_pipeline_dir(path: Path) -> str:
+    """Check a local pipeline folder has its components; returns its pipeline class name."""
+    cls = _pipeline_class(path)
+    components = json.loads((path / "model_index.json").read_text())
+    needed = SD3_COMPONENTS if cls == SD3_CLASS else PIPELINE_COMPONENTS
+    missing = [c for c in needed if c not in components or not (path / c).is_dir()]
     if missing:
-        raise ModelLoadError(f"pipeline folder {path} lacks the component folder(s) {missing}")
+        kind = "an SD3" if cls == SD3_CLASS else "a Stable Diffusion"
+        raise ModelLoadError(f"{kind} pipeline folder {path} lacks the component folder(s) {missing}")
+    return cls
+
+
+def is_sd3(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` (registry name, folder or hub id) is an SD3-type (flow-matching) pipeline."""
+    target = resolve_model(name_or_path)
+    path = Path(target)
+    if (path / "model_index.json").is_file():
+        return _pipeline_class(path) == SD3_CLASS
+    return target in SD3_HUB_IDS
 
 
 def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A ``StableDiffusionPipeline`` with a DDIM scheduler, frozen, on ``device`` in ``dtype``.
+    """The pipeline of ``name_or_path``, frozen, on ``device`` in ``dtype``: a ``StableDiffusionPipeline`` with a
+    DDIM scheduler, or a ``StableDiffusion3Pipeline`` (see the module docstring).
 
     ``dtype`` applies to the frozen weights (fp16/bf16 on GPU is fine); trainable weights are made fp32 by
     :mod:`ddpo_study.finetune` regardless.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
     target = resolve_model(name_or_path)
     path = Path(target)
-    local = path.exists() or name_or_path in ("toy",) or target.startswith((".", "/"))
+    local = path.exists() or name_or_path in ("toy", "toy-flow") or target.startswith((".", "/"))
+    cls = SD3_CLASS if target in SD3_HUB_IDS else "StableDiffusionPipeline"
     if local:
         if not path.is_dir():
             raise ModelLoadError(f"model path {path} does not exist" + (
-                " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else ""))
-        _check_pipeline_dir(path)
+                " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else "")
+                + (" (build it with `make toy-flow`)" if name_or_path == "toy-flow" else ""))
+        cls = _check_pipeline_dir(path)
+    sd3 = cls == SD3_CLASS
+    # SD3 folders without T5 (the toy's) load with text_encoder_3=None, as diffusers documents
+    no_t5 = sd3 and local and not (path / "text_encoder_3").is_dir()
     try:
         # `torch_dtype` works on every supported diffusers (0.42 prefers `dtype` and warns).
         warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            target, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
-            local_files_only=local,
-        )
+        if sd3:
+            extra = dict(text_encoder_3=None, tokenizer_3=None) if no_t5 else {}
+            pipe = StableDiffusion3Pipeline.from_pretrained(target, torch_dtype=dtype, local_files_only=local, **extra)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                target, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                local_files_only=local,
+            )
     except Exception as err:  # diffusers raises many types; the caller needs the path and the cause
-        raise ModelLoadError(f"could not load a Stable Diffusion pipeline from {target!r}: {err}") from err
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False).eval()
+        kind = "an SD3" if sd3 else "a Stable Diffusion"
+        raise ModelLoadError(f"could not load {kind} pipeline from {target!r}: {str(err).splitlines()[0]}") from err
+    if sd3:
+        frozen = (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+    else:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        frozen = (pipe.unet, pipe.vae, pipe.text_encoder)
+    for module in frozen:
+        if module is not None:
+            module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

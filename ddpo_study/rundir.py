@@ -54,6 +54,7 @@ WARNINGS_FILE = "warnings.txt"
 EVAL_DIR = "eval"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
+NETWORK_DIRS = ("unet", "transformer")  #: where final/ and checkpoints keep full weights (SD-type, SD3-type)
 SHARED_EVAL_DIR = "base_eval"  # in a grid's output_root: one copy of each distinct base-model eval (by content)
 
 
@@ -521,11 +522,14 @@ def find_weights(run_dir: str | Path) -> RunWeights:
     mode = read_config(run_dir).get("mode", "lora")
     need = {"lora": ("lora",), "full": ("unet",), "progressive": ("unet", "lora")}.get(mode, ("lora",))
 
+    def network(folder: Path) -> Path:  # unet/ (SD-type) or transformer/ (SD3-type runs)
+        return next((folder / n for n in NETWORK_DIRS if (folder / n / MODEL_CONFIG_FILE).is_file()), folder / "unet")
+
     def missing_in(folder: Path) -> list[str]:
         out = []
         if "lora" in need and not (folder / "lora" / LORA_FILE).is_file():
             out.append(str(folder / "lora" / LORA_FILE))
-        if "unet" in need and not (folder / "unet" / MODEL_CONFIG_FILE).is_file():
+        if "unet" in need and not (network(folder) / MODEL_CONFIG_FILE).is_file():
             out.append(str(folder / "unet" / MODEL_CONFIG_FILE))
         return out
 
@@ -540,7 +544,7 @@ def find_weights(run_dir: str | Path) -> RunWeights:
     for folder, source, epoch in candidates:
         if not missing_in(folder):
             return RunWeights(lora=folder / "lora" if "lora" in need else None,
-                              unet=folder / "unet" if "unet" in need else None, source=source, epoch=epoch)
+                              unet=network(folder) if "unet" in need else None, source=source, epoch=epoch)
     looked = missing_in(final) + (missing_in(ckpt) if state_file.is_file() else [str(state_file)])
     what = {"lora": "its LoRA adapter", "full": "its full UNet", "progressive": "its full UNet and LoRA"}.get(mode)
     if done is not None:

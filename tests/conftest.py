@@ -275,3 +275,32 @@ def make_tiny_sd3_pipe(seed: int = 0, shift: float = 3.0):
 @pytest.fixture
 def tiny_sd3_pipe(one_thread):
     return make_tiny_sd3_pipe()
+
+
+def make_tiny_sd3_model_dir(path, seed: int = 0):
+    """Save a tiny SD3 pipeline (``make_tiny_sd3_pipe``) in the toy models' layout (pipeline + ``clip/`` +
+    ``aesthetic/``): what ``train.run`` loads for ``model=<path>`` with ``algorithm: flow_grpo``."""
+    import json
+    from pathlib import Path
+
+    from ddpo_study.aesthetic import AestheticMLP
+    from ddpo_study.toy.tokenizer import save_tokenizer
+
+    path = Path(path)
+    pipe = make_tiny_sd3_pipe(seed)
+    pipe.save_pretrained(path, safe_serialization=True)
+    index = json.loads((path / "model_index.json").read_text())
+    for name in ("tokenizer", "tokenizer_2"):  # the toy's word-level tokenizer is a fast tokenizer file
+        save_tokenizer(pipe.tokenizer, path / name)
+        index[name] = ["transformers", "PreTrainedTokenizerFast"]
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    clip = tiny_clip_model(pipe.tokenizer, image_size=16, patch_size=4, hidden=16, projection_dim=8, seed=seed + 1)
+    clip.save_pretrained(path / "clip", safe_serialization=True)
+    save_tokenizer(pipe.tokenizer, path / "clip")
+    AestheticMLP(8, hidden=(8,), activation="gelu").save(path / "aesthetic")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_model_dir(tmp_path_factory):
+    return make_tiny_sd3_model_dir(tmp_path_factory.mktemp("tiny-sd3"))
