@@ -35,6 +35,7 @@ from ..rundir import (
     write_status,
 )
 from .errors import GridError
+from .progress import CellProgress
 from .spec import (
     REPO_ROOT,
     Cell,
@@ -278,8 +279,9 @@ def run_cell(notebook: str | Path, cell: Cell, num_threads: int, need_report: bo
     (cell.dir / REPORT_HTML).unlink(missing_ok=True)  # a stale report must not mark a re-run as done
     t0 = time.time()
     try:
-        execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, {"config": config},
-                         int(config.get("num_threads") or 1))
+        with CellProgress(cell.dir, cell.name, cell.num_epochs):  # a line per eval while the kernel trains
+            execute_notebook(Path(notebook), cell.dir / REPORT_NOTEBOOK, {"config": config},
+                             int(config.get("num_threads") or 1))
         if not has_done(cell.dir):
             raise RuntimeError(f"the notebook finished but {cell.dir / DONE_FILE} was not written")
         export_html(cell.dir / REPORT_NOTEBOOK, cell.dir / REPORT_HTML)
