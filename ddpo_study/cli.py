@@ -292,7 +292,7 @@ def cell_arguments(p: argparse.ArgumentParser) -> None:
 def _diagnose_name(path: Path) -> str:
     """A folder name for a tuned model's report: its run or checkpoint folder, not ``lora``/``unet``/``final``."""
     p = path.parent if path.is_file() else path
-    while p.name in ("lora", "unet", "final", "latest", "checkpoints") and p.parent != p:
+    while p.name in ("lora", "unet", "transformer", "final", "latest", "checkpoints") and p.parent != p:
         p = p.parent
     return p.name or "tuned"
 
@@ -322,18 +322,21 @@ DIAGNOSE_DESCRIPTION = (
 
 
 def diagnose_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("tuned", help="a diffusers/TRL LoRA folder or file, a ddpo-pytorch checkpoint (attention-processor "
-                   "LoRA), a diffusers UNet folder (or a folder with unet/), or a run folder")
-    p.add_argument("--base", default=None, help="base model: toy, sd15, a pipeline folder or hub id (default: a "
-                   "run folder's model, else toy)")
+    p.add_argument("tuned", help="a diffusers/TRL LoRA folder or file (SD or SD3), a peft adapter (flow_grpo's or "
+                   "DiffusionNFT's checkpoint-N/lora), a ddpo-pytorch checkpoint (attention-processor LoRA), a "
+                   "diffusers UNet or SD3 transformer folder (or a folder with unet/ or transformer/), or a run folder")
+    p.add_argument("--base", default=None, help="base model: toy, toy-flow, sd15, sd35, a pipeline folder (SD or "
+                   "SD3) or hub id (default: a run folder's model, else toy)")
     p.add_argument("--prompts", default="", help="prompt set name or file (default: a run's eval prompts, toy_eval "
                    "for the toy model, else sd_animals_30)")
     p.add_argument("--num-prompts", type=int, default=16, help="the first N prompts of the set")
     p.add_argument("--num-seeds", type=int, default=4, help="images per prompt")
     p.add_argument("--reward", default="", help="reward name (default: a run's reward, else aesthetic)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: a run's, else 20)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps, or an SD3 base's ODE steps (default: a "
+                   "run's eval steps, else 20)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: a run's, else 5)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: a run's, else 1)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: a run's, else 1; an SD3 base's ODE "
+                   "has none)")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="scales of the tuned update (LoRA scale, or weight interpolation for a full UNet)")
     p.add_argument("--switch-steps", type=int, nargs="+", default=None,

@@ -77,6 +77,21 @@ def _check_pipeline_dir(path: Path) -> str:
     return cls
 
 
+def check_local_pipeline(name_or_path: str) -> str | None:
+    """For a local folder (a path, or a registry name's folder), that it exists and is a pipeline folder with its
+    components (:class:`ModelLoadError` otherwise), and its pipeline class; nothing is loaded, and a hub id passes
+    unchecked (None)."""
+    target = resolve_model(name_or_path)
+    path = Path(target)
+    if not (path.exists() or name_or_path in ("toy", "toy-flow") or target.startswith((".", "/"))):
+        return None
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {path} does not exist" + (
+            " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else "")
+            + (" (build it with `make toy-flow`)" if name_or_path == "toy-flow" else ""))
+    return _check_pipeline_dir(path)
+
+
 def is_sd3(name_or_path: str) -> bool:
     """Whether ``name_or_path`` (registry name, folder or hub id) is an SD3-type (flow-matching) pipeline."""
     target = resolve_model(name_or_path)
@@ -97,14 +112,9 @@ def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: 
 
     target = resolve_model(name_or_path)
     path = Path(target)
-    local = path.exists() or name_or_path in ("toy", "toy-flow") or target.startswith((".", "/"))
-    cls = SD3_CLASS if target in SD3_HUB_IDS else "StableDiffusionPipeline"
-    if local:
-        if not path.is_dir():
-            raise ModelLoadError(f"model path {path} does not exist" + (
-                " (build the toy model with `python -m ddpo_study.toy.pretrain`)" if name_or_path == "toy" else "")
-                + (" (build it with `make toy-flow`)" if name_or_path == "toy-flow" else ""))
-        cls = _check_pipeline_dir(path)
+    local_cls = check_local_pipeline(name_or_path)
+    local = local_cls is not None
+    cls = local_cls or (SD3_CLASS if target in SD3_HUB_IDS else "StableDiffusionPipeline")
     sd3 = cls == SD3_CLASS
     # SD3 folders without T5 (the toy's) load with text_encoder_3=None, as diffusers documents
     no_t5 = sd3 and local and not (path / "text_encoder_3").is_dir()

@@ -3,9 +3,10 @@ it appears, and say when the prompts start to go.
 
 The trainer may be any: TRL's DDPO, flow_grpo and DiffusionNFT keep a LoRA per ``checkpoint-<step>/`` (diffusers'
 ``pytorch_lora_weights.safetensors``, or peft's ``adapter_model.safetensors`` + ``adapter_config.json``, possibly
-in a ``lora/`` subfolder); full UNet folders work too. Each is read by the diagnose loaders
-(:func:`ddpo_study.diagnose.inspect_tuned`, :func:`~ddpo_study.diagnose.load_tuned`) onto a copy of the base and
-measured by a :class:`ddpo_study.monitor.Monitor` against the base's reading.
+in a ``lora/`` subfolder); full UNet or SD3 transformer folders work too. Each is read by the diagnose loaders
+(:func:`ddpo_study.diagnose.inspect_tuned`, :func:`~ddpo_study.diagnose.load_tuned`) onto a copy of the base's
+denoiser (``pipe.unet``; ``pipe.transformer`` for an SD3-type ``--base`` such as ``toy-flow``) and measured by a
+:class:`ddpo_study.monitor.Monitor` against the base's reading.
 
 Files in ``--out``: ``monitor.csv`` (one row per checkpoint, the base first: status ``base``/``kept``/``lost``/
 ``unreadable``, the verdict's ratio and drop, every metric), ``monitor.json`` (the settings: a restart with other
@@ -171,13 +172,14 @@ class Watcher:
     def _evaluate(self, ckpt: Path) -> dict:
         import torch
 
-        from .diagnose.loading import TunedModelError, inspect_tuned, load_tuned
+        from .diagnose.loading import FULL_KINDS, TunedModelError, inspect_tuned, load_tuned
+        from .diagnose.sampling import base_denoiser
 
         row = {"checkpoint": ckpt.name, "step": checkpoint_step(ckpt)}
         try:
             _kind, path = inspect_tuned(ckpt)
-            tuned = load_tuned(path, self.pipe.unet)
-            if tuned.kind != "unet" and tuned.adapter is None:
+            tuned = load_tuned(path, base_denoiser(self.pipe))
+            if tuned.kind not in FULL_KINDS and tuned.adapter is None:
                 raise TunedModelError(f"{path}: its LoRA tensors match no layer of this base model")
             row["weights"] = str(path.relative_to(self.watch) if path.is_relative_to(self.watch) else path)
             reading = self.monitor.measure(self.pipe, tuned.unet, name=ckpt.name)
@@ -238,7 +240,8 @@ DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 def monitor_arguments(p) -> None:
     """``monitor``'s arguments (its handler is :func:`cmd_monitor`)."""
     p.add_argument("--watch", required=True, metavar="DIR", help="the folder the trainer writes checkpoint-<step>/ in")
-    p.add_argument("--base", default="toy", help="base model: toy, sd15, a pipeline folder or hub id (default toy)")
+    p.add_argument("--base", default="toy", help="base model: toy, toy-flow, sd15, sd35, a pipeline folder (SD or "
+                   "SD3) or hub id (default toy)")
     p.add_argument("--prompts", default="", help="prompt set name or file (default: toy_eval for the toy model, "
                    "else sd_animals_30)")
     p.add_argument("--num-prompts", type=int, default=16, help="the first N prompts of the set")
@@ -247,7 +250,7 @@ def monitor_arguments(p) -> None:
     p.add_argument("--reward", default="", help="also score this reward (e.g. aesthetic); default none")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default 5)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 1)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 1; an SD3 base's ODE has none)")
     p.add_argument("--clip-model", default="", help="CLIP folder or hub id (default: the toy model's, else "
                    "openai/clip-vit-large-patch14)")
     p.add_argument("--aesthetic-model", default="", help="aesthetic predictor, for --reward aesthetic")

@@ -16,19 +16,19 @@
 # %% [markdown]
 # # Diagnose a fine-tuned model: collapse, or a loading or seeding bug?
 #
-# Compares a tuned model (a diffusers / TRL LoRA, a ddpo-pytorch attention-processor checkpoint, a full UNet folder or one of our run folders) with its base model on the same prompts and seeds; for a run folder, also re-samples its saved eval images to check that the loaded model is the evaluated one. All the work is in `ddpo_study.diagnose`; `python -m ddpo_study diagnose` runs this notebook and writes it as one HTML page.
+# Compares a tuned model (a diffusers / TRL LoRA, a peft adapter as flow_grpo and DiffusionNFT save it, a ddpo-pytorch attention-processor checkpoint, a full UNet or SD3 transformer folder or one of our run folders) with its base model (SD-type, sampled with our DDIM sampler, or SD3-type, sampled with the stock pipeline's ODE) on the same prompts and seeds; for a run folder, also re-samples its saved eval images to check that the loaded model is the evaluated one. All the work is in `ddpo_study.diagnose`; `python -m ddpo_study diagnose` runs this notebook and writes it as one HTML page.
 
 # %% tags=["parameters"]
 # Papermill parameters (python -m ddpo_study diagnose sets them); empty strings and None mean "the default".
-base_model = ""  # toy, sd15, a diffusers pipeline folder or a hub id; default: a run folder's model, else toy
-tuned = "results/toy_study/toy_30-lora-lam0.0-s0"  # a LoRA file or folder, ddpo-pytorch checkpoint, UNet folder or run folder
+base_model = ""  # toy, toy-flow, sd15, sd35, a diffusers pipeline folder or a hub id; default: a run folder's model, else toy
+tuned = "results/toy_study/toy_30-lora-lam0.0-s0"  # a LoRA file or folder, peft adapter, ddpo-pytorch checkpoint, UNet or SD3 transformer folder, or run folder
 prompts = ""  # prompt set name or file; default: a run's eval prompts, toy_eval for the toy model, else sd_animals_30
 reward = ""  # reward name (ddpo_study.rewards); default: a run's reward, else aesthetic
 num_prompts = 16  # the first N prompts of the set
 num_seeds = 4  # images per prompt
-num_steps = None  # DDIM steps; default: a run's, else 20
+num_steps = None  # DDIM steps (SD3: ODE steps); default: a run's eval steps, else 20
 guidance_scale = None  # classifier-free guidance scale; default: a run's, else 5.0
-eta = None  # DDIM eta; default: a run's, else 1.0
+eta = None  # DDIM eta (unused by an SD3 base); default: a run's, else 1.0
 lora_scales = [0.0, 0.25, 0.5, 0.75, 1.0]  # scales of the tuned update in the sweep (0 is the base model)
 switch_steps = None  # base-model steps k of the combined generation; default: 0, T/4, T/2, 3T/4 and T
 device = "auto"  # auto, cpu or cuda
@@ -94,7 +94,7 @@ results.reproduction
 # %% [markdown]
 # ## Reward against diversity: from the base model to the tuned one
 #
-# Two ways back: the tuned update scaled by s (a LoRA through `set_adapters`; a full UNet by interpolating its weights, `base + s (tuned - base)`), and the base model for the first k of the denoising steps, then the tuned one (the layout is set early). Each point is all prompts x seeds at the same seeds. Then the scale sweep's images at one seed: a collapse that appears gradually with the scale is a property of the learned update.
+# Two ways back: the tuned update scaled by s (a LoRA through `set_adapters`; a full UNet or SD3 transformer by interpolating its weights, `base + s (tuned - base)`), and the base model for the first k of the denoising steps (for SD3, of the ODE's steps), then the tuned one (the layout is set early). Each point is all prompts x seeds at the same seeds. Then the scale sweep's images at one seed: a collapse that appears gradually with the scale is a property of the learned update.
 
 # %%
 if results.scale.empty and results.switch.empty:

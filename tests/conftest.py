@@ -304,3 +304,29 @@ def make_tiny_sd3_model_dir(path, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_sd3_model_dir(tmp_path_factory):
     return make_tiny_sd3_model_dir(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+#: An SD3 transformer's two ways in for the prompt: its text tokens (``context_embedder``) and the pooled text
+#: embedding (``time_text_embed.text_embedder.linear_1``).
+SD3_TEXT_INPUTS = ("context_embedder", "time_text_embed.text_embedder.linear_1")
+
+
+def sd3_text_blind_lora_config(transformer):
+    """A peft ``LoraConfig`` on :data:`SD3_TEXT_INPUTS` whose rank is their input width (so ``A`` can be ``I``)."""
+    from peft import LoraConfig
+
+    width = transformer.config.joint_attention_dim
+    assert transformer.config.pooled_projection_dim == width
+    return LoraConfig(r=width, lora_alpha=width, target_modules=list(SD3_TEXT_INPUTS))
+
+
+def blind_sd3_to_text(model, adapter: str = "default"):
+    """Fill the adapter of ``sd3_text_blind_lora_config`` with ``A = I``, ``B = -W``: both text inputs give their
+    bias whatever the prompt, so every prompt gives the same image at a seed (the #2113 collapse, SD3 version).
+    ``model`` is the LoRA-wrapped transformer or a peft model around it."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(SD3_TEXT_INPUTS) and hasattr(module, "lora_A"):
+                module.lora_A[adapter].weight.copy_(torch.eye(module.base_layer.in_features))
+                module.lora_B[adapter].weight.copy_(-module.base_layer.weight)
+    return model.eval().requires_grad_(False)

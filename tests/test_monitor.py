@@ -1,6 +1,8 @@
 """``ddpo_study.monitor`` and ``monitor --watch`` on the tiny pipeline: the readings and the verdict that flips when a
 LoRA makes every prompt give the same image; the watcher over a folder a "trainer" fills one checkpoint at a time
-(our LoRA, a peft save_pretrained one, a truncated file, one still being written), its resume and ``--once``."""
+(our LoRA, a peft save_pretrained one, a truncated file, one still being written), its resume and ``--once``; the
+same over an SD3-type base's checkpoints (a diffusers SD3 LoRA, flow_grpo's peft layout, a full transformer, a UNet
+LoRA that does not fit)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ from ddpo_study.checkpoint import save_lora
 from ddpo_study.finetune import apply_lora
 from ddpo_study.models import load_clip, load_pipeline
 from ddpo_study.monitor import Monitor, Reading
-from tests.conftest import TINY_PROMPTS
+from tests.conftest import (
+    TINY_PROMPTS,
+    blind_sd3_to_text,
+    make_tiny_pipe,
+    sd3_text_blind_lora_config,
+)
 
 pytestmark = pytest.mark.usefixtures("module_one_thread")
 PROMPTS = TINY_PROMPTS[:4]
@@ -215,3 +222,38 @@ def test_reading_saves_and_loads(tmp_path):
     back = Reading.load(reading.save(tmp_path / "base.npz"))
     assert back.name == "base" and back.metrics == reading.metrics
     assert (back.images == reading.images).all() and (back.rewards == reading.rewards).all()
+
+
+def test_watch_once_over_sd3_checkpoints(tmp_path, tiny_sd3_model_dir, prompt_file, capsys):
+    """An SD3-type base (``pipe.transformer``): our SD3 LoRA, flow_grpo's ``checkpoint-N/lora`` (peft
+    ``save_pretrained`` of the transformer, made text-blind), a full transformer folder, and a UNet's LoRA that
+    cannot be this base's."""
+    from peft import get_peft_model
+
+    base = load_pipeline(str(tiny_sd3_model_dir))
+    watched, out = tmp_path / "trainer", tmp_path / "monitor"
+    untrained = copy.deepcopy(base.transformer)
+    apply_lora(untrained, 2, 2.0)  # B = 0: the base exactly
+    save_lora(untrained, watched / "checkpoint-100")
+    transformer = copy.deepcopy(base.transformer)
+    blind = get_peft_model(transformer, sd3_text_blind_lora_config(transformer))
+    blind_sd3_to_text(blind).save_pretrained(watched / "checkpoint-200" / "lora")
+    base.transformer.save_pretrained(watched / "checkpoint-300")  # full weights, here the base's own
+    unet = make_tiny_pipe(0).unet
+    apply_lora(unet, 2, 2.0)
+    save_lora(unet, watched / "checkpoint-400")
+    capsys.readouterr()
+
+    assert cli.main(monitor_args(watched, out, tiny_sd3_model_dir, prompt_file, "--once")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("base: cross-prompt ")
+    assert lines[1].startswith("checkpoint-100: prompts kept — cross-prompt 1.00 of base")
+    assert lines[2].startswith("checkpoint-200: prompts being lost — cross-prompt 0.00 of base")
+    assert lines[3].startswith("checkpoint-300: prompts kept — cross-prompt 1.00 of base")
+    assert lines[4].startswith("checkpoint-400: skipped, cannot read it — ") and "LoRA for a UNet" in lines[4]
+    rows = read_rows(out)
+    assert [(r["checkpoint"], r["status"]) for r in rows] == [
+        ("base", "base"), ("checkpoint-100", "kept"), ("checkpoint-200", "lost"), ("checkpoint-300", "kept"),
+        ("checkpoint-400", "unreadable")]
+    assert rows[2]["weights"] == "checkpoint-200/lora/adapter_model.safetensors"
+    assert float(rows[1]["dist_base_pixel"]) == 0.0 == float(rows[3]["dist_base_pixel"])

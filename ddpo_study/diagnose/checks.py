@@ -23,8 +23,8 @@ from ..collapse import (
     collapse_kind,
 )
 from ..config import EVAL_SEED_BASE
-from .loading import TunedModelError, _first_line
-from .sampling import SEED_MODES, Diagnosis
+from .loading import LORA_KINDS, TunedModelError, _first_line
+from .sampling import SEED_MODES, Diagnosis, run_sampling
 
 #: Tuned and base images whose mean absolute difference at the same prompts and seeds is below this many 8-bit
 #: levels are "the same outputs": the tuned weights are not in effect.
@@ -85,14 +85,15 @@ def loading_checks(dx: Diagnosis) -> pd.DataFrame:
     from ..finetune import param_distance_from_base, snapshot_base_state
 
     tuned, rows = dx.tuned, []
-    if tuned.kind in ("lora", "peft", "attn_procs", "unet+lora"):
+    if tuned.kind in LORA_KINDS:
         rows.append({"check": "layers carrying the LoRA", "value": float(tuned.lora_layers), "threshold": "> 0",
                      "ok": tuned.lora_layers > 0})
     try:
-        dist = param_distance_from_base(tuned.unet, snapshot_base_state(dx.base_unet))
+        dist = param_distance_from_base(tuned.unet, snapshot_base_state(dx.base_denoiser))
     except (KeyError, RuntimeError) as err:
-        raise TunedModelError(f"the tuned UNet does not have the base UNet's parameters ({_first_line(err)}): it "
-                              "was not fine-tuned from this base model") from err
+        what = "SD3 transformer" if dx.flow else "UNet"
+        raise TunedModelError(f"the tuned {what} does not have the base {what}'s parameters ({_first_line(err)}): "
+                              "it was not fine-tuned from this base model") from err
     rows.append({"check": "weight distance from base (L2, effective weights)", "value": dist, "threshold": "> 0",
                  "ok": dist > 0})
     base, tuned_img = dx.base("shared"), dx.tuned_images("shared")
@@ -130,12 +131,15 @@ def reproduction_check(dx: Diagnosis, max_prompts: int = 8) -> pd.DataFrame:
     if not epochs:  # a grid commits eval images for some cells only (its spec's keep_eval)
         return _nothing_to_reproduce("no saved eval images to compare with (this cell's were not committed: the "
                                      "grid spec's keep_eval)")
-    ours = (dx.num_steps, dx.guidance_scale, dx.eta)
-    theirs = tuple(type(v)(cfg.get(k, v)) for k, v in zip(("num_steps", "guidance_scale", "eta"), ours))
+    keys = ("num_steps", "guidance_scale") if dx.flow else ("num_steps", "guidance_scale", "eta")
+    ours = tuple(getattr(dx, k) for k in keys)
+    ran = run_sampling(cfg, dx.flow)
+    theirs = tuple(type(v)(ran.get(k, v)) for k, v in zip(keys, ours))
     if ours != theirs:
-        return _nothing_to_reproduce(f"sampled with (steps, guidance, eta) {ours}, the run evaluated with {theirs}")
+        names = "(steps, guidance)" if dx.flow else "(steps, guidance, eta)"
+        return _nothing_to_reproduce(f"sampled with {names} {ours}, the run evaluated with {theirs}")
     saved = [e for e in epochs if e <= tuned.epoch]
-    targets = [("base", 0, dx.base_unet)] + ([("tuned", saved[-1], tuned.unet)] if saved else [])
+    targets = [("base", 0, dx.base_denoiser)] + ([("tuned", saved[-1], tuned.unet)] if saved else [])
     rows = []
     for which, epoch, unet in targets:
         if epoch not in epochs:
@@ -179,7 +183,7 @@ def verdict(symptom_table: pd.DataFrame, checks: pd.DataFrame) -> Verdict:
     warnings = []
     layers = check.get("layers carrying the LoRA")
     if layers is not None and not layers["ok"]:
-        return Verdict("adapter not applied", "adapter not applied: no LoRA tensor matched a layer of this UNet "
+        return Verdict("adapter not applied", "adapter not applied: no LoRA tensor matched a layer of the base's denoiser "
                        "(0 layers carry it), so the tuned model is the base model", warnings)
     dist = next(row for name, row in check.items() if name.startswith("weight distance"))
     out = next(row for name, row in check.items() if name.startswith("mean |tuned - base|"))

@@ -1,9 +1,11 @@
 """The reward-diversity curves from the base model to the tuned one.
 
 :func:`scale_sweep`: the tuned update scaled from 0 to 1 (the LoRA's adapter scale; a full or progressive UNet's
-weights interpolated, ``base + s * (tuned - base)``): a collapse that appears gradually with the scale is a
-property of the learned update. :func:`switch_sweep`: the base UNet for the first ``k`` denoising steps and the
-tuned one for the rest (:func:`~ddpo_study.diagnose.sampling.sample_switched`). :func:`fig_tradeoff` draws both
+or SD3 transformer's weights interpolated, ``base + s * (tuned - base)``): a collapse that appears gradually with
+the scale is a property of the learned update. :func:`switch_sweep`: the base denoiser for the first ``k`` denoising
+steps and the tuned one for the rest (:func:`~ddpo_study.diagnose.sampling.sample_switched`; for an SD3-type base,
+the stock pipeline's Euler ODE with the transformer swapped after step ``k``,
+:func:`~ddpo_study.diagnose.sampling.sample_switched_flow`). :func:`fig_tradeoff` draws both
 curves; :func:`fig_scale_images` the images of the scale sweep.
 """
 
@@ -69,8 +71,9 @@ def default_switch_steps(num_steps: int) -> list[int]:
 
 
 def switch_sweep(dx: Diagnosis, switch_steps: Sequence[int] | None = None) -> pd.DataFrame:
-    """Reward and diversity (same seeds for every prompt) with the base UNet for the first ``k`` denoising steps and
-    the tuned one for the rest, for each ``k`` (0 = the tuned model, ``num_steps`` = the base)."""
+    """Reward and diversity (same seeds for every prompt) with the base denoiser (UNet, or SD3 transformer: its ODE
+    steps) for the first ``k`` denoising steps and the tuned one for the rest, for each ``k`` (0 = the tuned model,
+    ``num_steps`` = the base)."""
     steps = default_switch_steps(dx.num_steps) if switch_steps is None else [int(k) for k in switch_steps]
     rows = []
     for k in steps:
@@ -82,7 +85,7 @@ def switch_sweep(dx: Diagnosis, switch_steps: Sequence[int] | None = None) -> pd
             name = "base/shared"
         else:
             name = f"switch/{k}"
-            dx.sample(name, unet=dx.tuned.unet, first_unet=dx.base_unet, switch_at=k)
+            dx.sample(name, unet=dx.tuned.unet, first_unet=dx.base_denoiser, switch_at=k)
         rows.append(_curve_row(dx, name, base_steps=k, base_fraction=k / dx.num_steps))
     return pd.DataFrame(rows)
 

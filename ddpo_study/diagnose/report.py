@@ -109,7 +109,8 @@ def write_report(out_dir: str | Path, base_model: str | None, tuned: str | Path,
     Returns the HTML path.
 
     ``params`` are the notebook's other parameters (prompts, reward, num_prompts, ...). Inputs are checked here
-    first (the tuned model's layout, the prompt set), so a typo fails in one line before a kernel starts.
+    first (the tuned model's layout, a local base folder's components, the prompt set), so a typo fails in one line
+    before a kernel starts.
     """
     import nbformat
     import papermill
@@ -120,7 +121,11 @@ def write_report(out_dir: str | Path, base_model: str | None, tuned: str | Path,
     def absolute(value):
         return str(Path(value).resolve()) if value and Path(str(value)).exists() else value
 
+    from ..models import check_local_pipeline
+
     kind, path = inspect_tuned(tuned)
+    if base_model:
+        check_local_pipeline(str(base_model))
     if params.get("prompts"):
         load_prompts(params["prompts"])
     out = Path(out_dir).resolve()

@@ -2,8 +2,14 @@
 
 :func:`prepare` loads the base pipeline, the tuned model (:func:`~ddpo_study.diagnose.loading.load_tuned`), the
 reward and CLIP into a :class:`Diagnosis`; nothing is sampled until a measurement asks. Seeds come in two modes
-(:data:`SEED_MODES`): the *same* seeds for every prompt, or a different seed per prompt. :func:`sample_switched`
-is the combined sampler: one UNet for the first ``k`` DDIM steps, another for the rest.
+(:data:`SEED_MODES`): the *same* seeds for every prompt, or a different seed per prompt.
+
+Images are drawn the way the pipeline's family evaluates (:func:`ddpo_study.algorithm.family_for`): an SD-type
+pipeline with our DDIM sampler (:func:`ddpo_study.sampler.sample_trajectories`), an SD3-type one with the stock
+``StableDiffusion3Pipeline.__call__`` (its Euler ODE, per-image generators: ``FlowFamily.generate``), so in both an
+image depends only on its prompt, seed and the weights, and a run's saved evals can be re-drawn.
+:func:`sample_switched` is the combined sampler: one denoiser for the first ``k`` steps, another for the rest (for
+SD3, :func:`sample_switched_flow`: the same ODE with the transformer swapped after step ``k``).
 """
 
 from __future__ import annotations
@@ -19,11 +25,96 @@ import torch
 
 from ..config import EVAL_SEED_BASE, DDPOConfig
 from ..images import to_uint8
-from ..models import TOY_MODEL_DIR, resolve_device, resolve_model
+from ..models import TOY_FLOW_DIR, TOY_MODEL_DIR, resolve_device, resolve_model
 from ..rundir import read_config
 from .loading import TunedModel, inspect_tuned, load_tuned
 
 SEED_MODES = {"shared": "the same seeds for every prompt", "per_prompt": "a different seed per prompt"}
+
+
+def is_flow_pipeline(pipe) -> bool:
+    """An SD3-type pipeline (its denoiser is ``pipe.transformer``), sampled by the flow family."""
+    return getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None
+
+
+def base_denoiser(pipe):
+    """The pipeline's own denoiser: ``pipe.unet``, or ``pipe.transformer`` for an SD3-type pipeline."""
+    return pipe.transformer if is_flow_pipeline(pipe) else pipe.unet
+
+
+@contextmanager
+def _transformer_in(pipe, transformer):
+    """``pipe.transformer`` replaced by ``transformer`` for the block (the stock ``__call__`` samples with it)."""
+    own = pipe.transformer
+    if transformer is None or transformer is own:
+        yield
+        return
+    pipe.transformer = transformer
+    try:
+        yield
+    finally:
+        pipe.transformer = own
+
+
+def _flow_settings(num_steps: int, guidance_scale: float, batch_size: int | None, n: int):
+    """What ``FlowFamily.generate`` reads of a config: the eval steps, the guidance and the batch size."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_steps=int(num_steps), eval_num_steps=int(num_steps),
+                           guidance_scale=float(guidance_scale), sample_batch_size=int(batch_size or n))
+
+
+def sample_flow(pipe, transformer, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                guidance_scale: float = 5.0, batch_size: int | None = None) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] of an SD3-type pipeline with ``transformer`` in place of its own: what a flow
+    run's eval draws (``FlowFamily.generate``: the stock ``__call__``, one CPU generator per image)."""
+    from ..flow_sampler import FlowFamily
+
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    with _transformer_in(pipe, transformer):
+        return FlowFamily().generate(pipe, pipe.transformer, prompts, seeds,
+                                     _flow_settings(num_inference_steps, guidance_scale, batch_size, len(prompts)))
+
+
+def sample_switched_flow(pipe, first_transformer, rest_transformer, switch_at: int, prompts: Sequence[str],
+                         seeds: Sequence[int], num_inference_steps: int = 20, guidance_scale: float = 5.0,
+                         batch_size: int | None = None) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] of an SD3-type pipeline: ``first_transformer`` for the Euler ODE steps
+    ``0 .. switch_at - 1``, ``rest_transformer`` after (the flow twin of :func:`sample_switched`).
+
+    The stock ``StableDiffusion3Pipeline.__call__`` with per-image generators (:func:`sample_flow`), its transformer
+    swapped by a ``callback_on_step_end`` at the end of step ``switch_at - 1``: the ODE's state is the latent alone,
+    so nothing else changes hands. ``switch_at = 0`` reproduces ``rest_transformer``'s images and
+    ``switch_at = num_inference_steps`` ``first_transformer``'s, bit for bit. Both must share dtype and device.
+    """
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if not 0 <= switch_at <= num_inference_steps:
+        raise ValueError(f"switch_at must be in [0, {num_inference_steps}], got {switch_at}")
+    own = pipe.transformer
+
+    def switch(pipeline, step, timestep, tensors):
+        if step == switch_at - 1:
+            pipeline.transformer = rest_transformer
+        return tensors
+
+    settings = _flow_settings(num_inference_steps, guidance_scale, batch_size, len(prompts))
+    chunk, out = settings.sample_batch_size, []
+    try:
+        for i in range(0, len(prompts), chunk):
+            pipe.transformer = first_transformer if switch_at > 0 else rest_transformer
+            generators = [torch.Generator().manual_seed(s) for s in seeds[i:i + chunk]]
+            with torch.inference_mode():
+                images = pipe(prompt=prompts[i:i + chunk], num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, generator=generators, output_type="pt",
+                              return_dict=False, callback_on_step_end=switch)[0]
+            out.append(images.float().clone())
+    finally:
+        pipe.transformer = own
+    return torch.cat(out)
 
 
 def sample_switched(pipe, first_unet, rest_unet, switch_at: int, prompts: Sequence[str], seeds: Sequence[int],
@@ -35,9 +126,14 @@ def sample_switched(pipe, first_unet, rest_unet, switch_at: int, prompts: Sequen
     and every step's noise, :func:`~ddpo_study.sampler.guided_noise_pred`,
     :func:`~ddpo_study.sampler.ddim_step_with_logprob`), so ``switch_at = 0`` reproduces ``rest_unet``'s images and
     ``switch_at = num_inference_steps`` ``first_unet``'s, bit for bit at the same batching (other batch sizes
-    agree to float rounding). Both UNets must share dtype and device.
+    agree to float rounding). Both UNets must share dtype and device. An SD3-type ``pipe`` (two transformers)
+    goes to :func:`sample_switched_flow` (``eta`` does not apply to its ODE).
     """
     from diffusers.utils.torch_utils import randn_tensor
+
+    if is_flow_pipeline(pipe):
+        return sample_switched_flow(pipe, first_unet, rest_unet, switch_at, prompts, seeds, num_inference_steps,
+                                    guidance_scale, batch_size)
 
     from ..sampler import ddim_step_with_logprob, encode_prompts, guided_noise_pred
 
@@ -78,13 +174,13 @@ class Diagnosis:
     """Everything a diagnosis compares; images and metrics are computed once and cached by name."""
 
     base_model: str
-    pipe: Any  #: the base pipeline; ``pipe.unet`` is the base UNet
+    pipe: Any  #: the base pipeline; ``pipe.unet`` (SD3-type: ``pipe.transformer``) is the base denoiser
     tuned: TunedModel
     prompts: list[str]
     num_seeds: int
-    num_steps: int
+    num_steps: int  #: DDIM steps; for an SD3-type pipeline, the Euler ODE's steps
     guidance_scale: float
-    eta: float
+    eta: float  #: DDIM eta (unused by an SD3-type pipeline's ODE)
     reward_name: str
     reward: Any  #: a :class:`ddpo_study.rewards.Reward`
     clip: Any  #: a :class:`ddpo_study.models.ClipScorer`
@@ -92,11 +188,21 @@ class Diagnosis:
     images: dict[str, np.ndarray] = field(default_factory=dict)  #: uint8 (P, S, H, W, 3) per name
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     rewards: dict[str, np.ndarray] = field(default_factory=dict)  #: float64 (P, S) per-image rewards per name
-    _scratch: Any = None  # a plain UNet for weight interpolation (full / progressive tuned models)
+    _scratch: Any = None  # a plain denoiser for weight interpolation (full / progressive tuned models)
 
     @property
-    def base_unet(self):
-        return self.pipe.unet
+    def flow(self) -> bool:
+        """An SD3-type base: images come from the stock pipeline's ODE (:func:`sample_flow`)."""
+        return is_flow_pipeline(self.pipe)
+
+    @property
+    def base_denoiser(self):
+        """The base pipeline's UNet, or its SD3 transformer."""
+        return base_denoiser(self.pipe)
+
+    @property
+    def base_unet(self):  # the older name, kept for notebooks and scripts
+        return self.base_denoiser
 
     def seeds(self, mode: str = "shared") -> np.ndarray:
         """(P, S) seeds: ``shared`` = ``EVAL_SEED_BASE + j`` for every prompt; ``per_prompt`` = distinct for all."""
@@ -110,8 +216,8 @@ class Diagnosis:
     def sample(self, name: str, unet=None, first_unet=None, switch_at: int = 0, seeds: str = "shared") -> np.ndarray:
         """uint8 images (P, S, H, W, 3) of all prompts x seeds, cached under ``name``.
 
-        ``unet`` alone: :func:`~ddpo_study.sampler.sample_trajectories`; with ``first_unet``: that UNet for the first
-        ``switch_at`` steps (:func:`sample_switched`).
+        ``unet`` (a UNet, or an SD3 transformer) alone: :func:`~ddpo_study.sampler.sample_trajectories` (SD3:
+        :func:`sample_flow`); with ``first_unet``: that one for the first ``switch_at`` steps (:func:`sample_switched`).
         """
         if name not in self.images:
             self.images[name] = self.draw(self.prompts, self.seeds(seeds), unet, first_unet, switch_at)
@@ -124,7 +230,10 @@ class Diagnosis:
         prompts, grid = list(prompts), np.asarray(seeds).reshape(len(prompts), -1)
         flat_p = [p for p in prompts for _ in range(grid.shape[1])]
         flat_s = [int(s) for s in grid.reshape(-1)]
-        if first_unet is None:
+        if first_unet is None and self.flow:
+            images = sample_flow(self.pipe, unet, flat_p, flat_s, self.num_steps, self.guidance_scale,
+                                 self.batch_size)
+        elif first_unet is None:
             from ..sampler import sample_trajectories
 
             images = sample_trajectories(self.pipe, flat_p, flat_s, num_inference_steps=self.num_steps,
@@ -155,14 +264,15 @@ class Diagnosis:
         return self.metrics[name]
 
     def base(self, seeds: str = "shared") -> np.ndarray:
-        return self.sample(f"base/{seeds}", unet=self.base_unet, seeds=seeds)
+        return self.sample(f"base/{seeds}", unet=self.base_denoiser, seeds=seeds)
 
     def tuned_images(self, seeds: str = "shared") -> np.ndarray:
         return self.sample(f"tuned/{seeds}", unet=self.tuned.unet, seeds=seeds)
 
     @contextmanager
     def scaled(self, scale: float):
-        """The tuned UNet at ``scale`` (0 = base, 1 = tuned): the LoRA scaled, or the weights interpolated."""
+        """The tuned denoiser at ``scale`` (0 = base, 1 = tuned): the LoRA scaled (peft's adapter weight, for a UNet
+        and an SD3 transformer alike), or the weights interpolated."""
         tuned = self.tuned
         if tuned.adapter is not None and tuned.lora_on_base:
             tuned.unet.set_adapters([tuned.adapter], weights=[float(scale)])
@@ -174,8 +284,8 @@ class Diagnosis:
         from ..finetune import effective_state_dict
 
         if self._scratch is None:
-            self._scratch = copy.deepcopy(self.base_unet).eval().requires_grad_(False)
-        base, target = effective_state_dict(self.base_unet), effective_state_dict(tuned.unet)
+            self._scratch = copy.deepcopy(self.base_denoiser).eval().requires_grad_(False)
+        base, target = effective_state_dict(self.base_denoiser), effective_state_dict(tuned.unet)
         state = {k: (b.float() + float(scale) * (target[k].float() - b.float())).to(b.dtype) for k, b in base.items()}
         self._scratch.load_state_dict(state, strict=False)
         yield self._scratch
@@ -184,8 +294,20 @@ class Diagnosis:
 def _default_prompts(base_model: str, run_config: dict | None) -> str:
     if run_config and run_config.get("eval_prompt_set"):
         return str(run_config["eval_prompt_set"])
-    toy = base_model == "toy" or Path(resolve_model(base_model)).resolve() == TOY_MODEL_DIR.resolve()
+    toys = (TOY_MODEL_DIR.resolve(), TOY_FLOW_DIR.resolve())
+    toy = base_model in ("toy", "toy-flow") or Path(resolve_model(base_model)).resolve() in toys
     return "toy_eval" if toy else "sd_animals_30"
+
+
+def run_sampling(run_config: dict, flow: bool) -> dict[str, Any]:
+    """The sampling settings a run's evals used: ``num_steps`` (a flow run's ``eval_num_steps``, else its
+    ``num_steps``), ``guidance_scale`` and, for DDIM, ``eta``; only those the config holds."""
+    out = {k: run_config[k] for k in ("num_steps", "guidance_scale", "eta") if k in run_config}
+    if flow:
+        out.pop("eta", None)
+        if run_config.get("eval_num_steps"):
+            out["num_steps"] = run_config["eval_num_steps"]
+    return out
 
 
 def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward: str = "", num_prompts: int = 16,
@@ -195,8 +317,9 @@ def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward
     """Load the base pipeline, the tuned model next to it, the reward and CLIP; nothing is sampled yet.
 
     Defaults (``None`` / ``""``): a run folder's own settings (model, reward, steps, guidance, eta, eval prompts,
-    scorers); otherwise the :class:`~ddpo_study.config.DDPOConfig` defaults (20 steps, guidance 5, eta 1), the
-    ``aesthetic`` reward and the prompts of :func:`_default_prompts`.
+    scorers; a flow run's eval steps); otherwise the :class:`~ddpo_study.config.DDPOConfig` defaults (20 steps,
+    guidance 5, eta 1), the ``aesthetic`` reward and the prompts of :func:`_default_prompts`. An SD3-type base
+    (``toy-flow``, an SD3 folder) is sampled by its stock pipeline's ODE (``eta`` unused).
     """
     from ..models import load_scorers
     from ..prompts import load_prompts
@@ -210,14 +333,14 @@ def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward
         raise ValueError("a diagnosis needs at least 2 prompts (cross-prompt diversity compares prompts)")
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-    defaults = DDPOConfig()
-    pick = lambda given, key: given if given is not None else run_cfg.get(key, getattr(defaults, key))  # noqa: E731
     dev = resolve_device(device)
 
     from ..models import load_pipeline
 
     pipe = load_pipeline(base_model, device=dev)
-    tuned_model = load_tuned(path, pipe.unet)
+    defaults, ran = DDPOConfig(), run_sampling(run_cfg, is_flow_pipeline(pipe))
+    pick = lambda given, key: given if given is not None else ran.get(key, getattr(defaults, key))  # noqa: E731
+    tuned_model = load_tuned(path, base_denoiser(pipe))
     scorer_cfg = DDPOConfig(model=base_model, clip_model=clip_model or run_cfg.get("clip_model", ""),
                             aesthetic_model=aesthetic_model or run_cfg.get("aesthetic_model", ""))
     clip, aesthetic, _lpips, _warning = load_scorers(scorer_cfg, dev)
@@ -231,6 +354,8 @@ def prepare(base_model: str | None, tuned: str | Path, prompts: str = "", reward
 
 def describe(dx: Diagnosis) -> str:
     """One Markdown paragraph: what is compared, with which settings."""
+    sampler = (f"the stock SD3 pipeline's Euler ODE, {dx.num_steps} steps" if dx.flow
+               else f"DDIM {dx.num_steps} steps, eta {dx.eta:g}")
     return (f"**Base model:** `{dx.base_model}`. **Tuned model:** {dx.tuned.description}.  \n"
             f"**Prompts:** {len(dx.prompts)} (first: *{dx.prompts[0]}*), {dx.num_seeds} seeds each; "
-            f"DDIM {dx.num_steps} steps, eta {dx.eta:g}, guidance {dx.guidance_scale:g}; reward `{dx.reward_name}`.")
+            f"{sampler}, guidance {dx.guidance_scale:g}; reward `{dx.reward_name}`.")
