@@ -530,7 +530,7 @@ def find_weights(run_dir: str | Path) -> RunWeights:
         if "lora" in need and not (folder / "lora" / LORA_FILE).is_file():
             out.append(str(folder / "lora" / LORA_FILE))
         if "unet" in need and not (network(folder) / MODEL_CONFIG_FILE).is_file():
-            out.append(str(folder / "unet" / MODEL_CONFIG_FILE))
+            out.append(f"{folder}/{{{','.join(NETWORK_DIRS)}}}/{MODEL_CONFIG_FILE}")
         return out
 
     done = read_done(run_dir)

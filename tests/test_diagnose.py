@@ -251,8 +251,8 @@ def make_run(root, model_dir, mode="lora", done_epochs: int | None = 3):
 
 @pytest.mark.parametrize("mode, missing", [
     ("lora", ["final/lora/pytorch_lora_weights.safetensors"]),
-    ("full", ["final/unet/config.json"]),
-    ("progressive", ["final/lora/pytorch_lora_weights.safetensors", "final/unet/config.json"]),
+    ("full", ["final/{unet,transformer}/config.json"]),
+    ("progressive", ["final/lora/pytorch_lora_weights.safetensors", "final/{unet,transformer}/config.json"]),
 ])
 def test_a_run_folder_without_weights_is_an_error_naming_them(tmp_path, tiny_model_dir, base_pipe, mode, missing):
     from ddpo_study.rundir import MissingWeightsError
