@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .results import _factors, eval_rows
+from .results import _factors, conditions, eval_rows
 from .stats import one_sided_gain_p
 
 MATCH_FRACTIONS = (0.25, 0.5, 0.75)
@@ -171,6 +171,7 @@ class ConditionGain:
     alpha: float = 0.05
     evals: int = 0  # evals after `start` (any number of runs)
     tested: int = 0  # of them, evals with >= 2 runs, where the test can be computed
+    passed: int = 0  # of them, evals where the test passes
 
     def describe(self) -> str:
         after = "" if self.start == 0 else f" after the switch (epoch {self.start})"
@@ -231,7 +232,26 @@ def condition_gain(ev: pd.DataFrame, label: str, alpha: float = 0.05, reward: st
     return ConditionGain(label, float(pick.at[epoch, "mean"]), epoch, int(pick.at[epoch, "n"]),
                          float(pick.at[epoch, "p"]), start, moved,
                          first_epoch=float(passed.index.min()) if moved else math.nan, alpha=alpha,
-                         evals=len(evals), tested=int((evals["n"] >= 2).sum()))
+                         evals=len(evals), tested=int((evals["n"] >= 2).sum()), passed=len(passed))
+
+
+MOVED_COLUMNS = ["condition", "start_epoch", "evals", "evals_tested", "evals_passed", "moved", "first_epoch", "gain",
+                 "gain_epoch", "n_seeds", "p"]
+
+
+def moved_table(df: pd.DataFrame, alpha: float = 0.05, reward: str = "reward_mean") -> pd.DataFrame:
+    """Per condition (all its runs), the "moved" rule's reading (:func:`condition_gain`): its evals after its start
+    epoch, how many could be tested (>= 2 runs) and passed, the first that passed, and the gain that sets its
+    matched levels with its epoch, runs and p (not moved: the highest seed-mean gain at any eval, as
+    :class:`ConditionGain`). A question's two sides are usually conditions; its verdict is in the questions table."""
+    ev = eval_rows(df, reward)
+    rows = []
+    for cond in conditions(ev):
+        g = condition_gain(ev[ev["condition"] == cond], cond, alpha, reward)
+        rows.append({"condition": cond, "start_epoch": g.start, "evals": g.evals, "evals_tested": g.tested,
+                     "evals_passed": g.passed, "moved": g.moved, "first_epoch": g.first_epoch, "gain": g.gain,
+                     "gain_epoch": g.epoch, "n_seeds": g.n, "p": g.p})
+    return pd.DataFrame(rows, columns=MOVED_COLUMNS)
 
 
 def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, str] = ("a", "b"),

@@ -164,3 +164,12 @@ def test_matched_runs_flag_readings_before_the_first_eval(fake_grid):
     assert low["early"].all()  # every run is past 1.05 at epoch 2
     lora = high[high["condition"].str.startswith("toy_30, lora")]
     assert not lora["early"].any() and lora["epoch_reached"].between(2, 12).all()
+
+
+def test_moved_table_reads_every_condition(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    table = report.moved_table(df)
+    assert list(table.columns) == report.levels.MOVED_COLUMNS
+    assert table["condition"].tolist() == report.conditions(df) and table["moved"].all()
+    assert (table["evals_passed"] <= table["evals_tested"]).all() and (table["evals_tested"] <= table["evals"]).all()
+    assert (table["first_epoch"] <= table["gain_epoch"]).all() and (table["p"] < 0.05).all()
