@@ -23,7 +23,8 @@ diversity difference from a reference at matched reward: the remedies side by si
 (one run's figures and tables), ``summary`` (writing ``<root>/summary/``, directly or through the summary
 notebook: :func:`run_summary`; Markdown, notebook setup), ``continued`` (a run continued from
 another run's adapter, ``init_lora``: the joined curve and its reads). Everything
-is re-exported here: use ``report.<name>``.
+is re-exported here: use ``report.<name>``; except ``figures_index`` (the ``figures`` command: every figure the
+README and docs embed, and what rebuilds it), which is used as a module.
 """
 
 from ..rundir import eval_epochs
