@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study study-quick test venv toy-model toy-flow clean-venv lab notebooks
+.PHONY: study study-quick test figures venv toy-model toy-flow clean-venv lab notebooks
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ study-quick: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
+
+# Every figure README.md and docs/*.md embed, rebuilt from committed data (ddpo_study/report/figures_index.py);
+# a re-run leaves `git status` clean.
+figures: $(STAMP)
+	$(BIN)/python -m ddpo_study figures
 
 # JupyterLab on notebooks/ (the `lab` extra, installed on first use) with the project's kernel (python3, registered
 # above); jupytext pairs each notebook with its percent-format .py, so an edit in Lab saves both.

@@ -25,6 +25,7 @@ Commands:
                                        grid's finished runs vs the same runs stopped earlier at equal reward
   monitor --watch DIR [--base MODEL] [--once] ...
                                        another trainer's checkpoints as they appear: when do the prompts go?
+  figures [--list]                     every figure README.md and docs/*.md embed, rebuilt from committed data
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .grid import GridError
     from .models import ModelLoadError
     from .prompts import PromptSetError
+    from .report.figures_index import FiguresError
     from .rewards import RewardError
     from .rundir import DamagedRunError, MissingWeightsError
 
     return (GridError, ConfigError, PromptSetError, ModelLoadError, RewardError, TunedModelError, DiagnoseError,
-            MissingWeightsError, RemedySpecError, DamagedRunError)
+            MissingWeightsError, RemedySpecError, DamagedRunError, FiguresError)
 
 
 def cmd_train(args) -> int:
@@ -378,6 +380,22 @@ def remedies_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def cmd_figures(args) -> int:
+    """Rebuild every embedded figure (or, with --list, say which producer makes each)."""
+    from .report.figures_index import plan, rebuild
+
+    if args.list:
+        for (producer, key), paths in plan().items():
+            print(f"{producer.name} ({key}): {', '.join(paths)}")
+        return 0
+    print(f"rebuilt {len(rebuild())} embedded figures")
+    return 0
+
+
+def figures_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--list", action="store_true", help="only list the embedded figures and what makes each")
+
+
 # ------------------------------------------------------------------------------------------------ the commands
 @dataclass(frozen=True)
 class Command:
@@ -417,6 +435,8 @@ COMMANDS = (
     Command("remedies", "inference-time remedies on a grid's runs vs early stopping at equal reward",
             remedies_arguments, cmd_remedies, REMEDIES_DESCRIPTION),
     Command("monitor", watch.HELP, watch.monitor_arguments, watch.cmd_monitor, watch.DESCRIPTION),
+    Command("figures", "rebuild every figure README.md and docs/*.md embed, from committed data", figures_arguments,
+            cmd_figures),
 )
 
 

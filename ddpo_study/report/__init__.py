@@ -17,13 +17,14 @@ so nothing is shown or kept alive behind the caller's back) or pandas ``DataFram
 
 Modules: ``results`` (reading run folders, condition labels, eval rows and images), ``stats`` (intervals over
 seeds, paired-by-seed contrasts, the clustered SE of a paired gain, Holm), ``levels`` (matched-reward levels,
-per reward, after both conditions moved), ``questions`` (the spec's questions and their verdicts), ``tables``
-(grid tables), ``frontier`` (every condition's final reward gain and diversity with seed CIs, and its
+per reward, after both conditions moved; :func:`moved_table`, each condition's reading of the "moved" rule),
+``questions`` (the spec's questions and their verdicts), ``tables`` (grid tables), ``frontier`` (every condition's final reward gain and diversity with seed CIs, and its
 diversity difference from a reference at matched reward: the remedies side by side), ``plotting`` (style, reproducible saving), ``figures`` (grid figures, image layout), ``cell``
 (one run's figures and tables), ``summary`` (writing ``<root>/summary/``, directly or through the summary
 notebook: :func:`run_summary`; Markdown, notebook setup), ``continued`` (a run continued from
 another run's adapter, ``init_lora``: the joined curve and its reads). Everything
-is re-exported here: use ``report.<name>``.
+is re-exported here: use ``report.<name>``; except ``figures_index`` (the ``figures`` command: every figure the
+README and docs embed, and what rebuilds it), which is used as a module.
 """
 
 from ..rundir import eval_epochs
@@ -59,6 +60,7 @@ from .levels import (
     levels_by_reward,
     matched_levels,
     matched_runs,
+    moved_table,
     read_after_epoch,
     reward_levels,
 )
@@ -135,7 +137,7 @@ __all__ = [
     "t_quantile", "welch_ci",
     # levels
     "MATCH_FRACTIONS", "ConditionGain", "Level", "MatchedLevels", "condition_gain", "crossing", "levels_by_reward",
-    "matched_levels", "matched_runs", "read_after_epoch", "reward_levels",
+    "matched_levels", "matched_runs", "moved_table", "read_after_epoch", "reward_levels",
     # questions
     "ALPHA", "DEFAULTS", "default_questions", "evaluate_question", "questions_for", "questions_table", "select_runs",
     # frontier

@@ -10,12 +10,30 @@ Two kinds of levels:
 * descriptive (:func:`reward_levels`, :func:`matched_runs`): fractions of the way from the base model's reward
   to the lowest (``top="common"``) or highest (``top="best"``) of the conditions' best seed-mean rewards;
 * for a contrast of two conditions (:func:`matched_levels`), levels inside the range both reach *after both have
-  moved*: each condition's mean gain is the highest seed-mean gain over the base at its evals after its start
-  epoch (0; for progressive its ``progressive_switch_epoch``, since it is full fine-tuning until then), and must
-  be significantly > 0 (one-sided t-test over its runs at that eval, ``alpha``), else no level is read. The
-  levels are ``base + f * (the smaller of the two mean gains)``; a level is *refused* when some run of either
-  condition first reaches it no later than its first eval after its start epoch, i.e. when the reading would be
-  interpolated between the base model (or, for progressive, the full-fine-tuning phase) and the first eval.
+  moved* (:func:`condition_gain`, the rule below). The levels are ``base + f * (the smaller of the two
+  conditions' gains)``; a level is *refused* when some run of either condition first reaches it no later than its
+  first eval after its start epoch, i.e. when the reading would be interpolated between the base model (or, for
+  progressive, the full-fine-tuning phase) and the first eval.
+
+**"Moved"** (the rule since 2026-12-07, issue #38). A condition's start epoch is 0, or for progressive its
+``progressive_switch_epoch`` (it is full fine-tuning until then; :func:`read_after_epoch`). At each of its evals
+after the start, its runs' gains over their own epoch-0 reward get a one-sided t-test of ``mean > 0``
+(:func:`~ddpo_study.report.stats.one_sided_gain_p`, >= 2 runs). The condition **moved** iff that test gives
+``p < alpha`` at some eval. Its **gain**, which sets the levels, is the highest seed-mean gain *among the evals
+where the test passes*, so a mean inflated by one diverging seed (where the seeds disagree and the test fails)
+does not set the levels.
+
+* Monotone in evals: appending evals (a longer run) only adds candidate evals and leaves the earlier ones' gains
+  and p-values as they were, so a condition that moved stays moved, and its gain can only grow. Adding or
+  removing *seeds* re-tests every eval and can change either way.
+* The rule it replaces (until 2026-12-07) tested only the eval with the highest seed-mean gain. That could flip
+  as evals were added: in ``toy_study`` the penalised LoRA runs (Q3) passed at epoch 20 (p 0.010), but the
+  highest mean came at epoch 80, after one seed had broken, and failed there, so Q3 read "did not move".
+* The test is per eval and unadjusted over the evals, so the rule is more permissive than the old one (a
+  condition with many evals gets many chances to pass). That is acceptable for a gate: passing licenses a
+  matched-reward comparison; it is not itself a claim. The claims are the contrasts read at the levels, each
+  with its own CI over seeds (and Holm for the primary questions), and a reading interpolated before a
+  condition's first eval after its start is still refused, whatever the gate says.
 """
 
 from __future__ import annotations
@@ -27,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .results import _factors, eval_rows
+from .results import _factors, conditions, eval_rows
 from .stats import one_sided_gain_p
 
 MATCH_FRACTIONS = (0.25, 0.5, 0.75)
@@ -136,23 +154,37 @@ def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Seque
 # ================================================================================================ two conditions
 @dataclass(frozen=True)
 class ConditionGain:
-    """A condition's mean gain over the base after its start epoch, and whether it is significantly > 0."""
+    """A condition's gain over the base after its start epoch, and whether it moved (see the module doc).
+
+    Moved: ``gain``, ``epoch``, ``n``, ``p`` are those of the highest seed-mean gain among the evals whose
+    one-sided test passed, ``first_epoch`` the first eval that passed. Not moved: those of the highest seed-mean
+    gain among all its evals after ``start`` (what the old rule tested), ``first_epoch`` NaN."""
 
     label: str
-    gain: float  # highest seed-mean gain over the base among its evals after `start`
-    epoch: float  # where that is
+    gain: float
+    epoch: float
     n: int  # runs with an eval there
     p: float  # one-sided t-test of the runs' gains there
     start: int
     moved: bool
+    first_epoch: float = math.nan  # the first eval after `start` at which the test passed
+    alpha: float = 0.05
+    evals: int = 0  # evals after `start` (any number of runs)
+    tested: int = 0  # of them, evals with >= 2 runs, where the test can be computed
+    passed: int = 0  # of them, evals where the test passes
 
     def describe(self) -> str:
         after = "" if self.start == 0 else f" after the switch (epoch {self.start})"
         if not np.isfinite(self.gain):
             return f"{self.label}: no eval{after or ' after epoch 0'}"
-        if self.n < 2:
+        if self.tested == 0:
             return f"{self.label}: mean gain {self.gain:+.3g}{after} from {self.n} seed (needs >= 2 to test)"
-        return f"{self.label}: mean gain {self.gain:+.3g}{after}, one-sided p {self.p:.2g} over {self.n} seeds"
+        at = f"at epoch {self.epoch:g}, one-sided p {self.p:.2g} over {self.n} seeds"
+        if self.moved:
+            return (f"{self.label}: moved from epoch {self.first_epoch:g} (first eval{after} with one-sided "
+                    f"p < {self.alpha:g}); highest mean gain where it passes {self.gain:+.3g} {at}")
+        return (f"{self.label}: one-sided p >= {self.alpha:g} at each of {self.tested} evals{after}; highest mean "
+                f"gain {self.gain:+.3g} {at}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +205,7 @@ class MatchedLevels:
 
 
 def condition_gain(ev: pd.DataFrame, label: str, alpha: float = 0.05, reward: str = "reward_mean") -> ConditionGain:
-    """:class:`ConditionGain` of one condition's eval rows (all its runs)."""
+    """:class:`ConditionGain` of one condition's eval rows (all its runs): the "moved" rule of the module doc."""
     gains = []
     start = 0
     for _, run in ev.dropna(subset=[reward]).groupby("cell", sort=False):
@@ -183,17 +215,43 @@ def condition_gain(ev: pd.DataFrame, label: str, alpha: float = 0.05, reward: st
             continue
         after = run[run["epoch"] > start]
         gains.append(pd.Series(after[reward].to_numpy(float) - float(base.iloc[0]), index=after["epoch"].to_numpy()))
+    empty = ConditionGain(label, math.nan, math.nan, 0, math.nan, start, False, alpha=alpha)
     if not gains:
-        return ConditionGain(label, math.nan, math.nan, 0, math.nan, start, False)
-    table = pd.concat(gains, axis=1)  # epochs x runs
-    curve = table.mean(axis=1).dropna().sort_index()
-    if curve.empty:
-        return ConditionGain(label, math.nan, math.nan, 0, math.nan, start, False)
-    epoch = float(curve.idxmax())
-    at = table.loc[epoch].dropna().to_numpy(float)
-    p = one_sided_gain_p(at)
-    gain = float(curve.max())
-    return ConditionGain(label, gain, epoch, len(at), p, start, bool(gain > 0 and np.isfinite(p) and p < alpha))
+        return empty
+    table = pd.concat(gains, axis=1).sort_index()  # epochs x runs
+    table = table[table.notna().any(axis=1)]
+    if table.empty:
+        return empty
+    at = [table.loc[e].dropna().to_numpy(float) for e in table.index]
+    evals = pd.DataFrame({"mean": [float(x.mean()) for x in at], "n": [len(x) for x in at],
+                          "p": [one_sided_gain_p(x) for x in at]}, index=table.index.astype(float))
+    passed = evals[(evals["mean"] > 0) & (evals["p"] < alpha)]  # NaN p (< 2 runs) never passes
+    moved = not passed.empty
+    pick = passed if moved else evals
+    epoch = float(pick["mean"].idxmax())
+    return ConditionGain(label, float(pick.at[epoch, "mean"]), epoch, int(pick.at[epoch, "n"]),
+                         float(pick.at[epoch, "p"]), start, moved,
+                         first_epoch=float(passed.index.min()) if moved else math.nan, alpha=alpha,
+                         evals=len(evals), tested=int((evals["n"] >= 2).sum()), passed=len(passed))
+
+
+MOVED_COLUMNS = ["condition", "start_epoch", "evals", "evals_tested", "evals_passed", "moved", "first_epoch", "gain",
+                 "gain_epoch", "n_seeds", "p"]
+
+
+def moved_table(df: pd.DataFrame, alpha: float = 0.05, reward: str = "reward_mean") -> pd.DataFrame:
+    """Per condition (all its runs), the "moved" rule's reading (:func:`condition_gain`): its evals after its start
+    epoch, how many could be tested (>= 2 runs) and passed, the first that passed, and the gain that sets its
+    matched levels with its epoch, runs and p (not moved: the highest seed-mean gain at any eval, as
+    :class:`ConditionGain`). A question's two sides are usually conditions; its verdict is in the questions table."""
+    ev = eval_rows(df, reward)
+    rows = []
+    for cond in conditions(ev):
+        g = condition_gain(ev[ev["condition"] == cond], cond, alpha, reward)
+        rows.append({"condition": cond, "start_epoch": g.start, "evals": g.evals, "evals_tested": g.tested,
+                     "evals_passed": g.passed, "moved": g.moved, "first_epoch": g.first_epoch, "gain": g.gain,
+                     "gain_epoch": g.epoch, "n_seeds": g.n, "p": g.p})
+    return pd.DataFrame(rows, columns=MOVED_COLUMNS)
 
 
 def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, str] = ("a", "b"),
@@ -209,7 +267,7 @@ def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, st
     gains = tuple(condition_gain(ev, lab, alpha, reward) for ev, lab in zip((ev_a, ev_b), labels))
     still = [g for g in gains if not g.moved]
     if still:
-        if all(g.n < 2 for g in still):
+        if all(g.tested == 0 for g in still):
             who = f"too few seeds to tell whether {' and '.join(g.label for g in still)} moved"
         else:
             who = "neither condition moved" if len(still) == 2 else f"{still[0].label} did not move"

@@ -18,8 +18,9 @@ from ..grid.spec import REPO_ROOT, find_spec, load_spec
 from .continued import continued_table, fig_continued, joined_curves
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
 from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
+from .levels import moved_table
 from .plotting import save_figure
-from .questions import questions_for, questions_table
+from .questions import ALPHA, questions_for, questions_table
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
 
@@ -73,7 +74,7 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
     frontier = frontier_table(df)
     if remedies is not None and not remedies.empty:
         frontier = pd.concat([frontier, remedies], ignore_index=True)
-    return {"questions": questions_table(df, questions), "final": final_table(df),
+    return {"questions": questions_table(df, questions), "moved": moved_table(df, ALPHA), "final": final_table(df),
             "matched_reward": matched_reward_table(df), "frontier_points": frontier,
             "remedy_ranking": remedy_ranking(frontier, df),
             "learning": learning_table(df), "cells": cells_table(df)}

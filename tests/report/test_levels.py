@@ -1,4 +1,5 @@
-"""Matched-reward levels: per reward, only after both conditions moved, progressive only after its switch."""
+"""Matched-reward levels: per reward, only after both conditions moved (monotone in evals), progressive only after
+its switch."""
 
 from __future__ import annotations
 
@@ -89,6 +90,55 @@ def test_no_levels_when_a_condition_did_not_move_significantly():
     assert other.reason.startswith("the conditions use different rewards")
 
 
+def q3_like(epochs=(0, 5, 10, 15, 20)) -> pd.DataFrame:
+    """Three seeds that agree on a gain of +0.2 to +0.3 by epoch 20, then one breaks while the other two climb:
+    from epoch 25 on the seed-mean gain is the highest (the old rule tested there) and the seeds disagree."""
+    later = {25: (0.9, -0.3, 0.6), 30: (1.3, -0.4, 1.0), 35: (1.6, -0.5, 1.2)}
+    curves = {}
+    for s, early in enumerate(((0.0, 0.10, 0.15, 0.22, 0.24), (0.0, 0.12, 0.20, 0.28, 0.31),
+                               (0.0, 0.08, 0.14, 0.19, 0.20))):
+        gains = dict(zip((0, 5, 10, 15, 20), early)) | {e: g[s] for e, g in later.items()}
+        curves[f"lam10-s{s}"] = [(e, 1.0 + gains[e]) for e in epochs]
+    return eval_frame(curves)
+
+
+def test_moved_is_any_eval_passing_and_stays_moved_when_evals_are_appended():
+    short = report.condition_gain(q3_like(), "lam10")
+    assert short.moved and short.first_epoch == 5 and short.tested == 4
+    assert short.epoch == 20 and short.n == 3 and short.gain == pytest.approx(0.25) and short.p < 0.05
+    # the same runs continued to epoch 35: seed 1 broke, the mean rises, the test fails at each of the new evals
+    long = report.condition_gain(q3_like((0, 5, 10, 15, 20, 25, 30, 35)), "lam10")
+    ev = q3_like((0, 5, 10, 15, 20, 25, 30, 35))
+    late = ev[ev["epoch"] == 35].groupby("cell")["reward_mean"].first() - 1.0
+    assert late.mean() > long.gain and report.one_sided_gain_p(late.to_numpy()) >= 0.05
+    # moved still (adding evals only adds candidates); the levels' gain is the passing eval's, not the inflated mean
+    assert long.moved and (long.first_epoch, long.epoch, long.gain) == (short.first_epoch, 20, short.gain)
+    text = long.describe()
+    assert text.startswith("lam10: moved from epoch 5 (first eval with one-sided p < 0.05)")
+    assert "highest mean gain where it passes +0.25 at epoch 20, one-sided p" in text and "over 3 seeds" in text
+    # a matched-reward contrast is read at fractions of that gain (the Q3 case: it used to read "did not move")
+    got = report.matched_levels(ev, runs("lora", [0.0, 0.3, 0.5, 0.7, 0.9]), ("lam10", "lora"))
+    assert not got.reason and got.gains[0].moved
+    assert [lv.value for lv in got.levels] == pytest.approx([1 + f * 0.25 for f in report.MATCH_FRACTIONS])
+
+
+def test_moved_for_every_prefix_of_the_evals_once_it_has_moved():
+    epochs = (0, 5, 10, 15, 20, 25, 30, 35)
+    ev = q3_like(epochs)
+    verdicts = [report.condition_gain(ev[ev["epoch"] <= last], "lam10") for last in epochs[1:]]
+    first = next(i for i, g in enumerate(verdicts) if g.moved)
+    assert all(g.moved for g in verdicts[first:]) and verdicts[first].first_epoch == epochs[1 + first]
+    gains = [g.gain for g in verdicts[first:]]
+    assert gains == sorted(gains)  # the levels' gain can only grow as evals are added
+
+
+def test_not_moved_reports_the_highest_mean_and_the_evals_tested():
+    flat = runs("full", [0.0, 0.0, 0.0, 0.0, 0.0], noise=0.01, mode="full")
+    g = report.condition_gain(flat, "full")
+    assert not g.moved and math.isnan(g.first_epoch) and g.tested == 4
+    assert g.describe().startswith("full: one-sided p >= 0.05 at each of 4 evals; highest mean gain")
+
+
 def test_progressive_is_read_only_after_its_switch():
     # progressive gains most in its full phase (epochs 0-5), then keeps gaining as LoRA
     prog = runs("progressive", [0.0, 0.5, 0.55, 0.7, 0.9], mode="progressive", switch=5)
@@ -114,3 +164,12 @@ def test_matched_runs_flag_readings_before_the_first_eval(fake_grid):
     assert low["early"].all()  # every run is past 1.05 at epoch 2
     lora = high[high["condition"].str.startswith("toy_30, lora")]
     assert not lora["early"].any() and lora["epoch_reached"].between(2, 12).all()
+
+
+def test_moved_table_reads_every_condition(fake_grid):
+    df = report.load_grid_results(fake_grid)
+    table = report.moved_table(df)
+    assert list(table.columns) == report.levels.MOVED_COLUMNS
+    assert table["condition"].tolist() == report.conditions(df) and table["moved"].all()
+    assert (table["evals_passed"] <= table["evals_tested"]).all() and (table["evals_tested"] <= table["evals"]).all()
+    assert (table["first_epoch"] <= table["gain_epoch"]).all() and (table["p"] < 0.05).all()

@@ -11,7 +11,7 @@ def test_write_summary_is_byte_identical_when_rerun(fake_grid):
     for fig in ("reward_curves", "diversity_curves", "frontier", "final_bars"):
         assert f"{fig}.png" in names and f"{fig}.pdf" in names
     assert "montage.png" in names and "montage.pdf" not in names  # a grid of images: its PNG is the figure
-    for table in ("questions", "final", "matched_reward", "learning", "cells"):
+    for table in ("questions", "moved", "final", "matched_reward", "learning", "cells"):
         assert f"{table}.csv" in names and f"{table}.md" in names
     before = {p: p.read_bytes() for p in first.files}
     for p in first.files:
