@@ -38,14 +38,14 @@ summary = report.write_summary(root, allow_damaged=allow_damaged)
 display(Markdown(f"{len(summary.files)} files written to `{summary.out_dir}`"))
 
 # %% [markdown]
-# ## The questions
+# ## What the runs did
 #
-# As pre-registered in the grid spec (`questions:`; a spec without them gets default exploratory ones): for each
-# question, metric and matched-reward level, the difference a - b paired by seed with its 95% t CI, Holm-adjusted
-# p for the primary questions, and the verdict ("answered: ..." or "not answered: <reason>").
+# In words, from the data: each condition's eval reward from epoch 0 to its last eval, and what happened to its
+# prompts (the judge first, then CLIP's cross-prompt distance and retrieval). The curves and the pre-registered
+# questions follow.
 
 # %%
-summary.tables.get("questions")
+display(Markdown(report.plain_summary(report.load_grid_results(root, allow_damaged=allow_damaged))))
 
 # %% [markdown]
 # ## Reward vs epoch
@@ -60,6 +60,16 @@ if "reward_curves" in summary.figures:
 # %%
 if "diversity_curves" in summary.figures:
     display(summary.figures["diversity_curves"])
+
+# %% [markdown]
+# ## The questions
+#
+# As pre-registered in the grid spec (`questions:`; a spec without them gets default exploratory ones): for each
+# question, metric and matched-reward level, the difference a - b paired by seed with its 95% t CI, Holm-adjusted
+# p for the primary questions, and the verdict ("answered: ..." or "not answered: <reason>").
+
+# %%
+summary.tables.get("questions")
 
 # %% [markdown]
 # ## Reward-diversity frontier

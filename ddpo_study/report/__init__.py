@@ -64,6 +64,7 @@ from .levels import (
     read_after_epoch,
     reward_levels,
 )
+from .plain import plain_summary
 from .plotting import PDF_METADATA, PNG_METADATA, new_figure, save_figure, style, styled
 from .questions import (
     ALPHA,
@@ -129,6 +130,8 @@ from .tables import (
 __all__ = [
     # continued runs
     "continued_table", "fig_continued", "join_curves", "joined_curves", "original_of",
+    # the opening paragraph
+    "plain_summary",
     # results
     "FINAL_METRICS", "LABELS", "NON_FACTORS", "SHORT", "VALUE_ONLY", "condition_factors", "conditions",
     "cell_eval_images", "eval_epochs", "eval_rows", "final_rows", "find_cells", "load_grid_results", "read_cell",
