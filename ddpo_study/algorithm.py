@@ -3,15 +3,15 @@
 ``train.train_epoch`` is the same for every algorithm (sample -> reward -> advantages -> update); what changes
 between DDPO, Flow-GRPO and DiffusionNFT is hidden behind two small interfaces:
 
-* :class:`SamplerFamily` -- how a family of models samples and scores its own transitions. Today: DDIM with
-  per-step Gaussian log-probs on an epsilon-prediction UNet (``sampler.DDIMFamily``, SD-type pipelines). Next:
-  the flow-matching SDE/ODE on an SD3-type transformer (Flow-GRPO's ``sde_step_with_logprob``), whose step is
-  Gaussian too, so the same calls apply.
-* :class:`Objective` -- what one epoch's update does with a batch of samples and their advantages. Today:
-  PPO-clip on per-step log-probs with the step controller (``ppo.PPO``: DDPO, and Flow-GRPO on the flow family).
-  Next: DiffusionNFT's forward-process objective, which needs no log-probs -- it reads the batch's final latents
-  and prompts, keeps its own soft-updated "old" policy between epochs (``state_dict`` for resume) and measures
-  its own policy step for the controller.
+* :class:`SamplerFamily` -- how a family of models samples and scores its own transitions: DDIM with per-step
+  Gaussian log-probs on an epsilon-prediction UNet (``sampler.DDIMFamily``, SD-type pipelines) and the
+  flow-matching SDE/ODE on an SD3-type transformer (``flow_sampler.FlowFamily``, Flow-GRPO's step), both also with
+  their forward process ``x_t = alpha_t x_0 + sigma_t eps`` for objectives that train on it.
+* :class:`Objective` -- what one epoch's update does with a batch of samples and their advantages: PPO-clip on
+  per-step log-probs with the step controller (``ppo.PPO``: DDPO, and Flow-GRPO on the flow family), and
+  DiffusionNFT's forward-process objective (``nft.NFT``, on either family), which needs no log-probs -- it reads
+  the batch's final latents and prompts, samples from its own soft-updated "old" policy (``sampling``), keeps it
+  between epochs (``state_dict`` for resume) and measures its own policy step for the controller.
 
 What crosses the seam (read from flow_grpo's ``train_sd3.py`` and DiffusionNFT's ``train_nft_sd3.py``): a batch
 of samples (a :class:`~ddpo_study.sampler.Trajectory`: latents per step, log-probs, timesteps, text embeddings,
@@ -20,8 +20,8 @@ for a KL term) and the process layout. Groups (several images per prompt) are dr
 (``train.epoch_prompts``) and normalised by the stat tracker before the update, so neither interface sees them.
 The driver (eval, checkpoints, logging, resume) never looks behind the seam.
 
-``ALGORITHMS`` is the registry a config's algorithm name is looked up in; a name maps to its objective, and the
-family comes from the model (:func:`family_for`).
+``ALGORITHMS`` is the registry a config's algorithm name is looked up in; a name maps to its objective and the
+families it can train, and the family comes from the model (:func:`family_for`).
 """
 
 from __future__ import annotations
@@ -62,6 +62,32 @@ class SamplerFamily(Protocol):
     def step_kl(self, pipe, batch: "Trajectory", step_index: Tensor, before: Tensor, after: Tensor) -> Tensor:
         """``KL(pi_before || pi_after)`` per transition, from two ``step_outputs`` of the same transitions."""
 
+    # The forward process x_t = alpha_t x_0 + sigma_t eps at the family's timesteps, for objectives that train on
+    # it rather than on the chain (DiffusionNFT): ``(N,)`` timesteps, one per row of ``x0`` / ``x_t``.
+
+    def forward_coefficients(self, pipe, timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, sigma_t)`` of each timestep, ``(N,)`` float32."""
+
+    def forward_process(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = alpha_t x_0 + sigma_t noise``."""
+
+    def target(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the network predicts at that ``x_t`` (epsilon for SD-type UNets, the velocity for SD3-type)."""
+
+    def x0_prediction(self, pipe, output: Tensor, x_t: Tensor, timesteps: Tensor) -> Tensor:
+        """The ``x_0`` a network output implies at ``x_t`` (affine in the output)."""
+
+    def predict(self, denoiser, pipe, batch: "Trajectory", rows: Tensor, x_t: Tensor, timesteps: Tensor,
+                guidance_scale: float) -> Tensor:
+        """The network output at ``x_t`` for the prompts of ``batch[rows]``, guided at ``guidance_scale``."""
+
+    def schedule(self, pipe, num_steps: int) -> Tensor:
+        """The sampler's timesteps at ``num_steps`` steps."""
+
+    def kl_factor(self, pipe, timesteps: Tensor, num_steps: int, cfg: "DDPOConfig") -> Tensor:
+        """``kappa_t``: the KL of the family's stochastic step (DDPO's / Flow-GRPO's) from ``timesteps`` of a
+        ``num_steps`` schedule, between two outputs at one state, is ``kappa_t`` times their mean squared change."""
+
 
 class Objective(Protocol):
     """One epoch's update of the policy from a batch of samples and their advantages."""
@@ -72,6 +98,11 @@ class Objective(Protocol):
         """Optimizer steps on ``batch`` (this process's share; ``advantages`` aligned with it); returns the epoch
         row's ``train_*`` columns. ``state`` is the run's :class:`~ddpo_study.train.RunState`."""
 
+    # Optional, for objectives that sample from a policy of their own and keep state between epochs (NFT):
+    # ``sampling(state)``, a context manager entered around the epoch's sampling that yields the config to sample
+    # with (default: the current weights and ``state.cfg``); ``state_dict()`` -> named tensors for the resume
+    # checkpoint and ``load_state_dict(tensors)`` on resume.
+
 
 def _ppo(cfg: "DDPOConfig", family: SamplerFamily) -> Objective:
     from .ppo import PPO
@@ -79,9 +110,17 @@ def _ppo(cfg: "DDPOConfig", family: SamplerFamily) -> Objective:
     return PPO(cfg, family)
 
 
-#: Algorithm name (``config.ALGORITHMS``) -> (objective factory ``(cfg, family) -> Objective``, the sampler family
-#: it trains). DDPO and Flow-GRPO are the same objective, PPO-clip on per-step log-probs, on two families.
-ALGORITHMS = {"ddpo": (_ppo, "ddim"), "flow_grpo": (_ppo, "flow")}
+def _nft(cfg: "DDPOConfig", family: SamplerFamily) -> Objective:
+    from .nft import NFT
+
+    return NFT(cfg, family)
+
+
+#: Algorithm name (``config.ALGORITHMS``) -> (objective factory ``(cfg, family) -> Objective``, the sampler
+#: families it trains). DDPO and Flow-GRPO are one objective, PPO-clip on per-step log-probs, on two families (a
+#: name each, as the literature names them); DiffusionNFT trains on the forward process, which both families
+#: have, so one name trains either and the model decides.
+ALGORITHMS = {"ddpo": (_ppo, ("ddim",)), "flow_grpo": (_ppo, ("flow",)), "nft": (_nft, ("ddim", "flow"))}
 
 
 def family_for(pipe) -> SamplerFamily:
@@ -102,9 +141,9 @@ def make_objective(algorithm: str, cfg: "DDPOConfig", family: SamplerFamily) -> 
     of the wrong family, e.g. Flow-GRPO on an SD-type UNet)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    factory, family_name = ALGORITHMS[algorithm]
-    if family.name != family_name:
+    factory, family_names = ALGORITHMS[algorithm]
+    if family.name not in family_names:
         kinds = {"ddim": "an SD-type (UNet, DDIM)", "flow": "an SD3-type (flow-matching transformer)"}
-        raise ValueError(f"algorithm {algorithm!r} trains {kinds[family_name]} model; this model is "
-                         f"{kinds.get(family.name, family.name)}")
+        raise ValueError(f"algorithm {algorithm!r} trains {' or '.join(kinds[f] for f in family_names)} model; "
+                         f"this model is {kinds.get(family.name, family.name)}")
     return factory(cfg, family)

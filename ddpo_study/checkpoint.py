@@ -6,6 +6,7 @@ Everything is safetensors and JSON (nothing pickled). A resume checkpoint (``che
   fine-tuning happened (``full``/``progressive``), the whole UNet state dict including adapters;
 * ``optimizer.safetensors``: AdamW's per-parameter tensors, its ``param_groups`` in the metadata;
 * ``state.json``: the epoch reached, the mode phase and the per-prompt reward buffers;
+* ``objective.safetensors`` (objectives with state of their own, e.g. NFT's old policy): the objective's tensors;
 * ``lora/`` (when an adapter exists): the same adapter in diffusers' ``save_lora_weights`` format, which a
   stock ``pipe.load_lora_weights`` reads.
 
@@ -67,9 +68,13 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, path: Path) -> None
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
 
 
+OBJECTIVE_FILE = "objective.safetensors"
+
+
 def save_checkpoint(folder: Path, unet, optimizer, state: dict[str, Any], whole_unet: bool,
-                    export_lora: bool) -> Path:
-    """Write a resume checkpoint to ``folder`` atomically (see the module docstring)."""
+                    export_lora: bool, objective_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a resume checkpoint to ``folder`` atomically (see the module docstring); ``objective_tensors`` are the
+    objective's own state (``Objective.state_dict``), when it has one."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -82,6 +87,8 @@ def save_checkpoint(folder: Path, unet, optimizer, state: dict[str, Any], whole_
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata=opt_meta)
     (tmp / "state.json").write_text(json.dumps(state) + "\n")
+    if objective_tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in objective_tensors.items()}, str(tmp / OBJECTIVE_FILE))
     if export_lora:
         save_lora(unet, tmp / "lora")
     _swap_in(tmp, folder)
@@ -108,6 +115,12 @@ def load_checkpoint_state(folder: Path) -> dict[str, Any] | None:
         else:
             return None
     return json.loads((folder / "state.json").read_text())
+
+
+def load_objective_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The objective's tensors of a checkpoint (``save_checkpoint``'s ``objective_tensors``), or None."""
+    path = Path(folder) / OBJECTIVE_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def load_unet_tensors(unet, folder: Path) -> None:

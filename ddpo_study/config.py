@@ -32,7 +32,9 @@ from .seeding import MAX_INNER_EPOCHS
 
 MODES = ("lora", "full", "progressive")
 #: Training algorithms (``algorithm.ALGORITHMS`` maps each to its objective and the model family it trains).
-ALGORITHMS = ("ddpo", "flow_grpo")
+ALGORITHMS = ("ddpo", "flow_grpo", "nft")
+#: DiffusionNFT's regression losses (``nft.weighted_x0_loss``).
+NFT_WEIGHTINGS = ("adaptive", "velocity", "epsilon")
 DIVERSITY_FORMS = ("cross_prompt", "within_prompt")
 DIVERSITY_FEATURES = ("clip", "lpips", "pixel")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -49,6 +51,26 @@ UNUSED_BY_MODE = {
     "full": ("lora_learning_rate", "lora_rank", "lora_alpha", "lora_target_modules", "progressive_switch_epoch"),
     "progressive": (),
 }
+
+
+#: DiffusionNFT's own keys (the ``nft_*`` fields).
+NFT_KEYS = ("nft_beta", "nft_weighting", "nft_timesteps_per_sample", "nft_guided", "nft_sample_eta", "nft_kl_beta",
+            "nft_decay_rate", "nft_decay_max", "nft_decay_flat_steps", "nft_probe_steps")
+#: Config keys an algorithm never reads, as :data:`UNUSED_BY_MODE` for modes: the PPO algorithms read no NFT key
+#: and each family's sampler reads only its own noise (DDIM's ``eta``, the flow SDE's ``noise_level``); NFT has no
+#: PPO ratio, no timestep fraction of its own chain and its own KL weight. (NFT reads both noises: the eval and
+#: the step probe of whichever family the model is, see ``nft``.)
+UNUSED_BY_ALGORITHM = {
+    "ddpo": ("noise_level", *NFT_KEYS),
+    "flow_grpo": ("eta", *NFT_KEYS),
+    "nft": ("clip_range", "timestep_fraction", "kl_beta"),
+}
+
+
+def unused_keys(mode: str, algorithm: str | None = "ddpo") -> set[str]:
+    """Keys a run of ``mode`` and ``algorithm`` never reads (a missing algorithm, as in older runs, is DDPO)."""
+    algorithm = algorithm if isinstance(algorithm, str) and algorithm else "ddpo"
+    return {*UNUSED_BY_MODE.get(mode, ()), *UNUSED_BY_ALGORITHM.get(algorithm, ())}
 
 
 class ConfigError(ValueError):
@@ -85,7 +107,7 @@ class DDPOConfig:
     model: str = "toy"
     """Pipeline to fine-tune: 'toy', 'sd15', a local diffusers folder or a hub id."""
     algorithm: str = "ddpo"
-    """'ddpo' (PPO-clip on DDIM log-probs; SD-type models) or 'flow_grpo' (PPO-clip on the flow SDE's log-probs; SD3-type models)."""
+    """'ddpo' (PPO-clip on DDIM log-probs; SD-type models), 'flow_grpo' (PPO-clip on the flow SDE's log-probs; SD3-type models) or 'nft' (DiffusionNFT on the forward process; either)."""
     clip_model: str = ""
     """CLIP used by rewards and metrics; '' means the toy model's clip/ folder for 'toy', else openai/clip-vit-large-patch14."""
     aesthetic_model: str = ""
@@ -181,6 +203,28 @@ class DDPOConfig:
     target_kl: float = 0.0
     """Step controller: adapt the lr so each optimizer step moves the policy by this KL (per latent dim, on a probe of the epoch's transitions); 0 = fixed lr."""
 
+    # --- DiffusionNFT (algorithm 'nft'; ddpo_study.nft) ----------------------------------------------------
+    nft_beta: float = 1.0
+    """NFT: beta of the implicit policies pred+ = beta pred + (1 - beta) pred_old, pred- = (1 + beta) pred_old - beta pred (DiffusionNFT: 1, or 0.1)."""
+    nft_weighting: str = "adaptive"
+    """NFT: regression loss per timestep: 'adaptive' (DiffusionNFT's x0 error over its detached mean; the same for an epsilon or velocity model), 'velocity' (flow matching's) or 'epsilon' (DDPM's)."""
+    nft_timesteps_per_sample: int = 0
+    """NFT: timesteps of the sampler's schedule each sample trains on per pass, without repeats (0 = all num_steps; DiffusionNFT: 99% of them)."""
+    nft_guided: bool = True
+    """NFT: train the guided prediction at guidance_scale (both CFG branches through the policy); false = the conditional one (guidance_scale 1 makes both CFG-free)."""
+    nft_sample_eta: float = 0.0
+    """NFT: noise of the training sampler, DDIM eta or the flow SDE's noise level (0 = the deterministic solver, DiffusionNFT's); eval samples as eta says."""
+    nft_kl_beta: float = 0.0
+    """NFT: weight of the squared change of the prediction from the base model's, per latent dim (DiffusionNFT: 1e-4); 0 disables it."""
+    nft_decay_rate: float = 0.001
+    """NFT: after each epoch old <- d old + (1 - d) policy, d growing by this per optimizer step done (DiffusionNFT: 0.001, or 0.0075)."""
+    nft_decay_max: float = 0.5
+    """NFT: the old policy's decay d stops growing here (DiffusionNFT: 0.5, or 0.999; 0 = the old policy is each epoch's starting weights)."""
+    nft_decay_flat_steps: int = 0
+    """NFT: optimizer steps before the old policy's decay d starts to grow (DiffusionNFT: 0, or 75)."""
+    nft_probe_steps: int = 0
+    """NFT: the step probe measures the KL of DDPO's step (eta) / Flow-GRPO's (noise_level) on a schedule of this many steps (0 = num_steps; 20 = DDPO v2's, so target_kl means its step whatever num_steps NFT samples with)."""
+
     # --- reward ----------------------------------------------------------------------------------------
     reward: str = "aesthetic"
     """Reward name from ddpo_study.rewards (aesthetic, jpeg_compressibility, jpeg_incompressibility, clip_alignment)."""
@@ -221,6 +265,12 @@ class DDPOConfig:
     def trackers(self) -> list[str]:
         """``log_with`` as accelerate's list of tracker names (empty: no tracker)."""
         return [t.strip() for t in self.log_with.split(",") if t.strip()]
+
+    @property
+    def kl_to_base_weight(self) -> float:
+        """The weight of the algorithm's KL-to-base term (``nft_kl_beta`` for NFT, else ``kl_beta``): a reference
+        model is kept when it is > 0."""
+        return self.nft_kl_beta if self.algorithm == "nft" else self.kl_beta
 
     def learning_rate_for(self, phase: str) -> float:
         """The starting AdamW rate of ``phase`` ('lora', or 'full'/'progressive': all UNet weights)."""
@@ -287,14 +337,30 @@ class DDPOConfig:
              f"must be <= {MAX_INNER_EPOCHS} (each PPO pass has its own random stream: ddpo_study.seeding)")
         if self.algorithm == "ddpo":
             need(self.eta > 0 or self.num_epochs == 0, "eta", "must be > 0 to train (eta=0 has no log-probability)")
-        else:  # the flow SDE's steps need noise for a log-probability, as DDIM's need eta > 0
+        elif self.algorithm == "flow_grpo":  # the flow SDE's steps need noise for a log-probability, as DDIM's
             need(self.noise_level > 0 or self.num_epochs == 0, "noise_level",
                  "must be > 0 to train (the ODE step has no log-probability)")
+        else:
+            self._validate_nft(need)
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",
              "num_steps x timestep_fraction must select at least one step")
         if self.mode == "progressive":
             need(1 <= self.progressive_switch_epoch < self.num_epochs, "progressive_switch_epoch",
                  "must be in [1, num_epochs) so that both phases train")
+
+    def _validate_nft(self, need) -> None:
+        """The checks of algorithm 'nft' (``need`` is :meth:`validate`'s one-line error)."""
+        need(self.mode in ("lora", "full"), "mode", "algorithm 'nft' trains 'lora' or 'full'")
+        need(self.nft_beta > 0, "nft_beta", "must be > 0")
+        need(self.nft_weighting in NFT_WEIGHTINGS, "nft_weighting", f"must be one of {NFT_WEIGHTINGS}")
+        need(0 <= self.nft_timesteps_per_sample <= self.num_steps, "nft_timesteps_per_sample",
+             f"must be in [0, num_steps={self.num_steps}] (0 = all)")
+        for key in ("nft_sample_eta", "nft_kl_beta", "nft_decay_rate", "nft_decay_flat_steps", "nft_probe_steps"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(0 <= self.nft_decay_max < 1, "nft_decay_max", "must be in [0, 1) (1 would freeze the old policy)")
+        if self.target_kl:  # the probe measures the KL of DDPO's / Flow-GRPO's step, which needs noise
+            need(self.eta > 0, "eta", "must be > 0 for NFT's step probe (the KL of the DDIM step at eta)")
+            need(self.noise_level > 0, "noise_level", "must be > 0 for NFT's step probe (the KL of the flow SDE step)")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

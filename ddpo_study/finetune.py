@@ -180,7 +180,7 @@ def policy_for_epoch(cfg, unet: nn.Module, epochs_done: int, current: Policy | N
     if current is not None and current.phase == phase:
         return current
     reference = current.reference if current is not None else None
-    if current is None and cfg.kl_beta > 0 and cfg.mode != "lora":
+    if current is None and cfg.kl_to_base_weight > 0 and cfg.mode != "lora":
         reference = copy.deepcopy(unet).requires_grad_(False).eval()
     if current is None and cfg.mode == "progressive":
         prepare_unet(unet, "full")  # the full phase's weights exist (and load from a checkpoint) before any switch
@@ -188,7 +188,7 @@ def policy_for_epoch(cfg, unet: nn.Module, epochs_done: int, current: Policy | N
         params = switch_to_lora(unet, cfg.lora_rank, cfg.lora_alpha, target_modules=cfg.lora_target_modules)
     else:
         params = prepare_unet(unet, phase, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules)
-    if cfg.kl_beta > 0 and cfg.mode == "lora":
+    if cfg.kl_to_base_weight > 0 and cfg.mode == "lora":
         reference = AdaptersDisabled(unet)
     return Policy(phase, params, make_optimizer(cfg, params, cfg.learning_rate_for(phase)), reference)
 

@@ -126,6 +126,27 @@ def flow_gaussian_kl(
     return torch.where(std_dev_t > 0, kl, torch.zeros_like(kl))
 
 
+def flow_kl_factor(scheduler: FlowMatchEulerDiscreteScheduler, timestep, noise_level: float = 0.7) -> Tensor:
+    """``kappa_t``, ``(B,)``: :func:`flow_gaussian_kl` of two velocities from one ``x`` is ``kappa_t * mean((v_a -
+    v_b)^2)``, whatever ``x`` (DiffusionNFT's step probe, ``nft.ForwardStepProbe``, reads it).
+
+    The SDE step's mean is affine in ``v`` with slope ``c = (1 + s_t^2 (1 - sigma) / (2 sigma)) dt`` and both
+    policies share ``std = s_t sqrt(-dt)``, so ``kappa_t = c^2 / (2 std^2) = (1 + s_t^2 (1 - sigma) / (2 sigma))^2
+    (-dt) / (2 s_t^2)``; with ``s_t = a sqrt(sigma / (1 - sigma))`` (``a`` = ``noise_level``) that is ``(1 + a^2/2)^2
+    (-dt) (1 - sigma) / (2 a^2 sigma)`` away from ``sigma = 1``. 0 where the step has no noise. ``timestep`` must be
+    of the scheduler's current schedule (as for :func:`flow_sde_mean_std`, whose ``s_t`` this repeats).
+    """
+    timestep = torch.as_tensor(timestep, dtype=torch.float32)
+    sigma, sigma_next = _step_sigmas(scheduler, timestep.reshape(-1), timestep.numel(), timestep.device)
+    sigma_max = scheduler.sigmas[1].to(device=timestep.device, dtype=torch.float32)
+    dt = sigma_next - sigma
+    s = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * noise_level
+    slope = (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+    var = s**2 * -dt
+    safe_var = torch.where(var > 0, var, torch.ones_like(var))
+    return torch.where(var > 0, slope**2 / (2 * safe_var), torch.zeros_like(var))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Conditioning and the guided transformer call
 # --------------------------------------------------------------------------------------------------------------
@@ -302,3 +323,51 @@ class FlowFamily:
         sample = batch.latents[rows, steps]
         return flow_gaussian_kl(pipe.scheduler, before, after, batch.timesteps.to(sample.device)[steps], sample,
                                 batch.eta)
+
+    # --- the forward process, for objectives that train on it (DiffusionNFT, ``nft``) -------------------------
+    # Rectified flow: x_sigma = (1 - sigma) x_0 + sigma eps, sigma = timestep / num_train_timesteps (the scheduler's
+    # timesteps are its sigmas times 1000), and the transformer predicts v = eps - x_0.
+
+    def forward_coefficients(self, pipe, timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, sigma_t) = (1 - sigma, sigma)``, ``(N,)`` float32, of each timestep."""
+        sigma = torch.as_tensor(timesteps).float() / pipe.scheduler.config.num_train_timesteps
+        return 1 - sigma, sigma
+
+    def forward_process(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_sigma = (1 - sigma) x_0 + sigma noise`` in float32 (``FlowMatchEulerDiscreteScheduler.scale_noise``)."""
+        alpha, sigma = (_per_sample(c, x0.ndim) for c in self.forward_coefficients(pipe, timesteps))
+        return alpha * x0.float() + sigma * noise.float()
+
+    def target(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The velocity ``noise - x_0`` (the same at every timestep)."""
+        return noise.float() - x0.float()
+
+    def x0_prediction(self, pipe, output: Tensor, x_t: Tensor, timesteps: Tensor) -> Tensor:
+        """The ``x_0`` a velocity implies at ``x_sigma``: ``x_sigma - sigma v``."""
+        _, sigma = self.forward_coefficients(pipe, timesteps)
+        return x_t.float() - _per_sample(sigma, x_t.ndim) * output.float()
+
+    def predict(self, denoiser, pipe, batch: Trajectory, rows: Tensor, x_t: Tensor, timesteps: Tensor,
+                guidance_scale: float) -> Tensor:
+        """The velocity at ``x_t`` ``(N, C, h, w)`` for the prompts of ``batch[rows]`` at ``timesteps`` ``(N,)``,
+        guided as the pipeline guides (``guidance_scale`` 1: the conditional velocity alone); float32."""
+        rows = torch.as_tensor(rows, device=batch.prompt_embeds.device)
+        return guided_velocity(denoiser, x_t.to(batch.latents.dtype), timesteps, batch.prompt_embeds[rows],
+                               batch.pooled_prompt_embeds[rows], batch.negative_prompt_embeds[rows],
+                               batch.negative_pooled_prompt_embeds[rows], guidance_scale).float()
+
+    def schedule(self, pipe, num_steps: int) -> Tensor:
+        """The timesteps of a ``num_steps`` schedule (the pipeline's scheduler is left as it is)."""
+        return self._scheduler(pipe, num_steps).timesteps
+
+    def kl_factor(self, pipe, timesteps: Tensor, num_steps: int, cfg) -> Tensor:
+        """``kappa_t`` of the SDE step at ``cfg.noise_level`` (Flow-GRPO's transition) from ``timesteps`` of a
+        ``num_steps`` schedule (:func:`flow_kl_factor`): its KL from any ``x`` is ``kappa_t`` times the velocities'
+        mean squared change."""
+        return flow_kl_factor(self._scheduler(pipe, num_steps), timesteps, cfg.noise_level)
+
+    @staticmethod
+    def _scheduler(pipe, num_steps: int) -> FlowMatchEulerDiscreteScheduler:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(num_steps)
+        return scheduler

@@ -207,6 +207,11 @@ class PPO:
             raise ValueError("the step controller needs the step KL: measure_step_kl must be True")
         self.measure_step_kl = measure_step_kl
 
+    @contextlib.contextmanager
+    def sampling(self, state):
+        """The epoch's chains come from the current weights, sampled as the config says."""
+        yield state.cfg
+
     def update(self, state, batch, advantages: np.ndarray, epoch: int) -> dict[str, float]:
         """The epoch's optimizer steps for a :class:`~ddpo_study.train.RunState` (see :meth:`steps`)."""
         rank, world = state.rank_world
@@ -242,14 +247,7 @@ class PPO:
                         self.controller.update(policy.optimizer, stats["step_kl"][-1])
                     before = after
         denoiser.eval()
-        row = {}
-        for k, v in stats.items():  # every process reduces every stat (a local empty list must not skip a collective)
-            mean = mean_over_processes(v, sync) if (v or sync is not None) else math.nan
-            if not math.isnan(mean):
-                row[f"train_{k}"] = mean
-        row["train_optimizer_steps"] = len(stats["grad_norm"])
-        row["learning_rate"] = policy.optimizer.param_groups[0]["lr"]  # the rate the next epoch starts with
-        return row
+        return epoch_row(stats, policy, sync)
 
     def _backward(self, pipe, denoiser, reference, batch, adv, global_idx, world, step_index, share, autocast,
                   stats) -> None:
@@ -274,11 +272,30 @@ class PPO:
             stats["clipfrac"].append(st["clipfrac"].item())
 
     def _optimizer_step(self, policy, sync, stats) -> None:
-        if sync is not None:
-            for p in policy.params:  # a process may hold none of a step's samples: it still joins the sum
-                p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-                p.grad.copy_(sync(p.grad, "sum"))
-        stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(policy.params, self.cfg.max_grad_norm)))
-        stats["lr"].append(policy.optimizer.param_groups[0]["lr"])
-        policy.optimizer.step()
-        policy.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(policy, sync, self.cfg.max_grad_norm, stats)
+
+
+def optimizer_step(policy, sync, max_grad_norm: float, stats: dict[str, list[float]]) -> None:
+    """One optimizer step of ``policy`` on the accumulated gradients (summed over processes by ``sync``), clipped
+    to ``max_grad_norm``; records ``grad_norm`` and ``lr`` in ``stats``."""
+    if sync is not None:
+        for p in policy.params:  # a process may hold none of a step's samples: it still joins the sum
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+            p.grad.copy_(sync(p.grad, "sum"))
+    stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(policy.params, max_grad_norm)))
+    stats["lr"].append(policy.optimizer.param_groups[0]["lr"])
+    policy.optimizer.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+
+
+def epoch_row(stats: dict[str, list[float]], policy, sync) -> dict[str, float]:
+    """The epoch row's ``train_*`` columns: each stat's mean over the epoch (and processes), the optimizer steps
+    taken and the learning rate the next epoch starts with."""
+    row = {}
+    for k, v in stats.items():  # every process reduces every stat (a local empty list must not skip a collective)
+        mean = mean_over_processes(v, sync) if (v or sync is not None) else math.nan
+        if not math.isnan(mean):
+            row[f"train_{k}"] = mean
+    row["train_optimizer_steps"] = len(stats["grad_norm"])
+    row["learning_rate"] = policy.optimizer.param_groups[0]["lr"]  # the rate the next epoch starts with
+    return row

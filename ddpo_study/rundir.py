@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text
-from .config import UNUSED_BY_MODE, DDPOConfig, save_config
+from .config import DDPOConfig, save_config, unused_keys
 
 if TYPE_CHECKING:
     import torch
@@ -111,10 +111,10 @@ def prepare_output_dir(cfg: DDPOConfig, write: bool = True) -> Path:
         old = json.loads(cfg_file.read_text())
         new = cfg.to_dict()
         # Extending a run (more epochs) is a resume; any other change would mix two experiments in one folder;
-        # num_threads/device/log_with change speed or logging, not results, and keys the mode never reads change
-        # nothing. A key missing from an older config.json counts as its default.
+        # num_threads/device/log_with change speed or logging, not results, and keys the mode or algorithm never
+        # reads change nothing. A key missing from an older config.json counts as its default.
         defaults = DDPOConfig().to_dict()
-        ignored = {"num_epochs", "num_threads", "device", "log_with", *UNUSED_BY_MODE.get(cfg.mode, ())}
+        ignored = {"num_epochs", "num_threads", "device", "log_with", *unused_keys(cfg.mode, cfg.algorithm)}
         diff = {k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k)} - ignored
         if diff:
             raise ValueError(f"{out} holds a run with a different config (keys {sorted(diff)}); "

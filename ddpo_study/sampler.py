@@ -138,6 +138,37 @@ def ddim_gaussian_kl(
     return torch.where(std_dev_t > 0, kl, torch.zeros_like(kl))
 
 
+def ddim_kl_factor(scheduler: DDIMScheduler, timestep: Tensor, num_steps: int, eta: float = 1.0) -> Tensor:
+    """``kappa_t``, ``(B,)``: :func:`ddim_gaussian_kl` of two outputs from one ``x_t`` is ``kappa_t * mean((o_a -
+    o_b)^2)``, whatever ``x_t`` (DiffusionNFT's step probe, ``nft.ForwardStepProbe``, reads it).
+
+    Given ``x_t`` the step's mean ``mu = sqrt(a_prev) * x0_hat + sqrt(1 - a_prev - sigma_t^2) * eps_hat`` is affine
+    in the model output ``o`` (``a`` = ``alphas_cumprod``), with slope ``c_t = sqrt(a_prev) * dx0_hat/do +
+    sqrt(1 - a_prev - sigma_t^2) * deps_hat/do``: for epsilon-prediction ``dx0_hat/do = -sqrt(1 - a_t) / sqrt(a_t)``
+    and ``deps_hat/do = 1``. Both policies share ``sigma_t``, so ``KL = c_t^2 * mean(o_a - o_b)^2 / (2 sigma_t^2)``:
+    ``kappa_t = c_t^2 / (2 sigma_t^2)``, 0 where ``sigma_t = 0``. ``timestep`` are the scheduler's timesteps of a
+    ``num_steps`` schedule; clipping or thresholding ``x0_hat`` would break the affine map, so they are refused.
+    """
+    config = scheduler.config
+    if config.thresholding or config.clip_sample:
+        raise ValueError("ddim_kl_factor needs an unclipped x0 (clip_sample and thresholding off)")
+    timestep = torch.as_tensor(timestep).long()
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=timestep.device, dtype=torch.float32)
+    prev = timestep - config.num_train_timesteps // num_steps
+    a_t = alphas_cumprod[timestep]
+    a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)],
+                         scheduler.final_alpha_cumprod.to(device=timestep.device, dtype=torch.float32))
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * variance.sqrt()
+    alpha, sigma = a_t.sqrt(), (1 - a_t).sqrt()
+    # d x0_hat / d o and d eps_hat / d o of ddim_mean_std's step 3, per prediction type
+    dx0, deps = {"epsilon": (-sigma / alpha, torch.ones_like(alpha)), "v_prediction": (-sigma, alpha),
+                 "sample": (torch.ones_like(alpha), -alpha / sigma)}[config.prediction_type]
+    slope = a_prev.sqrt() * dx0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * deps
+    safe_std = torch.where(std > 0, std, torch.ones_like(std))
+    return torch.where(std > 0, slope**2 / (2 * safe_std**2), torch.zeros_like(std))
+
+
 def ddim_step_with_logprob(
     scheduler: DDIMScheduler,
     model_output: Tensor,
@@ -584,3 +615,54 @@ class DDIMFamily:
         sample = batch.latents[rows, step_index.reshape(-1)]
         timesteps = batch.timesteps.to(sample.device)[step_index.reshape(-1)]
         return ddim_gaussian_kl(pipe.scheduler, before, after, timesteps, sample, eta=batch.eta)
+
+    # --- the forward process, for objectives that train on it (DiffusionNFT, ``nft``) -------------------------
+    # DDPM's x_t = alpha_t x_0 + sigma_t eps with alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - ...), at
+    # the scheduler's integer timesteps; the output is read by ``prediction_type`` as ddim_mean_std reads it.
+
+    def forward_coefficients(self, pipe, timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_t, sigma_t)``, ``(N,)`` float32, of each timestep."""
+        timesteps = torch.as_tensor(timesteps).long()
+        a = pipe.scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[timesteps]
+        return a.sqrt(), (1 - a).sqrt()
+
+    def forward_process(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = alpha_t x_0 + sigma_t noise`` in float32 (``DDIMScheduler.add_noise``)."""
+        alpha, sigma = (_per_sample(c, x0.ndim) for c in self.forward_coefficients(pipe, timesteps))
+        return alpha * x0.float() + sigma * noise.float()
+
+    def target(self, pipe, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the UNet predicts at ``x_t = forward_process(x0, noise, t)``: ``noise`` for epsilon-prediction,
+        ``alpha_t noise - sigma_t x_0`` for v-prediction, ``x_0`` for sample-prediction."""
+        alpha, sigma = (_per_sample(c, x0.ndim) for c in self.forward_coefficients(pipe, timesteps))
+        kind = pipe.scheduler.config.prediction_type
+        return {"epsilon": lambda: noise.float(), "v_prediction": lambda: alpha * noise.float() - sigma * x0.float(),
+                "sample": lambda: x0.float()}[kind]()
+
+    def x0_prediction(self, pipe, output: Tensor, x_t: Tensor, timesteps: Tensor) -> Tensor:
+        """The ``x_0`` the output implies at ``x_t`` (``pred_original_sample`` of ddim_mean_std, unclipped)."""
+        alpha, sigma = (_per_sample(c, x_t.ndim) for c in self.forward_coefficients(pipe, timesteps))
+        kind = pipe.scheduler.config.prediction_type
+        output, x_t = output.float(), x_t.float()
+        return {"epsilon": lambda: (x_t - sigma * output) / alpha, "v_prediction": lambda: alpha * x_t - sigma * output,
+                "sample": lambda: output}[kind]()
+
+    def predict(self, denoiser, pipe, batch: Trajectory, rows: Tensor, x_t: Tensor, timesteps: Tensor,
+                guidance_scale: float) -> Tensor:
+        """The UNet output at ``x_t`` ``(N, C, h, w)`` for the prompts of ``batch[rows]`` at ``timesteps`` ``(N,)``,
+        guided as the pipeline guides (``guidance_scale`` 1: the conditional output alone); float32."""
+        rows = torch.as_tensor(rows, device=batch.prompt_embeds.device)
+        return guided_noise_pred(denoiser, x_t.to(batch.latents.dtype), timesteps, batch.prompt_embeds[rows],
+                                 batch.negative_prompt_embeds[rows], guidance_scale).float()
+
+    def schedule(self, pipe, num_steps: int) -> Tensor:
+        """The timesteps of a ``num_steps`` DDIM schedule (the pipeline's scheduler is left as it is)."""
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.timesteps
+
+    def kl_factor(self, pipe, timesteps: Tensor, num_steps: int, cfg) -> Tensor:
+        """``kappa_t`` of the DDIM step at ``cfg.eta`` (DDPO's transition) from ``timesteps`` of a ``num_steps``
+        schedule (:func:`ddim_kl_factor`): its KL from any ``x_t`` is ``kappa_t`` times the outputs' mean squared
+        change."""
+        return ddim_kl_factor(pipe.scheduler, timesteps, num_steps, cfg.eta)

@@ -6,10 +6,12 @@ the study's results (changing one changes every run), so they are fixed here:
 
 * ``PROMPTS`` (0): the epoch's prompts and their sampling seeds (``train.epoch_prompts``);
 * ``PPO_PASS`` (1 + i): PPO pass ``i`` of the epoch -- its sample order and timestep subsets;
-* ``STEP_PROBE`` (99): the transitions on which the step controller measures each step.
+* ``STEP_PROBE`` (99): the transitions on which the step controller measures each step;
+* ``NFT_PASS`` (100 + i): DiffusionNFT's pass ``i`` -- its sample order, timesteps and forward-process noise;
+* ``NFT_PROBE`` (198): the noised samples on which NFT's step probe measures each step.
 
-Pass streams lie between the two others, so ``inner_epochs`` is capped below ``STEP_PROBE - PPO_PASS``
-(``MAX_INNER_EPOCHS``; the config refuses more).
+Pass streams lie between the others, so ``inner_epochs`` is capped below ``STEP_PROBE - PPO_PASS``
+(``MAX_INNER_EPOCHS``; the config refuses more), and NFT's passes end where its probe's stream begins.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PROMPTS = 0
 PPO_PASS = 1
 STEP_PROBE = 99
 MAX_INNER_EPOCHS = STEP_PROBE - PPO_PASS
+NFT_PASS = 100
+NFT_PROBE = NFT_PASS + MAX_INNER_EPOCHS
 
 
 def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:

@@ -2,11 +2,12 @@
 
     setup     : pipeline, sampler family, objective, policy (lora / full / progressive), stat tracker, rewards
     for epoch in 1..N:  train_epoch
-        1. sample     : chains of the current policy from the sampler family (DDIM with per-step log-probs)
+        1. sample     : chains from the sampler family (DDIM / the flow SDE with per-step log-probs) of the current
+                        policy, or of the objective's own (NFT's old policy, deterministic solver)
         2. reward     : r(x_0, prompt), optionally minus a diversity penalty, gathered over processes
         3. advantages : rewards normalised per prompt (or per batch)
-        4. update     : the objective's optimizer steps (PPO-clip, each step held to ``target_kl`` by the step
-                        controller; + optional KL to the base model)
+        4. update     : the objective's optimizer steps (PPO-clip, or DiffusionNFT on the forward process; each
+                        step held to ``target_kl`` by the step controller; + optional KL to the base model)
         5. phase      : progressive mode switches from full fine-tuning to LoRA at its switch epoch
     driver    : evaluate every k epochs, checkpoint (atomic), log; a re-run resumes from the last checkpoint
 
@@ -36,6 +37,7 @@ from .checkpoint import (
     export_final,
     load_checkpoint_state,
     load_lora_into,
+    load_objective_tensors,
     load_unet_tensors,
     optimizer_from_tensors,
     save_checkpoint,
@@ -59,8 +61,11 @@ from .rundir import (
 )
 from .stat_tracking import PerPromptStatTracker, global_advantages
 
-
 # ----------------------------------------------------------------------------------------------- setup
+#: How the progress lines name each algorithm.
+ALGORITHM_NAMES = {"ddpo": "DDPO", "flow_grpo": "Flow-GRPO", "nft": "DiffusionNFT"}
+
+
 def optimizer_steps_per_epoch(cfg: DDPOConfig, world: int = 1) -> int:
     """Optimizer steps in one epoch; raises ``ValueError`` unless the epoch splits evenly over the processes.
 
@@ -126,7 +131,7 @@ def setup(cfg: DDPOConfig) -> RunState:
     acc = Accelerator(cpu=want.type == "cpu", mixed_precision=cfg.mixed_precision if want.type == "cuda" else "no",
                       log_with=cfg.trackers or None, project_dir=cfg.output_dir)
     steps = optimizer_steps_per_epoch(cfg, acc.num_processes)
-    acc.print(f"DDPO {cfg.mode}: {cfg.samples_per_epoch} samples/epoch over {acc.num_processes} process(es), "
+    acc.print(f"{ALGORITHM_NAMES[cfg.algorithm]} {cfg.mode}: {cfg.samples_per_epoch} samples/epoch over {acc.num_processes} process(es), "
               f"{steps} optimizer step(s)/epoch of {cfg.train_batch_size * cfg.gradient_accumulation_steps} samples "
               f"(train_batch_size {cfg.train_batch_size} x gradient_accumulation_steps "
               f"{cfg.gradient_accumulation_steps}) x inner_epochs {cfg.inner_epochs}"
@@ -162,6 +167,8 @@ def setup(cfg: DDPOConfig) -> RunState:
         load_unet_tensors(denoiser, ckpt_dir)
         optimizer_from_tensors(policy.optimizer, ckpt_dir / "optimizer.safetensors")
         tracker.load_state_dict(ckpt.get("stat_buffers", {}))
+        if hasattr(objective, "load_state_dict"):  # e.g. NFT's old policy
+            objective.load_state_dict(load_objective_tensors(ckpt_dir) or {})
     elif cfg.init_lora:  # a resume loads the adapter from its checkpoint instead
         load_lora_into(denoiser, cfg.init_lora)
     state = RunState(cfg=cfg, acc=acc, out=out, pipe=pipe, family=family,
@@ -182,8 +189,9 @@ def train_epoch(state: RunState, epoch: int) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch}
     cpu0 = time.process_time()
     rank, world = state.rank_world
-    with _timed(row, "sample"):
-        batch = sample_epoch(state.cfg, state.family, state.pipe, state.denoiser, state.train_prompts,  # 1. sample
+    sampling = getattr(state.objective, "sampling", None)  # the objective's own sampling policy (NFT's old one)
+    with _timed(row, "sample"), (sampling(state) if sampling else contextlib.nullcontext(state.cfg)) as sample_cfg:
+        batch = sample_epoch(sample_cfg, state.family, state.pipe, state.denoiser, state.train_prompts,  # 1. sample
                              epoch, shard=(rank, world))
     with _timed(row, "reward"):
         rewards, prompts, info = epoch_rewards(state, batch, epoch)                                 # 2. reward
@@ -300,7 +308,7 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
             export_final(final_dir(state.out), state.denoiser, full_unet=cfg.mode != "lora")
         write_metrics(state.out, state.rows)
         _log(state, state.rows[0], 0)
-    bar = tqdm(range(state.start_epoch + 1, cfg.num_epochs + 1), desc=f"DDPO {cfg.mode}",
+    bar = tqdm(range(state.start_epoch + 1, cfg.num_epochs + 1), desc=f"{ALGORITHM_NAMES[cfg.algorithm]} {cfg.mode}",
                disable=not (progress and main), initial=state.start_epoch, total=cfg.num_epochs)
     stop = None
     for epoch in bar:
@@ -311,9 +319,11 @@ def run(cfg: DDPOConfig | dict, progress: bool = True) -> Path:
                 stop = _guard(state, guard, row)
             state.rows = [r for r in state.rows if r["epoch"] < epoch] + [row]
             if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
+                objective_state = getattr(state.objective, "state_dict", None)
                 save_checkpoint(checkpoint_dir(state.out), state.denoiser, state.policy.optimizer,
                                 {"epoch": epoch, "stat_buffers": state.tracker.state_dict()},
-                                whole_unet=cfg.mode != "lora", export_lora=finetune.has_lora(state.denoiser))
+                                whole_unet=cfg.mode != "lora", export_lora=finetune.has_lora(state.denoiser),
+                                objective_tensors=objective_state() if objective_state else None)
             write_metrics(state.out, state.rows)  # after the checkpoint: a row never exists without its state
             _log(state, row, epoch)
         state.acc.wait_for_everyone()

@@ -55,7 +55,7 @@ def test_the_loop_goes_through_the_family_and_the_registered_objective(monkeypat
 def test_unknown_algorithms_wrong_families_and_unknown_pipelines_are_one_clear_error():
     from ddpo_study.flow_sampler import FlowFamily
 
-    with pytest.raises(ValueError, match=r"unknown algorithm 'grpo'; known: \['ddpo', 'flow_grpo'\]"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'grpo'; known: \['ddpo', 'flow_grpo', 'nft'\]"):
         algorithm.make_objective("grpo", None, DDIMFamily())
     with pytest.raises(ValueError, match="'flow_grpo' trains an SD3-type .* this model is an SD-type"):
         algorithm.make_objective("flow_grpo", None, DDIMFamily())

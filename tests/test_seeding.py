@@ -9,6 +9,7 @@ from ddpo_study import seeding
 def test_the_streams_are_the_ones_the_study_ran_with():
     # changing one of these changes every run of the study: the numbers are pinned, not just distinct
     assert (seeding.PROMPTS, seeding.PPO_PASS, seeding.STEP_PROBE) == (0, 1, 99)
+    assert (seeding.NFT_PASS, seeding.NFT_PROBE) == (100, 198)  # NFT's passes 100..197 stop below its probe
     assert seeding.MAX_INNER_EPOCHS == 98  # pass streams 1..98 never reach the probe's 99
 
 

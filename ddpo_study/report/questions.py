@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import UNUSED_BY_MODE
+from ..config import unused_keys
 from ..grid.questions import DEFAULT_QUESTION_METRICS, Question, same_value
 from ..grid.spec import REPO_ROOT, GridSpec, find_spec, load_spec
 from .levels import crossing, matched_levels, read_after_epoch
@@ -112,7 +112,7 @@ def _rel(path: Path | None) -> str:
 # ================================================================================================ answering
 def select_runs(df: pd.DataFrame, cond: dict[str, Any]) -> pd.DataFrame:
     """The rows of the cells matching every ``key: value`` of ``cond`` (``variant`` = the grid variant's name; a
-    config key the cell's mode never reads is not checked)."""
+    config key the cell's mode or algorithm never reads is not checked)."""
     if df.empty:
         return df
     cells = df.drop_duplicates("cell")
@@ -121,7 +121,9 @@ def select_runs(df: pd.DataFrame, cond: dict[str, Any]) -> pd.DataFrame:
         if key not in cells:
             return df.iloc[0:0]
         modes = cells["mode"] if "mode" in cells else pd.Series([""] * len(cells), index=cells.index)
-        match = [same_value(v, value) or key in UNUSED_BY_MODE.get(m, ()) for v, m in zip(cells[key], modes)]
+        algorithms = cells["algorithm"] if "algorithm" in cells else pd.Series([None] * len(cells), index=cells.index)
+        match = [same_value(v, value) or key in unused_keys(m, a)
+                 for v, m, a in zip(cells[key], modes, algorithms)]
         keep &= np.asarray(match, dtype=bool)
     return df[df["cell"].isin(set(cells.loc[keep, "cell"]))]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import MODES, UNUSED_BY_MODE, DDPOConfig
+from ..config import MODES, DDPOConfig, unused_keys
 from ..rundir import (
     CHECKPOINTS_DIR,
     DONE_FILE,
@@ -89,19 +89,21 @@ def read_cell(cell_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
 def condition_factors(df: pd.DataFrame) -> list[str]:
     """Config keys (in DDPOConfig order) whose value differs between cells, seed and plumbing excepted.
 
-    Keys the cell's mode never reads (:data:`UNUSED_BY_MODE`, e.g. the full-fine-tuning learning rate of a LoRA
-    run) are ignored, so changing the full learning rate of a grid does not split its LoRA cells off."""
+    Keys the cell's mode or algorithm never reads (:func:`~ddpo_study.config.unused_keys`, e.g. the
+    full-fine-tuning learning rate of a LoRA run, or NFT's keys in a DDPO run) are ignored, so changing the full
+    learning rate of a grid does not split its LoRA cells off."""
     import dataclasses
 
     cells = df.drop_duplicates("cell")
+    modes = cells["mode"] if "mode" in cells else pd.Series([""] * len(cells), index=cells.index)
+    algorithms = cells["algorithm"] if "algorithm" in cells else pd.Series([None] * len(cells), index=cells.index)
+    unread = [unused_keys(m, a) for m, a in zip(modes, algorithms)]
     out = []
     for f in dataclasses.fields(DDPOConfig):
         if f.name in NON_FACTORS or f.name not in cells:
             continue
         values = cells[f.name].astype(str)
-        if "mode" in cells:
-            unused = cells["mode"].map(lambda m: f.name in UNUSED_BY_MODE.get(m, ()))
-            values = values[~unused.to_numpy(dtype=bool)]
+        values = values[[f.name not in u for u in unread]]
         if values.nunique() > 1:
             out.append(f.name)
     return out
