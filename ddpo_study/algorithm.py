@@ -45,7 +45,7 @@ class SamplerFamily(Protocol):
         """The network the policy trains (``pipe.unet``; ``pipe.transformer`` for SD3-type pipelines)."""
 
     def sample(self, pipe, denoiser, prompts: Sequence[str], seeds: Sequence[int], cfg: "DDPOConfig",
-               progress: bool = False) -> "Trajectory":
+               progress: bool = False, epoch: int = 0) -> "Trajectory":
         """Training samples: one chain per ``(prompt, seed)`` with what the objective needs (latents, log-probs)."""
 
     def generate(self, pipe, denoiser, prompts: Sequence[str], seeds: Sequence[int], cfg: "DDPOConfig") -> Tensor:

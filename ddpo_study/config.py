@@ -61,9 +61,9 @@ NFT_KEYS = ("nft_beta", "nft_weighting", "nft_timesteps_per_sample", "nft_guided
 #: PPO ratio, no timestep fraction of its own chain and its own KL weight. (NFT reads both noises: the eval and
 #: the step probe of whichever family the model is, see ``nft``.)
 UNUSED_BY_ALGORITHM = {
-    "ddpo": ("noise_level", *NFT_KEYS),
+    "ddpo": ("noise_level", "sde_window", *NFT_KEYS),
     "flow_grpo": ("eta", *NFT_KEYS),
-    "nft": ("clip_range", "timestep_fraction", "kl_beta"),
+    "nft": ("clip_range", "timestep_fraction", "kl_beta", "sde_window"),
 }
 
 
@@ -140,6 +140,8 @@ class DDPOConfig:
     """DDIM eta: 1.0 makes every step stochastic, which the policy-gradient needs (0 would make log-probs degenerate)."""
     noise_level: float = 0.7
     """Flow-GRPO: the SDE's noise level (flow_grpo's default 0.7); the SD-type sampler uses eta instead."""
+    sde_window: int = 0
+    """Flow-GRPO-Fast: SDE noise on only this many consecutive steps (a window placed at random each epoch; the rest is the ODE) and only they train; 0 = every step (Flow-GRPO)."""
     eval_num_steps: int = 0
     """Sampler steps at evaluation (0 = num_steps); Flow-GRPO trains on few SDE steps and evaluates the ODE at more (flow_grpo: 10 / 40)."""
     samples_per_epoch: int = 64
@@ -319,7 +321,7 @@ class DDPOConfig:
                     "lora_alpha", "adam_epsilon"):
             need(getattr(self, key) > 0, key, "must be > 0")
         for key in ("train_timesteps_per_pass", "eta", "kl_beta", "target_kl", "adam_weight_decay", "num_threads",
-                    "eval_num_steps", "noise_level", "stop_retrieval_drop", "stop_judge_drop"):
+                    "eval_num_steps", "noise_level", "sde_window", "stop_retrieval_drop", "stop_judge_drop"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 disables guidance)")
         need(0 < self.timestep_fraction <= 1, "timestep_fraction", "must be in (0, 1]")
@@ -344,6 +346,12 @@ class DDPOConfig:
             self._validate_nft(need)
         need(int(self.num_steps * self.timestep_fraction) >= 1, "timestep_fraction",
              "num_steps x timestep_fraction must select at least one step")
+        if self.sde_window:
+            need(self.algorithm == "flow_grpo", "sde_window", "is Flow-GRPO-Fast's window: needs algorithm flow_grpo")
+            need(self.sde_window <= self.num_steps, "sde_window", f"must be <= num_steps={self.num_steps}")
+            need(int(self.sde_window * self.timestep_fraction) >= 1, "sde_window",
+                 "sde_window x timestep_fraction must select at least one step (Flow-GRPO-Fast trains the window: "
+                 "timestep_fraction 1)")
         if self.mode == "progressive":
             need(1 <= self.progressive_switch_epoch < self.num_epochs, "progressive_switch_epoch",
                  "must be in [1, num_epochs) so that both phases train")

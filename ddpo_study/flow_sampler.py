@@ -28,6 +28,7 @@ from its own ``torch.Generator().manual_seed(seeds[i])``, so it depends only on 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -35,6 +36,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from . import seeding
 from .sampler import LogProbOutput, Trajectory, _as_step_index, _module_device, _module_dtype, _per_sample
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -189,8 +191,12 @@ def guided_velocity(transformer, latents: Tensor, timesteps, prompt_embeds: Tens
 
 def sample_flow_trajectories(pipe, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 10,
                              guidance_scale: float = 4.5, noise_level: float = 0.7, transformer=None,
-                             batch_size: int | None = None) -> Trajectory:
-    """One SDE chain per ``(prompt, seed)`` with per-step log-probs (Flow-GRPO's training samples)."""
+                             batch_size: int | None = None, sde_steps: Sequence[int] | None = None) -> Trajectory:
+    """One SDE chain per ``(prompt, seed)`` with per-step log-probs (Flow-GRPO's training samples).
+
+    ``sde_steps`` (Flow-GRPO-Fast): only these steps are SDE steps; the others are the ODE's (no noise, log-prob
+    0), and the trajectory's ``train_steps`` says which may train. None: every step is an SDE step.
+    """
     prompts, seeds = list(prompts), list(seeds)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -198,13 +204,17 @@ def sample_flow_trajectories(pipe, prompts: Sequence[str], seeds: Sequence[int],
         raise TypeError("sample_flow_trajectories needs a FlowMatchEulerDiscreteScheduler")
     transformer = pipe.transformer if transformer is None else transformer
     chunk = batch_size or len(prompts)
+    window = None if sde_steps is None else sorted(int(j) for j in sde_steps)
+    if window is not None and not (window and 0 <= window[0] and window[-1] < num_inference_steps):
+        raise ValueError(f"sde_steps {window} must be steps of the {num_inference_steps}-step chain")
     parts = [_sample_flow_batch(pipe, transformer, prompts[i:i + chunk], seeds[i:i + chunk], num_inference_steps,
-                                guidance_scale, noise_level) for i in range(0, len(prompts), chunk)]
-    return parts[0] if len(parts) == 1 else Trajectory.cat(parts)
+                                guidance_scale, noise_level, window) for i in range(0, len(prompts), chunk)]
+    traj = parts[0] if len(parts) == 1 else Trajectory.cat(parts)
+    return traj if window is None else replace(traj, train_steps=torch.tensor(window, dtype=torch.long))
 
 
 def _sample_flow_batch(pipe, transformer, prompts, seeds, num_inference_steps, guidance_scale,
-                       noise_level) -> Trajectory:
+                       noise_level, window=None) -> Trajectory:
     scheduler = pipe.scheduler
     device, dtype = _module_device(transformer), _module_dtype(transformer)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
@@ -217,9 +227,10 @@ def _sample_flow_batch(pipe, transformer, prompts, seeds, num_inference_steps, g
         latents = randn_tensor((len(prompts), transformer.config.in_channels, size, size), generator=generators,
                                device=device, dtype=torch.float32).to(dtype)
         all_latents, all_log_probs = [latents], []
-        for t in scheduler.timesteps:
+        for j, t in enumerate(scheduler.timesteps):
             v = guided_velocity(transformer, latents, t, embeds, pooled, neg, neg_pooled, guidance_scale)
-            latents, log_prob, _, _ = flow_sde_step_with_logprob(scheduler, v, t, latents, noise_level,
+            level = noise_level if window is None or j in window else 0.0  # outside the window: the ODE step
+            latents, log_prob, _, _ = flow_sde_step_with_logprob(scheduler, v, t, latents, level,
                                                                  generator=generators)
             all_latents.append(latents)
             all_log_probs.append(log_prob)
@@ -278,6 +289,16 @@ def recompute_flow_log_probs(transformer, scheduler, trajectory: Trajectory, ste
 # --------------------------------------------------------------------------------------------------------------
 
 
+def sde_window(cfg, epoch: int) -> range | None:
+    """Flow-GRPO-Fast's SDE steps in epoch ``epoch``: ``cfg.sde_window`` consecutive steps starting at a step drawn
+    uniformly from the run's ``SDE_WINDOW`` stream (the same on every process); None when ``sde_window`` is 0."""
+    size = getattr(cfg, "sde_window", 0)
+    if not size:
+        return None
+    start = int(seeding.epoch_rng(cfg.seed, epoch, seeding.SDE_WINDOW).integers(0, cfg.num_steps - size + 1))
+    return range(start, start + size)
+
+
 class FlowFamily:
     """SD3-type pipelines: a rectified-flow transformer, trained on the SDE's steps, evaluated on the ODE.
 
@@ -291,10 +312,11 @@ class FlowFamily:
     def denoiser(self, pipe):
         return pipe.transformer
 
-    def sample(self, pipe, denoiser, prompts, seeds, cfg, progress: bool = False) -> Trajectory:
+    def sample(self, pipe, denoiser, prompts, seeds, cfg, progress: bool = False, epoch: int = 0) -> Trajectory:
         return sample_flow_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
                                         guidance_scale=cfg.guidance_scale, noise_level=cfg.noise_level,
-                                        transformer=denoiser, batch_size=cfg.sample_batch_size)
+                                        transformer=denoiser, batch_size=cfg.sample_batch_size,
+                                        sde_steps=sde_window(cfg, epoch))
 
     def generate(self, pipe, denoiser, prompts, seeds, cfg) -> Tensor:
         if denoiser is not pipe.transformer:

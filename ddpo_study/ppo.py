@@ -130,6 +130,15 @@ class StepController:
         return optimizer.param_groups[0]["lr"]
 
 
+def train_steps(batch, cfg, n: int, generator: torch.Generator) -> Tensor:
+    """The steps each of the epoch's ``n`` samples trains on (``select_timesteps``), among the batch's
+    ``train_steps`` when it has them (Flow-GRPO-Fast: only its window of SDE steps has a log-prob)."""
+    pool = getattr(batch, "train_steps", None)
+    if pool is None:
+        return select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=generator)
+    return pool[select_timesteps(len(pool), cfg.timestep_fraction, n, generator=generator)]
+
+
 class StepProbe:
     """What the :class:`StepController` reads: ``KL(pi_before || pi_after)`` of one optimizer step.
 
@@ -145,6 +154,9 @@ class StepProbe:
     def __init__(self, cfg, family, batch, epoch: int, rank: int = 0, world: int = 1, sync=None):
         self.family, self.sync = family, sync
         rows, self.steps = self.choose(cfg, epoch, rank, world)
+        pool = getattr(batch, "train_steps", None)
+        if pool is not None:  # only the window's steps are stochastic: measure the step there
+            self.steps = pool[self.steps % len(pool)]
         self.batch = batch[rows]
 
     @classmethod
@@ -231,7 +243,7 @@ class PPO:
         for inner in range(cfg.inner_epochs):
             g = seeding.epoch_torch_generator(cfg.seed, epoch, seeding.PPO_PASS + inner)  # same on all processes
             order = torch.randperm(n, generator=g)
-            step_index = select_timesteps(cfg.num_steps, cfg.timestep_fraction, n, generator=g)  # (n, K), global
+            step_index = train_steps(batch, cfg, n, g)  # (n, K), by global index
             for s0 in range(0, n, per_step):
                 step_samples = order[s0:s0 + per_step]
                 mine = step_samples[step_samples % world == rank]  # global index i lives on process i % world

@@ -259,6 +259,7 @@ class Trajectory:
     eta: float  #: the step's noise scale: DDIM's eta, or the flow SDE's noise level (``flow_sampler``)
     pooled_prompt_embeds: Tensor | None = None  #: (B, D) SD3-type pipelines' pooled text embeddings (else None)
     negative_pooled_prompt_embeds: Tensor | None = None  #: (B, D) the same for "" (CFG's unconditional branch)
+    train_steps: Tensor | None = None  #: the only steps with noise, which alone train (Flow-GRPO-Fast); None: all
 
     _BATCHED = ("latents", "log_probs", "prompt_embeds", "negative_prompt_embeds", "images", "pooled_prompt_embeds",
                 "negative_pooled_prompt_embeds")
@@ -594,7 +595,7 @@ class DDIMFamily:
     def denoiser(self, pipe):
         return pipe.unet
 
-    def sample(self, pipe, denoiser, prompts, seeds, cfg, progress: bool = False) -> Trajectory:
+    def sample(self, pipe, denoiser, prompts, seeds, cfg, progress: bool = False, epoch: int = 0) -> Trajectory:
         return sample_trajectories(pipe, prompts, seeds, num_inference_steps=cfg.num_steps,
                                    guidance_scale=cfg.guidance_scale, eta=cfg.eta, unet=denoiser,
                                    batch_size=cfg.sample_batch_size, progress=progress)

@@ -8,7 +8,8 @@ the study's results (changing one changes every run), so they are fixed here:
 * ``PPO_PASS`` (1 + i): PPO pass ``i`` of the epoch -- its sample order and timestep subsets;
 * ``STEP_PROBE`` (99): the transitions on which the step controller measures each step;
 * ``NFT_PASS`` (100 + i): DiffusionNFT's pass ``i`` -- its sample order, timesteps and forward-process noise;
-* ``NFT_PROBE`` (198): the noised samples on which NFT's step probe measures each step.
+* ``NFT_PROBE`` (198): the noised samples on which NFT's step probe measures each step;
+* ``SDE_WINDOW`` (199): Flow-GRPO-Fast's window of SDE steps in the epoch's chains (``flow_sampler``).
 
 Pass streams lie between the others, so ``inner_epochs`` is capped below ``STEP_PROBE - PPO_PASS``
 (``MAX_INNER_EPOCHS``; the config refuses more), and NFT's passes end where its probe's stream begins.
@@ -25,6 +26,7 @@ STEP_PROBE = 99
 MAX_INNER_EPOCHS = STEP_PROBE - PPO_PASS
 NFT_PASS = 100
 NFT_PROBE = NFT_PASS + MAX_INNER_EPOCHS
+SDE_WINDOW = NFT_PROBE + 1
 
 
 def epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:

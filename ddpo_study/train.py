@@ -238,7 +238,8 @@ def epoch_prompts(cfg, prompts_all, epoch) -> list[tuple[str, int]]:
 def sample_epoch(cfg, family: SamplerFamily, pipe, denoiser, prompts_all, epoch, shard=(0, 1), progress=False):
     """Step 1: this process's share of the epoch's (prompt, seed) pairs (every ``world``-th), sampled."""
     pairs = epoch_prompts(cfg, prompts_all, epoch)[shard[0]::shard[1]]
-    return family.sample(pipe, denoiser, [p for p, _ in pairs], [s for _, s in pairs], cfg, progress=progress)
+    return family.sample(pipe, denoiser, [p for p, _ in pairs], [s for _, s in pairs], cfg, progress=progress,
+                         epoch=epoch)
 
 
 def epoch_rewards(state: RunState, batch, epoch: int) -> tuple[np.ndarray, list[str], dict]:

@@ -18,9 +18,9 @@ def test_the_loop_goes_through_the_family_and_the_registered_objective(monkeypat
     calls: list[tuple] = []
 
     class SpyFamily(DDIMFamily):
-        def sample(self, pipe, denoiser, prompts, seeds, cfg, progress=False):
+        def sample(self, pipe, denoiser, prompts, seeds, cfg, progress=False, epoch=0):
             calls.append(("sample", len(prompts)))
-            return super().sample(pipe, denoiser, prompts, seeds, cfg, progress)
+            return super().sample(pipe, denoiser, prompts, seeds, cfg, progress, epoch)
 
         def generate(self, pipe, denoiser, prompts, seeds, cfg):
             calls.append(("generate", len(prompts)))

@@ -125,3 +125,29 @@ def test_eval_images_are_the_stock_pipelines_per_image(tiny_sd3_pipe):
                  generator=[torch.Generator().manual_seed(9)], output_type="pt", return_dict=False)[0]
     assert ours.shape == (3, 3, 16, 16)
     torch.testing.assert_close(ours[2:], stock.float(), rtol=0, atol=1e-5)
+
+
+def test_flow_grpo_fast_noises_only_its_window_and_the_rest_is_the_ode(tiny_sd3_pipe):
+    pipe = tiny_sd3_pipe
+    kw = dict(num_inference_steps=4, guidance_scale=2.0, noise_level=0.7)
+    fast = sample_flow_trajectories(pipe, PROMPTS[:2], [3, 4], sde_steps=[1, 2], **kw)
+    assert fast.train_steps.tolist() == [1, 2] and fast[[1]].train_steps.tolist() == [1, 2]
+    assert torch.equal(fast.log_probs[:, [0, 3]], torch.zeros(2, 2)) and (fast.log_probs[:, [1, 2]] != 0).all()
+    ode = sample_flow_trajectories(pipe, PROMPTS[:2], [3, 4], **{**kw, "noise_level": 0.0})
+    torch.testing.assert_close(fast.latents[:, 1], ode.latents[:, 1])  # step 0 was the ODE's
+    assert not torch.allclose(fast.latents[:, 3], ode.latents[:, 3])  # the window's noise changed the rest
+    again = recompute_flow_log_probs(pipe.transformer, pipe.scheduler, fast, fast.train_steps)
+    torch.testing.assert_close(again.log_prob, fast.log_probs[:, 1:3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="must be steps of the 4-step chain"):
+        sample_flow_trajectories(pipe, PROMPTS[:1], [3], sde_steps=[4], **kw)
+
+
+def test_the_fast_window_is_drawn_per_epoch_from_the_runs_seed():
+    from types import SimpleNamespace
+
+    from ddpo_study.flow_sampler import sde_window
+
+    cfg = SimpleNamespace(sde_window=2, num_steps=10, seed=0)
+    windows = [sde_window(cfg, e) for e in range(1, 30)]
+    assert all(len(w) == 2 and 0 <= w.start <= 8 for w in windows) and len({w.start for w in windows}) > 3
+    assert sde_window(cfg, 5) == sde_window(cfg, 5) and sde_window(SimpleNamespace(sde_window=0), 5) is None

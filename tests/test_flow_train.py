@@ -86,3 +86,25 @@ def test_bad_flow_input_is_one_clear_error(tiny_model_dir, tiny_sd3_model_dir, t
         load_pipeline(str(broken))
     with pytest.raises(ConfigError, match="noise_level"):
         flow_config(tiny_sd3_model_dir, tiny_prompt_files, tmp_path / "c", noise_level=0.0)
+
+
+def test_flow_grpo_fast_trains_only_its_window(tiny_sd3_model_dir, tiny_prompt_files, tmp_path, monkeypatch):
+    from ddpo_study.flow_sampler import FlowFamily, sde_window
+
+    trained: list[set[int]] = []
+    real = FlowFamily.log_probs
+
+    def spy(self, denoiser, pipe, batch, step_index, reference=None):
+        trained.append(set(step_index.reshape(-1).tolist()))
+        return real(self, denoiser, pipe, batch, step_index, reference)
+
+    monkeypatch.setattr(FlowFamily, "log_probs", spy)
+    cfg = flow_config(tiny_sd3_model_dir, tiny_prompt_files, tmp_path / "fast", num_steps=4, sde_window=2,
+                      timestep_fraction=1.0)
+    out = train.run(cfg, progress=False)
+    df = pd.read_csv(out / "metrics.csv")
+    assert (df["train_optimizer_steps"].iloc[1:] == 2).all() and (df["train_step_kl"].iloc[1:] > 0).all()
+    windows = [set(sde_window(cfg, e)) for e in (1, 2)]
+    assert trained and all(any(steps <= w for w in windows) for steps in trained)  # never outside a window
+    with pytest.raises(ConfigError, match="sde_window.*needs algorithm flow_grpo"):
+        tiny_config(tiny_sd3_model_dir, tiny_prompt_files, tmp_path / "x", sde_window=2)
