@@ -195,6 +195,14 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    """A file of the tiny prompts, one a line (diagnose's and the monitor's ``--prompts``)."""
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(TINY_PROMPTS) + "\n")
+    return str(path)
+
+
 @pytest.fixture
 def tiny_prompt_files(tmp_path):
     train = tmp_path / "train.txt"

@@ -44,13 +44,6 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(TINY_PROMPTS) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def base_pipe(tiny_model_dir):
     return load_pipeline(str(tiny_model_dir))
 

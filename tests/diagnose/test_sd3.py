@@ -28,13 +28,6 @@ FLOW_GRPO_TARGETS = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "a
 
 
 @pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(TINY_PROMPTS) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def base_pipe(tiny_sd3_model_dir):
     return load_pipeline(str(tiny_sd3_model_dir))
 
