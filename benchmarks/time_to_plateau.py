@@ -1,6 +1,7 @@
-"""Reward gain per CPU-minute: DDPO recipes trained side by side on LoRA / toy_30 / the toy aesthetic reward.
+"""Reward gain per CPU-minute: recipes of DDPO and its successors trained side by side on LoRA / toy_30 / the toy
+aesthetic reward, several seeds each.
 
-    python benchmarks/time_to_plateau.py [--budget-min 10] [--recipes current trl ddpo-pytorch new] [--jobs 2]
+    python benchmarks/time_to_plateau.py [--budget-min 10] [--recipes new nft flow-grpo ...] [--seeds 0 1 2] [--jobs 2]
 
 Each recipe is a set of ``DDPOConfig`` settings (below, with where they come from). Every recipe trains one
 thread per run (``num_threads 1``, so CPU-seconds are comparable), in chunks of ``eval_every`` epochs: a
@@ -25,21 +26,34 @@ resumes from its checkpoint (exactly: ``train.run`` resumes bit for bit). A reci
   upper bound: no interpolation between evals);
 * at equal CPU time: each recipe's gain at its last eval within the new recipe's time to plateau.
 
-Last line: ``gain per CPU-minute, new/current = X; new/TRL = Y; new/ddpo-pytorch = Z`` (final gain divided by the
-CPU-minutes it took). Results go to ``<results>/time_to_plateau.{csv,md}`` and ``curves.csv``. A recipe that stopped
-in an earlier invocation is reused (delete its run folder to train it again). Not a test: ~25 min on
-2 cores at the default budget.
+* at equal CPU time: each run's gain at its last eval within ``--equal-cpu-min`` of training CPU time;
+* gain per CPU-minute: the final gain divided by the CPU-minutes it took.
+
+Each recipe runs once per seed (run folders ``<out>/<recipe>-s<seed>``); the seed sets the prompt draws, the
+sampling noise and the LoRA initialisation, while the eval images' seeds are the same in every run. The last line
+compares recipes on the mean over seeds of gain per CPU-minute, with Fieller's 95% interval for the ratio
+(``report.stats.ratio_ci``; unbounded when the denominator's seeds do not exclude zero):
+``gain per CPU-minute: NFT/DDPO-v2 (UNet toy) = X [low, high]; NFT/Flow-GRPO (flow toy) = Y [low, high]`` (and the
+older recipes' ratios to ``new`` when they ran). Results go to ``<results>/``: ``time_to_plateau.csv`` (a row per
+recipe x seed), ``by_recipe.csv`` (means and intervals over seeds), ``curves.csv`` (every eval of every run),
+``time_to_plateau.md`` and ``run.log`` (appended by each invocation, headed by the command, machine and date). A
+run that stopped in an earlier invocation is reused (delete its run folder to train it again). Not a test: each
+run costs up to the budget plus its evals, two at a time on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -50,7 +64,8 @@ REPO = Path(__file__).resolve().parent.parent
 COMMON = dict(model="toy", mode="lora", prompt_set="toy_30", reward="aesthetic", eval_prompt_set="toy_eval",
               eval_num_prompts=32, eval_num_seeds=4, num_threads=1, seed=0, diversity_lambda=0.0)
 
-#: name -> (settings over COMMON, epochs per eval chunk). "new" is read from the study spec (its one home).
+#: name -> (settings over COMMON, epochs per eval chunk). "new" (DDPO v2) is read from the study spec (its one home),
+#: the successors' recipes from ``configs/recipes/`` (:func:`file_recipes`).
 RECIPES = {
     # The 20-epoch study recipe of configs/toy_study.yaml before study v2 (docs/recipe.md):
     # 20 DDIM steps, groups of 8, one optimizer step on all 64 samples, LoRA lr 3e-3, no step control.
@@ -71,6 +86,18 @@ RECIPES = {
 }
 STUDY_SPEC = REPO / "configs" / "toy_study.yaml"
 FINISHED = "PLATEAU_OR_BUDGET"  # a recipe's run folder has this once it stopped (a later invocation reuses it)
+
+
+RECIPE_DIR = REPO / "configs" / "recipes"  # the successors' recipes, each with its reasons in its header
+
+
+def file_recipes() -> dict[str, tuple[dict, int]]:
+    """``configs/recipes/<name>.yaml``: DDPOConfig settings over COMMON, and ``eval_every`` (the chunk)."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        settings = yaml.safe_load(path.read_text())
+        out[path.stem] = settings, int(settings.pop("eval_every", 5))
+    return out
 
 
 def new_recipe() -> tuple[dict, int]:
@@ -113,94 +140,133 @@ def plateau_row(ev: pd.DataFrame) -> int | None:
     return None
 
 
-def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out_root: Path) -> pd.DataFrame:
-    out = out_root / name
+def run_recipe(name: str, settings: dict, chunk: int, budget_s: float, out: Path, log) -> pd.DataFrame:
     if (out / FINISHED).is_file():  # finished by an earlier invocation: reuse it if it is this recipe
         saved = read_config(out)
-        want = {**COMMON, **settings, "eval_every": chunk}
+        want = {**COMMON, **settings, "eval_every": chunk, "seed": saved.get("seed")}
         if all(saved.get(k) == v for k, v in want.items()):
-            print(f"{name}: reusing the finished run in {out}", flush=True)
+            log(f"{out.name}: reusing the finished run in {out}")
             return curve(load_metrics(out), out)
         raise SystemExit(f"error: {out} holds another recipe's run; delete it to re-run {name}")
+    seed = int(out.name.rsplit("-s", 1)[1]) if "-s" in out.name else 0
     epochs = 0
     while True:
         epochs += chunk
-        cfg = {**COMMON, **settings, "eval_every": chunk, "num_epochs": epochs, "output_dir": str(out)}
+        cfg = {**COMMON, **settings, "seed": seed, "eval_every": chunk, "num_epochs": epochs, "output_dir": str(out)}
         ev = curve(train_chunk(cfg, out), out)
-        print(f"{name}: epoch {epochs}, cpu {ev['cpu_s'].iloc[-1]:.0f}s, gain {ev['gain'].iloc[-1]:+.3f}", flush=True)
+        log(f"{out.name}: epoch {epochs}, cpu {ev['cpu_s'].iloc[-1]:.0f}s, gain {ev['gain'].iloc[-1]:+.3f}")
         if plateau_row(ev) is not None or ev["cpu_s"].iloc[-1] >= budget_s:
             (out / FINISHED).write_text(json.dumps({"epochs": epochs}) + "\n")
             return ev
 
 
-def summarise(curves: dict[str, pd.DataFrame], reference: str = "new") -> pd.DataFrame:
+def run_row(ev: pd.DataFrame, equal_cpu_s: float) -> dict:
+    """One run's columns (module docstring): where it stopped, its gain and the diversity it kept there."""
+    i = plateau_row(ev)
+    end = ev.iloc[i] if i is not None else ev.iloc[-1]
+    final = end["gain"]
+
+    def time_to(share):
+        hit = ev[(ev["gain"] >= share * final) & (ev["epoch"] > 0)] if final > 0 else ev.iloc[0:0]
+        return hit["cpu_s"].iloc[0] if len(hit) else float("nan")
+
+    before = ev[ev["cpu_s"] <= equal_cpu_s]
+    return {
+        "plateau": "yes" if i is not None else "no (budget)", "epoch": int(end["epoch"]),
+        "cpu_s": end["cpu_s"], "final_gain": final, "final_z": end["z"], "best_gain": ev["gain"].max(),
+        "cpu_s_to_50%": time_to(0.5), "cpu_s_to_90%": time_to(0.9),
+        "gain_at_equal_cpu": before["gain"].iloc[-1] if len(before) > 1 else float("nan"),
+        "gain_per_cpu_min": final / (end["cpu_s"] / 60) if end["cpu_s"] > 0 else float("nan"),
+        "cpu_s_per_epoch": end["cpu_s"] / end["epoch"] if end["epoch"] else float("nan"),
+        "cross_div_clip": end.get("cross_div_clip"), "retrieval_acc": end.get("retrieval_acc"),
+        "judge_all": end.get("judge_all"), "judge_distinct": end.get("judge_distinct", float("nan")),
+        "base_reward": ev["reward_mean"].iloc[0],
+    }
+
+
+def by_recipe(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% t-interval over seeds of each numeric column, a row per recipe."""
+    from ddpo_study.report.stats import mean_ci
+
     rows = []
-    t_ref = None
-    ends = {}
-    for name, ev in curves.items():
-        i = plateau_row(ev)
-        end = ev.iloc[i] if i is not None else ev.iloc[-1]
-        ends[name] = (i, end)
-        if name == reference and i is not None:
-            t_ref = end["cpu_s"]
-    for name, ev in curves.items():
-        i, end = ends[name]
-        final = end["gain"]
-
-        def time_to(share):
-            hit = ev[(ev["gain"] >= share * final) & (ev["epoch"] > 0)] if final > 0 else ev.iloc[0:0]
-            return hit["cpu_s"].iloc[0] if len(hit) else float("nan")
-
-        at_ref = float("nan")
-        if t_ref is not None:
-            before = ev[ev["cpu_s"] <= t_ref]
-            at_ref = before["gain"].iloc[-1] if len(before) > 1 else float("nan")
-        rows.append({
-            "recipe": name, "plateau": "yes" if i is not None else "no (budget)", "epoch": int(end["epoch"]),
-            "cpu_s": end["cpu_s"], "final_gain": final, "final_z": end["z"], "best_gain": ev["gain"].max(),
-            "cpu_s_to_50%": time_to(0.5), "cpu_s_to_90%": time_to(0.9),
-            "gain_at_new_plateau_time": at_ref,
-            "gain_per_cpu_min": final / (end["cpu_s"] / 60) if end["cpu_s"] > 0 else float("nan"),
-            "cross_div_clip": end.get("cross_div_clip"), "retrieval_acc": end.get("retrieval_acc"),
-            "judge_all": end.get("judge_all"), "judge_distinct": end.get("judge_distinct", float("nan")),
-            "base_reward": ev["reward_mean"].iloc[0],
-        })
+    for recipe, runs in table.groupby("recipe", sort=False):
+        row = {"recipe": recipe, "seeds": len(runs), "plateaus": int((runs["plateau"] == "yes").sum())}
+        for col in SUMMARY_COLUMNS:
+            m, lo, hi, _ = mean_ci(runs[col])
+            row[col], row[f"{col}_lo"], row[f"{col}_hi"] = m, lo, hi
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+SUMMARY_COLUMNS = ("final_gain", "gain_per_cpu_min", "gain_at_equal_cpu", "cpu_s_to_50%", "cpu_s_to_90%", "cpu_s",
+                   "cpu_s_per_epoch", "judge_all", "retrieval_acc", "cross_div_clip")
+#: the last line's ratios: (label, numerator recipe, denominator recipe)
+RATIOS = (("NFT/DDPO-v2 (UNet toy)", "nft", "new"), ("NFT/Flow-GRPO (flow toy)", "nft-flow", "flow-grpo"),
+          ("new/current", "new", "current"), ("new/TRL", "new", "trl"), ("new/ddpo-pytorch", "new", "ddpo-pytorch"))
+
+
+def ratio_line(table: pd.DataFrame) -> str:
+    """``gain per CPU-minute: A/B = X [low, high]; ...``: ratio of the seed means, Fieller's 95% interval."""
+    from ddpo_study.report.stats import ratio_ci
+
+    per = {r: runs["gain_per_cpu_min"].to_numpy() for r, runs in table.groupby("recipe")}
+    parts = []
+    for label, a, b in RATIOS:
+        if a not in per or b not in per:
+            continue
+        if per[b].mean() <= 0:
+            parts.append(f"{label} = n/a ({b} did not gain)")
+            continue
+        x, lo, hi = ratio_ci(per[a], per[b])
+        ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else \
+            (" [unbounded]" if np.isinf(lo) else " [no CI: one seed]")
+        parts.append(f"{label} = {x:.2f}{ci}")
+    return "gain per CPU-minute: " + "; ".join(parts)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--budget-min", type=float, default=10.0, help="training CPU-minutes per recipe (cap)")
+    ap.add_argument("--budget-min", type=float, default=10.0, help="training CPU-minutes per run (cap)")
+    ap.add_argument("--equal-cpu-min", type=float, default=5.0,
+                    help="the CPU time at which every run's gain is compared (the 'gain at equal CPU' column)")
     ap.add_argument("--recipes", nargs="+", default=["current", "trl", "ddpo-pytorch", "new"])
-    ap.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds per recipe (run folders <recipe>-s<seed>)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     ap.add_argument("--out", default="runs/time_to_plateau")
-    ap.add_argument("--results", default="results/time_to_plateau", help="where the table is written")
+    ap.add_argument("--results", default="results/time_to_plateau", help="where the tables and the log are written")
     args = ap.parse_args()
-    recipes = {**RECIPES, "new": new_recipe()}
+    recipes = {**RECIPES, **file_recipes(), "new": new_recipe()}
     unknown = [r for r in args.recipes if r not in recipes]
     if unknown:
         raise SystemExit(f"error: unknown recipe(s) {unknown}; known: {sorted(recipes)}")
-    out_root = Path(args.out)
+    out_root, results = Path(args.out), Path(args.results)
     out_root.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {r: pool.submit(run_recipe, r, *recipes[r], args.budget_min * 60, out_root) for r in args.recipes}
-        curves = {r: f.result() for r, f in futures.items()}
-    table = summarise(curves)
-    results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    log_file = results / "run.log"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_file.open("a") as f:
+            f.write(line + "\n")
+
+    log(f"# {' '.join(sys.argv)}  ({platform.node()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
+    # seeds outermost: every recipe's seed 0 first, so a run cut short still has one seed of each
+    runs = [(r, s) for s in args.seeds for r in args.recipes]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(r, s): pool.submit(run_recipe, r, *recipes[r], args.budget_min * 60, out_root / f"{r}-s{s}", log)
+                   for r, s in runs}
+        curves = {key: f.result() for key, f in futures.items()}
+    table = pd.DataFrame([{"recipe": r, "seed": s, **run_row(ev, args.equal_cpu_min * 60)}
+                          for (r, s), ev in curves.items()])
     table.to_csv(results / "time_to_plateau.csv", index=False, float_format="%.4g")
-    pd.concat([ev.assign(recipe=r) for r, ev in curves.items()]).to_csv(results / "curves.csv", index=False,
-                                                                       float_format="%.5g")
+    pd.concat([ev.assign(recipe=r, seed=s) for (r, s), ev in curves.items()]).to_csv(
+        results / "curves.csv", index=False, float_format="%.5g")
+    summary = by_recipe(table)
+    summary.to_csv(results / "by_recipe.csv", index=False, float_format="%.4g")
     text = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
     (results / "time_to_plateau.md").write_text("```\n" + text + "\n```\n")
-    print(text)
-    per_min = dict(zip(table["recipe"], table["gain_per_cpu_min"]))
-    if "new" in per_min:
-        ratios = [f"new/{label} = {per_min['new'] / per_min[r]:.2f}" if per_min.get(r, 0) > 0
-                  else f"new/{label} = n/a ({r} did not gain)"
-                  for r, label in (("current", "current"), ("trl", "TRL"), ("ddpo-pytorch", "ddpo-pytorch"))
-                  if r in per_min]
-        print("gain per CPU-minute, " + "; ".join(ratios))
+    log(text)
+    log(ratio_line(table))
 
 
 if __name__ == "__main__":

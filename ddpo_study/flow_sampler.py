@@ -38,6 +38,7 @@ from torch import Tensor
 
 from . import seeding
 from .sampler import LogProbOutput, Trajectory, _as_step_index, _module_device, _module_dtype, _per_sample
+from .sd3_padding import short_context_kwargs
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -155,11 +156,12 @@ def flow_kl_factor(scheduler: FlowMatchEulerDiscreteScheduler, timestep, noise_l
 
 
 def encode_sd3_prompts(pipe, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """``(prompt_embeds, pooled_prompt_embeds)`` for ``prompts`` exactly as ``StableDiffusion3Pipeline`` makes
-    them (both CLIP encoders, and T5 or its zero padding when the pipeline has none)."""
+    """``(prompt_embeds, pooled_prompt_embeds)`` for ``prompts`` as ``StableDiffusion3Pipeline`` makes them (both
+    CLIP encoders, and T5 or its zero padding when the pipeline has none; that padding as the one weighted token of
+    :mod:`~ddpo_study.sd3_padding` when the pipeline was prepared for it, which computes the same)."""
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, prompt_3=None,
                                               device=_module_device(pipe.transformer),
-                                              do_classifier_free_guidance=False)
+                                              do_classifier_free_guidance=False, **short_context_kwargs(pipe))
     return embeds, pooled
 
 
@@ -328,7 +330,8 @@ class FlowFamily:
             gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + chunk]]
             with torch.inference_mode():
                 out = pipe(prompt=list(prompts[i:i + chunk]), num_inference_steps=steps,
-                           guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", return_dict=False)
+                           guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", return_dict=False,
+                           **short_context_kwargs(pipe))
             images.append(out[0].float().clone())
         # the pipeline leaves its scheduler at the eval step count; training resets it per batch
         return torch.cat(images)

@@ -134,6 +134,9 @@ def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: 
         raise ModelLoadError(f"could not load {kind} pipeline from {target!r}: {str(err).splitlines()[0]}") from err
     if sd3:
         frozen = (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+        from .sd3_padding import collapse_t5_padding
+
+        collapse_t5_padding(pipe)  # no T5: our samplers may run its zero padding as one token
     else:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         frozen = (pipe.unet, pipe.vae, pipe.text_encoder)

@@ -18,12 +18,9 @@ Load it as diffusers documents for an SD3 without T5:
 ``StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)`` (the two slots are
 ``null`` in ``model_index.json``, and SD3 does not count them optional, so they must be named).
 
-The context. Without T5 the pipeline still appends T5's share of the context as zeros: ``max_sequence_length``
-tokens (256 by default in the pipeline call), after the tokenizer's 16 CLIP tokens, so a stock call attends over
-16 + 256 text tokens. SD3's text stream has no positional embedding, so those 256 zero tokens stay identical in
-every block, and attention over n identical keys equals attention over one of them with its logit raised by
-log n. :class:`CollapsedPadJointAttnProcessor` computes exactly that: training (and any sampler that wants it)
-runs 16 + 1 text tokens and matches the stock default call, which costs ~6x more per forward on the CPU.
+The context. Without T5 the pipeline still appends T5's share of the context as 256 zero tokens; training here
+(and our samplers) run the CLIP tokens plus one zero token weighted in attention, which computes the stock call
+at a fraction of the cost (:mod:`ddpo_study.sd3_padding`).
 
 The rectified-flow convention is the scheduler's: ``x_t = (1 - sigma) x0 + sigma noise`` (``scale_noise``),
 ``timestep = sigma * num_train_timesteps``, and the model predicts the velocity ``noise - x0``, which
@@ -32,12 +29,9 @@ The rectified-flow convention is the scheduler's: ``x_t = (1 - sigma) x0 + sigma
 
 from __future__ import annotations
 
-import inspect
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import StableDiffusion3Pipeline
 
 from . import world
@@ -48,8 +42,6 @@ PATCH_SIZE = 2  # 64 image tokens: SD3's patch, and enough tokens for a shape of
 ATTENTION_HEAD_DIM = 32  # the probes' head width; width is set by the head count
 NUM_TRAIN_TIMESTEPS = 1000  # SD3's; the transformer sees timestep = sigma * 1000
 SCHEDULER_SHIFT = 1.0  # SD3's 3.0 is for 128x128 latents; 16x16 latents lose their signal at lower noise
-#: The zero tokens a stock call appends for the missing T5 (the pipeline's ``max_sequence_length`` default).
-T5_PAD_TOKENS = inspect.signature(StableDiffusion3Pipeline.__call__).parameters["max_sequence_length"].default
 #: Renders whose VAE latents fix ``shift_factor`` / ``scaling_factor`` (the UNet toy measured its factor on 512).
 LATENT_STAT_RENDERS = 512
 
@@ -131,7 +123,7 @@ def assemble_pipeline(transformer, vae, text_encoder, tokenizer, scheduler):
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds, pooled_prompt_embeds) by the pipeline's own ``encode_prompt`` with one T5 zero token:
-    (N, 16 + 1, 128) and (N, 128), the context :class:`CollapsedPadJointAttnProcessor` expects."""
+    (N, 16 + 1, 128) and (N, 128), the context :class:`~ddpo_study.sd3_padding.CollapsedPadJointAttnProcessor` expects."""
     embeds, pooled = [], []
     for i in range(0, len(prompts), chunk):
         e, _, p, _ = pipe.encode_prompt(prompts[i:i + chunk], None, None, do_classifier_free_guidance=False,
@@ -139,53 +131,6 @@ def encode_prompts(pipe, prompts: list[str], chunk: int = 512) -> tuple[torch.Te
         embeds.append(e)
         pooled.append(p)
     return torch.cat(embeds), torch.cat(pooled)
-
-
-class CollapsedPadJointAttnProcessor:
-    """SD3's joint attention where the last text token stands for ``pad_repeats`` identical copies of itself.
-
-    Same projections and output as diffusers' ``JointAttnProcessor2_0``; the only change is a logit bias of
-    ``log(pad_repeats)`` on that token's key, which is what ``pad_repeats`` identical keys contribute to every
-    softmax. With the pipeline's T5 zero padding collapsed to one token this reproduces the stock call.
-    """
-
-    def __init__(self, pad_repeats: int = T5_PAD_TOKENS):
-        if pad_repeats < 1:
-            raise ValueError(f"pad_repeats must be at least 1, got {pad_repeats}")
-        self.pad_repeats = pad_repeats
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if encoder_hidden_states is None:
-            raise ValueError("CollapsedPadJointAttnProcessor is for SD3's joint attention (it needs the text tokens)")
-        batch, n_image = hidden_states.shape[:2]
-
-        def heads(x):
-            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        query, key, value = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
-        c_query, c_key, c_value = (heads(f(encoder_hidden_states))
-                                   for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_q is not None:
-            query, key = attn.norm_q(query), attn.norm_k(key)
-        if attn.norm_added_q is not None:
-            c_query, c_key = attn.norm_added_q(c_query), attn.norm_added_k(c_key)
-        query, key, value = (torch.cat(pair, dim=2) for pair in ((query, c_query), (key, c_key), (value, c_value)))
-        bias = torch.zeros(1, key.shape[2], dtype=query.dtype, device=query.device)  # broadcast over queries
-        bias[0, -1] = math.log(self.pad_repeats)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * query.shape[-1]).to(query.dtype)
-        image, text = out[:, :n_image], out[:, n_image:]
-        if not attn.context_pre_only:
-            text = attn.to_add_out(text)
-        return attn.to_out[1](attn.to_out[0](image)), text
-
-
-def use_collapsed_t5_padding(transformer, pad_repeats: int = T5_PAD_TOKENS):
-    """Give every attention layer of ``transformer`` the collapsed-padding processor; returns the transformer.
-
-    Call the pipeline with ``max_sequence_length=1`` afterwards: it then equals the stock default call."""
-    transformer.set_attn_processor(CollapsedPadJointAttnProcessor(pad_repeats))
-    return transformer
 
 
 # ----------------------------------------------------------------------------------------- rectified flow

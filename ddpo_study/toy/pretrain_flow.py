@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import sd3_padding
 from . import flow_model, world
 from .flow_model import RESOLUTION
 
@@ -190,7 +191,7 @@ def main(argv=None) -> dict:
     captions = [world.caption(a) for a in world.all_attribute_combinations().as_dicts()] + [""]
     index = {c: i for i, c in enumerate(captions)}
     prompt_embeds, pooled_prompt_embeds = flow_model.encode_prompts(pipe, captions)
-    flow_model.use_collapsed_t5_padding(transformer)  # 16 + 1 text tokens compute the stock 16 + 256
+    sd3_padding.use_collapsed_t5_padding(transformer)  # 16 + 1 text tokens compute the stock 16 + 256
 
     ema = copy.deepcopy(transformer).requires_grad_(False)
     ema_params, params = list(ema.parameters()), list(transformer.parameters())
@@ -256,9 +257,9 @@ def main(argv=None) -> dict:
         "transformer": {"num_layers": args.layers, "num_attention_heads": args.heads,
                         "attention_head_dim": flow_model.ATTENTION_HEAD_DIM, "patch_size": flow_model.PATCH_SIZE,
                         "parameters": n_params, "saved_dtype": "float16", "weights": "EMA"},
-        "context": {"clip_tokens": tokenizer.model_max_length, "t5_zero_tokens_stock_call": flow_model.T5_PAD_TOKENS,
+        "context": {"clip_tokens": tokenizer.model_max_length, "t5_zero_tokens_stock_call": sd3_padding.T5_PAD_TOKENS,
                     "trained_as": f"{tokenizer.model_max_length} + 1 tokens, the zero token's attention logit "
-                                  f"+ log({flow_model.T5_PAD_TOKENS})"},
+                                  f"+ log({sd3_padding.T5_PAD_TOKENS})"},
         "vae_shift_factor": shift, "vae_scaling_factor": scale,
         "judge_on_vae_reconstructions": judge_vae_reconstructions(vae),
         "seconds": {"setup": setup_seconds, "transformer": train_seconds, "per_step": train_seconds / args.steps},

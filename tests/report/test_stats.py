@@ -86,3 +86,21 @@ def test_paired_seeds_needed_matches_the_standard_power_table():
     assert paired_seeds_needed(unit + 1.0) == 10 and paired_seeds_needed(unit - 0.5) == 34
     assert paired_seeds_needed(unit + 1.0, alpha=0.01) > 10
     assert np.isnan(paired_seeds_needed([0.3])) and np.isnan(paired_seeds_needed(unit))
+
+
+def test_ratio_ci_is_fiellers_interval():
+    # By hand: means 20 / 10, v_a = 4/3, v_b = 0.25/3, t(2)^2 = 18.5128: the quadratic
+    # 98.457 R^2 - 400 R + 375.316 = 0 has roots 1.4707 and 2.5920.
+    ratio, low, high = report.stats.ratio_ci([20, 22, 18], [10, 10.5, 9.5])
+    assert ratio == pytest.approx(2.0)
+    assert (low, high) == pytest.approx((1.4707, 2.5920), abs=2e-4)
+    # The bounds are where the ratio's t statistic equals the t quantile.
+    t2 = report.stats.t_quantile(2) ** 2
+    for r in (low, high):
+        assert (20 - r * 10) ** 2 == pytest.approx(t2 * (4 / 3 + r * r * 0.25 / 3))
+
+
+def test_ratio_ci_is_unbounded_when_the_denominator_may_be_zero():
+    ratio, low, high = report.stats.ratio_ci([2, 4, 6], [1, 2, 3])
+    assert ratio == pytest.approx(2.0) and low == -math.inf and high == math.inf
+    assert all(math.isnan(v) for v in report.stats.ratio_ci([1.0], [])[0:1])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from ddpo_study import sd3_padding
 from ddpo_study.toy import evaluate, flow_model, pretrain_flow
 
 PROMPT = "a small red circle in the center on a blue background"
@@ -117,7 +118,7 @@ def test_collapsed_t5_padding_equals_the_stock_context(runs, one_thread):
     embeds, _, pooled, _ = pipe.encode_prompt([PROMPT, ""], None, None, do_classifier_free_guidance=False)
     stock_context = embeds, pooled
     short_context = flow_model.encode_prompts(pipe, [PROMPT, ""])
-    assert stock_context[0].shape[1] == 16 + flow_model.T5_PAD_TOKENS and short_context[0].shape[1] == 17
+    assert stock_context[0].shape[1] == 16 + sd3_padding.T5_PAD_TOKENS and short_context[0].shape[1] == 17
     # float64: the comparison is of the maths, not of float32 sums over 256 terms against one
     transformer.double()
     stock_context = [t.double() for t in stock_context]
@@ -125,8 +126,8 @@ def test_collapsed_t5_padding_equals_the_stock_context(runs, one_thread):
     latents, timestep = torch.randn(2, 4, 16, 16, dtype=torch.float64), torch.tensor([900.0, 300.0])
     with torch.no_grad():
         stock = transformer(latents, *stock_context, timestep).sample
-        collapsed = flow_model.use_collapsed_t5_padding(transformer)(latents, *short_context, timestep).sample
-        transformer.set_attn_processor(flow_model.CollapsedPadJointAttnProcessor(1))
+        collapsed = sd3_padding.use_collapsed_t5_padding(transformer)(latents, *short_context, timestep).sample
+        transformer.set_attn_processor(sd3_padding.CollapsedPadJointAttnProcessor(1))
         unweighted = transformer(latents, *short_context, timestep).sample
     torch.testing.assert_close(collapsed, stock, atol=1e-9, rtol=1e-9)
     assert (unweighted - stock).abs().max() > 1e-2  # the weight is what makes them equal
