@@ -27,3 +27,28 @@ def test_positive_advantage_transitions_gain_log_probability(tiny_pipe):
         delta = (recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps).log_prob - traj.log_probs).mean(dim=1)
     assert delta[:2].min() > delta[2:].max(), delta
     assert delta[:2].mean() > 0 > delta[2:].mean(), delta
+
+
+def test_flow_grpo_positive_advantage_chains_gain_log_probability(tiny_sd3_pipe):
+    """The same sign check through the flow SDE (Flow-GRPO's sampler and re-scoring)."""
+    from ddpo_study.flow_sampler import recompute_flow_log_probs, sample_flow_trajectories
+
+    pipe = tiny_sd3_pipe
+    traj = sample_flow_trajectories(pipe, ["a red circle"] * 4, [0, 1, 2, 3], num_inference_steps=4,
+                                    guidance_scale=2.0, noise_level=0.7)
+    params = prepare_unet(pipe.transformer, "lora", lora_rank=4, lora_alpha=4.0,
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    opt = torch.optim.SGD(params, lr=0.5)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    steps = torch.arange(4).expand(4, 4)
+    for _ in range(5):
+        log_prob = recompute_flow_log_probs(pipe.transformer, pipe.scheduler, traj, steps).log_prob
+        loss, _ = clipped_surrogate_loss(log_prob, traj.log_probs, adv, clip_range=10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        delta = (recompute_flow_log_probs(pipe.transformer, pipe.scheduler, traj, steps).log_prob
+                 - traj.log_probs).mean(dim=1)
+    assert delta[:2].min() > delta[2:].max(), delta
+    assert delta[:2].mean() > 0 > delta[2:].mean(), delta
