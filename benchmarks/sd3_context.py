@@ -16,7 +16,6 @@ import statistics
 import time
 
 import torch
-
 from _common import environment_line, quiet, repo_path, setup_threads
 
 
