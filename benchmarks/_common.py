@@ -26,7 +26,9 @@ MESSAGE_PREFIX = "@@BENCH "  # worker -> parent messages are stdout lines starti
 # ----------------------------------------------------------------------------------------------- settings
 def add_epoch_args(ap: argparse.ArgumentParser) -> None:
     """The settings of one DDPO epoch, defaulting to ddpo-study's own config defaults (toy model)."""
-    from ddpo_study.config import DDPOConfig as C
+    from ddpo_study.config import DDPOConfig
+
+    C = DDPOConfig()  # an instance: defaults that derive from others (the stat tracker's window) are resolved
 
     g = ap.add_argument_group("one DDPO epoch (the same on every side)")
     g.add_argument("--model", default="data/toy-model",

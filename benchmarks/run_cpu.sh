@@ -18,7 +18,7 @@ run() {  # name, then the command's arguments
   mv "$file.tmp" "$file"
   echo "wrote $file"
 }
-trl_median() { sed -n 's/^ *TRL *| *\([0-9.]*\) .*/\1/p' "$OUT/vs_trl.txt" | head -1; }
+trl_median() { awk '$1 == "TRL" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$OUT/vs_trl.txt"; }
 want=${*:-vs_trl sampling_overhead compute_floor memory grid_time sd3_context}
 for name in $want; do
   case $name in
