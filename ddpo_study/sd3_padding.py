@@ -7,7 +7,8 @@ stay identical to each other in every block (each block's text-side norms, MLPs 
 token), and softmax attention over n identical keys equals attention over one of them with its logit raised by
 log n. So a context of the CLIP tokens plus **one** zero token (the pipeline's ``max_sequence_length=1``), with
 that token's key weighted by ``log 256``, computes what the stock call computes, at a fraction of the cost: on the
-flow toy (16 CLIP tokens, 64 image tokens) 81 tokens instead of 336, ~5x cheaper per transformer call on the CPU.
+flow toy (16 CLIP tokens, 64 image tokens) 81 tokens instead of 336, and a guided call in 0.18x the time on one CPU
+thread (``results/benchmarks/sd3_context.txt``, ``benchmarks/sd3_context.py``).
 
 :class:`CollapsedPadJointAttnProcessor` does the weighting. Installed by :func:`collapse_t5_padding` it applies
 only to a context of exactly ``text_tokens`` = CLIP tokens + 1; any other context (a stock call's 16 + 256, a call
