@@ -136,7 +136,36 @@ def save_pipeline(out: Path, pipe, ema, base: Path) -> None:
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     for part in ("clip", "aesthetic"):
         shutil.copytree(base / part, tmp / part)
+    link_duplicates(tmp, base)
     _swap_in(tmp, out)
+
+
+def link_duplicates(folder: Path, base: Path, min_bytes: int = 64 * 1024) -> list[str]:
+    """Replace each large file of ``folder`` that is byte-identical to the base's file at the same relative path, or
+    to an earlier file of ``folder``, by a relative symlink to it; returns the linked paths.
+
+    The flow toy shares its CLIP scorer and VAE weights with the UNet toy, and holds one text encoder twice (SD3's
+    two CLIP slots): ~2.8 MB of a repository that must stay small. Links are relative, so they hold in any clone
+    beside ``base``, and every loader (``from_pretrained``, safetensors) follows them.
+    """
+    import filecmp
+    import os
+
+    linked, seen = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.stat().st_size < min_bytes:
+            continue
+        twin = base / path.relative_to(folder)
+        target = twin if twin.is_file() and filecmp.cmp(path, twin, shallow=False) else \
+            next((q for q in seen if filecmp.cmp(path, q, shallow=False)), None)
+        if target is None:
+            seen.append(path)
+            continue
+        rel = os.path.relpath(target.resolve(), path.parent.resolve())
+        path.unlink()
+        path.symlink_to(rel)
+        linked.append(str(path.relative_to(folder)))
+    return linked
 
 
 # ----------------------------------------------------------------------------------------- main

@@ -4,6 +4,7 @@ loads and samples from, a killed run resumes to the same weights, and the traini
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,13 @@ def test_writes_a_folder_that_stock_sd3_loads_and_samples(runs):
     weights = _tensors(out / "transformer" / "diffusion_pytorch_model.safetensors")
     assert {v.dtype for v in weights.values()} == {torch.float16}  # the EMA, half size on disk
     assert (out / "clip" / "model.safetensors").is_file() and (out / "aesthetic" / "model.safetensors").is_file()
+    # what the UNet toy already ships, and SD3's second CLIP slot, are relative links, not copies
+    base = pretrain_flow.parse_args([]).base
+    for part in ("clip/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert (out / part).is_symlink() and (out / part).resolve() == (Path(base) / part).resolve()
+    second = out / "text_encoder_2" / "model.safetensors"
+    assert second.is_symlink() and second.resolve() == (out / "text_encoder" / "model.safetensors").resolve()
+    assert not (out / "transformer" / "diffusion_pytorch_model.safetensors").is_symlink()
     report = json.loads((out / "pretrain_report.json").read_text())
     assert report["steps"] == 5 and report["transformer"]["num_layers"] == 1
     assert report["bytes_on_disk"] < 8e6 and not (runs["root"] / "whole-ckpt").exists()
