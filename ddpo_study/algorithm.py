@@ -14,7 +14,7 @@ between DDPO, Flow-GRPO and DiffusionNFT is hidden behind two small interfaces:
   between epochs (``state_dict`` for resume) and measures its own policy step for the controller.
 
 What crosses the seam (read from flow_grpo's ``train_sd3.py`` and DiffusionNFT's ``train_nft_sd3.py``): a batch
-of samples (a :class:`~ddpo_study.sampler.Trajectory`: latents per step, log-probs, timesteps, text embeddings,
+of samples (a :class:`~ddpo_study.trajectory.Trajectory`: latents per step, log-probs, timesteps, text embeddings,
 decoded images), per-sample advantages aligned with it, the policy (trainable parameters, optimizer, reference
 for a KL term) and the process layout. Groups (several images per prompt) are drawn before sampling
 (``train.epoch_prompts``) and normalised by the stat tracker before the update, so neither interface sees them.
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # annotations only: the implementations import this module
     from .config import DDPOConfig
-    from .sampler import LogProbOutput, Trajectory
+    from .trajectory import LogProbOutput, Trajectory
 
 
 class SamplerFamily(Protocol):

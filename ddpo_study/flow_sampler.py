@@ -37,8 +37,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from . import seeding
-from .sampler import LogProbOutput, Trajectory, _as_step_index, _module_device, _module_dtype, _per_sample
 from .sd3_padding import short_context_kwargs
+from .trajectory import LogProbOutput, Trajectory, _as_step_index, _module_device, _module_dtype, _per_sample
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -22,7 +22,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -30,17 +30,14 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from .trajectory import LogProbOutput, Trajectory, _as_step_index, _module_device, _module_dtype, _per_sample
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The DDIM step with its log-probability
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _per_sample(values: Tensor, ndim: int) -> Tensor:
-    """Reshape per-sample scalars ``(B,)`` to ``(B, 1, ..., 1)`` so they broadcast over a ``ndim``-d sample."""
-    return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
 
 def ddim_mean_std(
@@ -236,78 +233,6 @@ def ddim_step_with_logprob(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Trajectories
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trajectory:
-    """A batch of sampled denoising chains: everything DDPO needs from sampling, and nothing else.
-
-    ``T`` is the number of inference steps, ``B`` the number of images.
-    """
-
-    prompts: list[str]
-    seeds: list[int]
-    latents: Tensor  #: (B, T+1, C, h, w): x_T, ..., x_0 (``latents[:, j]`` is the input of step j)
-    log_probs: Tensor  #: (B, T) float32: log p(latents[:, j+1] | latents[:, j]) under the sampling policy
-    timesteps: Tensor  #: (T,) the UNet timestep of each step, shared by the batch
-    prompt_embeds: Tensor  #: (B, L, D) text-encoder output for each prompt
-    negative_prompt_embeds: Tensor  #: (B, L, D) text-encoder output for "" (the CFG unconditional branch)
-    images: Tensor  #: (B, 3, H, W) float in [0, 1], the decoded x_0
-    guidance_scale: float
-    eta: float  #: the step's noise scale: DDIM's eta, or the flow SDE's noise level (``flow_sampler``)
-    pooled_prompt_embeds: Tensor | None = None  #: (B, D) SD3-type pipelines' pooled text embeddings (else None)
-    negative_pooled_prompt_embeds: Tensor | None = None  #: (B, D) the same for "" (CFG's unconditional branch)
-    train_steps: Tensor | None = None  #: the only steps with noise, which alone train (Flow-GRPO-Fast); None: all
-
-    _BATCHED = ("latents", "log_probs", "prompt_embeds", "negative_prompt_embeds", "images", "pooled_prompt_embeds",
-                "negative_pooled_prompt_embeds")
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.timesteps.shape[0])
-
-    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> "Trajectory":
-        """The sub-batch at ``index`` (an int keeps a batch of one); timesteps and settings are shared."""
-        if isinstance(index, int):
-            index = [index]
-        if isinstance(index, slice):
-            positions = list(range(len(self)))[index]
-        else:
-            positions = [int(i) for i in torch.as_tensor(index).reshape(-1).tolist()]
-        rows = torch.as_tensor(positions, dtype=torch.long)
-        picked = {name: getattr(self, name)[rows.to(getattr(self, name).device)] for name in self._BATCHED
-                  if getattr(self, name) is not None}
-        return replace(
-            self,
-            prompts=[self.prompts[i] for i in positions],
-            seeds=[self.seeds[i] for i in positions],
-            **picked,
-        )
-
-    @staticmethod
-    def cat(trajectories: Sequence["Trajectory"]) -> "Trajectory":
-        """Concatenate along the batch; all parts must share timesteps, guidance scale and eta."""
-        first = trajectories[0]
-        for other in trajectories[1:]:
-            if not torch.equal(other.timesteps.cpu(), first.timesteps.cpu()):
-                raise ValueError("cannot concatenate trajectories with different timesteps")
-            if (other.guidance_scale, other.eta) != (first.guidance_scale, first.eta):
-                raise ValueError("cannot concatenate trajectories with different guidance_scale/eta")
-        return replace(
-            first,
-            prompts=[p for tr in trajectories for p in tr.prompts],
-            seeds=[s for tr in trajectories for s in tr.seeds],
-            **{name: torch.cat([getattr(tr, name) for tr in trajectories]) for name in Trajectory._BATCHED
-               if getattr(first, name) is not None},
-        )
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Text conditioning and the guided UNet call
 # --------------------------------------------------------------------------------------------------------------
 
@@ -364,15 +289,6 @@ def guided_noise_pred(
 # --------------------------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _module_dtype(module) -> torch.dtype:
-    dtype = getattr(module, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
-
-
-def _module_device(module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _sample_batch(pipe, unet, prompts, seeds, num_inference_steps, guidance_scale, eta, progress_bar) -> Trajectory:
@@ -475,26 +391,6 @@ def sample_trajectories(
 # --------------------------------------------------------------------------------------------------------------
 # Re-scoring for training
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _as_step_index(step_indices: int | Sequence[int] | Tensor, batch_size: int) -> tuple[Tensor, tuple[int, ...]]:
-    """Broadcast step indices to ``(B, K)`` and remember the output shape: ``(B,)`` for an int, else ``(B, K)``."""
-    index = torch.as_tensor(step_indices, dtype=torch.long)
-    if index.ndim == 0:
-        return index.expand(batch_size, 1), (batch_size,)
-    if index.ndim == 1:
-        index = index.unsqueeze(0).expand(batch_size, -1)
-    if index.ndim != 2 or index.shape[0] != batch_size:
-        raise ValueError(f"step_indices must be an int, (K,) or ({batch_size}, K); got {tuple(index.shape)}")
-    return index, tuple(index.shape)
-
-
-@dataclass
-class LogProbOutput:
-    """What :func:`recompute_log_probs` returns (shaped like the step indices, see there)."""
-
-    log_prob: Tensor  #: log p_theta(x_{j+1} | x_j) under the current UNet, with gradients
-    kl: Tensor | None = None  #: KL(pi_theta || pi_ref) at the same states, when a reference UNet was given
 
 
 @dataclass

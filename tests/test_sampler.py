@@ -9,12 +9,12 @@ from diffusers import DDIMScheduler
 from ddpo_study.finetune import prepare_unet
 from ddpo_study.ppo import select_timesteps
 from ddpo_study.sampler import (
-    Trajectory,
     ddim_step_with_logprob,
     guided_noise_pred,
     recompute_log_probs,
     sample_trajectories,
 )
+from ddpo_study.trajectory import Trajectory
 from tests.conftest import SD_SCHEDULER_CONFIG
 
 SHAPE = (3, 4, 8, 8)
