@@ -202,6 +202,7 @@ SUMMARY_COLUMNS = ("final_gain", "gain_per_cpu_min", "gain_at_equal_cpu", "cpu_s
                    "cpu_s_per_epoch", "judge_all", "retrieval_acc", "cross_div_clip")
 #: the last line's ratios: (label, numerator recipe, denominator recipe)
 RATIOS = (("NFT/DDPO-v2 (UNet toy)", "nft", "new"), ("NFT/Flow-GRPO (flow toy)", "nft-flow", "flow-grpo"),
+          ("NFT/Flow-GRPO-Fast (flow toy)", "nft-flow", "flow-grpo-fast"),
           ("new/current", "new", "current"), ("new/TRL", "new", "trl"), ("new/ddpo-pytorch", "new", "ddpo-pytorch"))
 
 

@@ -21,7 +21,7 @@ QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_disti
 #: The study's diversity metrics: cross-prompt CLIP distance, prompt retrieval, the judge's all-correct rate and
 #: its number of distinct readings across prompts at one seed.
 DEFAULT_QUESTION_METRICS = ("cross_div_clip", "retrieval_acc", "judge_all", "judge_distinct")
-QUESTION_KEYS = ("id", "text", "a", "b", "where", "metrics", "at", "fractions", "primary", "min_seeds")
+QUESTION_KEYS = ("id", "text", "a", "b", "where", "metrics", "at", "fractions", "primary", "min_seeds", "margins")
 QUESTION_AT = ("matched", "final")
 SEED_KEY = "seed"
 
@@ -41,6 +41,8 @@ class Question:
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     primary: bool = False
     min_seeds: int = 3
+    #: metric -> equivalence margin m: beside the difference test, a paired TOST of |a - b| < m (fixed in advance)
+    margins: dict[str, float] = field(default_factory=dict)
 
 
 def same_value(x: Any, y: Any) -> bool:
@@ -71,6 +73,7 @@ def parse_questions(raw: Any, axes: dict[str, list[Any]], variants: list[str] | 
             fractions: [0.5]                         # matched only; default [0.25, 0.5, 0.75]
             primary: true                            # Holm over all primary rows; default false (exploratory)
             min_seeds: 6                             # fewer common seeds: "not answered"; default 3
+            margins: {judge_all: 0.10}               # optional: equivalence margins (paired TOST) per metric
 
     ``a`` and ``b`` name the same keys with different values; every axis with several values (seed excepted)
     must be named in ``a``/``b`` or ``where``, so a question never pools settings silently. A primary question
@@ -111,8 +114,25 @@ def _parse_question(i: int, q: Any, known: dict[str, list[Any]], num_seeds: int,
     conds = _conditions(q, known, fail)
     at, fractions = _reading(q, fail)
     primary, min_seeds = _replication(q, num_seeds, fail)
+    metrics = _metrics(q, fail)
     return Question(id=qid, text=str(q["text"]).strip(), a=conds["a"], b=conds["b"], where=conds["where"],
-                    metrics=_metrics(q, fail), at=at, fractions=fractions, primary=primary, min_seeds=min_seeds)
+                    metrics=metrics, at=at, fractions=fractions, primary=primary, min_seeds=min_seeds,
+                    margins=_margins(q, metrics, fail))
+
+
+def _margins(q: dict, metrics: tuple[str, ...], fail: Callable[[str], GridError]) -> dict[str, float]:
+    """``margins``: metric -> a positive number, for metrics the question reads."""
+    raw = q.get("margins", {})
+    if not isinstance(raw, dict):
+        raise fail("'margins' must be a mapping of metric -> equivalence margin")
+    out = {}
+    for metric, m in raw.items():
+        if metric not in metrics:
+            raise fail(f"margins: {metric!r} is not one of the question's metrics {list(metrics)}")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise fail(f"margins: {metric} must be a positive number, got {m!r}")
+        out[metric] = float(m)
+    return out
 
 
 def _conditions(q: dict, known: dict[str, list[Any]], fail: Callable[[str], GridError]) -> dict[str, dict]:

@@ -6,9 +6,11 @@ For each question and metric (and each matched reward level): the paired-by-seed
 (:func:`~ddpo_study.report.stats.paired_seed_ci`), its 95% CI and two-sided p; Holm's adjustment over every
 row of the primary questions, unanswered rows counted as p = 1 (:func:`~ddpo_study.report.stats.holm`); the seeds
 a paired test would need to detect the observed difference (:func:`~ddpo_study.report.stats.paired_seeds_needed`);
-and a verdict, ``answered: ...`` or
-``not answered: <reason>`` (a condition not in the grid, a metric not logged, neither condition moved, a level
-refused, fewer than ``min_seeds`` common seeds). Matched levels: :func:`~ddpo_study.report.levels.matched_levels`.
+and a verdict, ``answered: ...`` or ``not answered: <reason>`` (a condition not in the grid, a metric not
+logged, neither condition moved, a level refused, fewer than ``min_seeds`` common seeds). Matched levels:
+:func:`~ddpo_study.report.levels.matched_levels`. A question with ``margins`` also gets a paired equivalence test
+per metric (:func:`~ddpo_study.report.stats.paired_tost`, Holm over the primary rows with a margin): "equivalent
+within +-m" or "not shown equivalent within +-m", so a null reads as a bound where the data allow it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from ..grid.questions import DEFAULT_QUESTION_METRICS, Question, same_value
 from ..grid.spec import REPO_ROOT, GridSpec, find_spec, load_spec
 from .levels import crossing, matched_levels, read_after_epoch
 from .results import _factors, _format_factor, _order_key, eval_rows, final_rows
-from .stats import holm, paired_seed_ci, paired_seeds_needed
+from .stats import holm, paired_seed_ci, paired_seeds_needed, paired_tost
 
 ALPHA = 0.05
 COLUMNS = ["id", "kind", "question", "a", "b", "where", "at", "fraction", "reward_level", "metric", "n_seeds",
            "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p", "p_holm", "seeds_needed", "verdict"]
+#: a table with equivalence margins adds these before ``verdict`` (tables of grids without margins keep COLUMNS)
+EQUIV_COLUMNS = ["margin", "equiv_low", "equiv_high", "equiv_p"]
 
 # The default questions (a spec without ``questions:``): factor, the two sides, metrics and where they are read.
 # Sides may be a value or "max"/"min" (numeric factors) or "most"/"fewest" (prompt sets). All exploratory.
@@ -138,7 +142,7 @@ def _by_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def _row(q: Question, metric: str, at: str, **kw) -> dict[str, Any]:
-    base = {c: math.nan for c in COLUMNS}
+    base = {c: math.nan for c in COLUMNS + EQUIV_COLUMNS}
     base.update({"id": q.id, "kind": "primary" if q.primary else "exploratory", "question": q.text,
                  "a": _label(q.a), "b": _label(q.b), "where": _label(q.where), "at": at, "metric": metric,
                  "n_seeds": 0, "verdict": ""})
@@ -152,9 +156,12 @@ def _compare(q: Question, metric: str, at: str, va: pd.Series, vb: pd.Series, **
     row = _row(q, metric, at, n_seeds=res["n"], mean_a=res["mean_a"], mean_b=res["mean_b"],
                difference=res["difference"], ci_low=res["low"], ci_high=res["high"], p=res["p"], **kw)
     row["_differences"] = [float(va[s] - vb[s]) for s in common]  # for seeds_needed, dropped from the table
+    if metric in q.margins:
+        eq = paired_tost(va, vb, q.margins[metric])
+        row.update(margin=q.margins[metric], equiv_low=eq["low"], equiv_high=eq["high"], equiv_p=eq["p"])
     if res["n"] < q.min_seeds:
         reach = " reaching this level" if at != "final epoch" else " with a final epoch"
-        row.update(p=math.nan, verdict=f"not answered: fewer than {q.min_seeds} seeds ({res['n']} common seeds "
+        row.update(p=math.nan, equiv_p=math.nan, verdict=f"not answered: fewer than {q.min_seeds} seeds ({res['n']} common seeds "
                                        f"of a and b{reach})")
     return row
 
@@ -215,8 +222,22 @@ def _verdict(row: dict[str, Any], alpha: float) -> str:
     ci = f"95% CI {row['ci_low']:.3g} to {row['ci_high']:.3g}; {ptext}"
     if p < alpha:
         sign = "<" if row["difference"] < 0 else ">"
-        return f"answered: {row['a']} {sign} {row['b']} by {abs(row['difference']):.3g} ({ci})"
-    return f"answered: no difference detected ({ci})"
+        text = f"answered: {row['a']} {sign} {row['b']} by {abs(row['difference']):.3g} ({ci})"
+    else:
+        text = f"answered: no difference detected ({ci})"
+    return text + _equivalence(row, alpha)
+
+
+def _equivalence(row: dict[str, Any], alpha: float) -> str:
+    """The TOST clause of a verdict, for a row with a margin: equivalent within +-m, or not shown to be."""
+    m = row.get("margin")
+    if m is None or not np.isfinite(m) or not np.isfinite(row.get("equiv_p", math.nan)):
+        return ""
+    kind = "Holm " if row["kind"] == "primary" else ""
+    ci = f"90% CI {row['equiv_low']:.3g} to {row['equiv_high']:.3g}, TOST {kind}p {row['equiv_p']:.2g}"
+    if row["equiv_p"] < alpha:
+        return f"; equivalent within +-{m:.3g} ({ci})"
+    return f"; not shown equivalent within +-{m:.3g} ({ci})"
 
 
 def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = None,
@@ -226,7 +247,7 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
     ``questions``: the spec's (:func:`questions_for`); None: the default questions, with a "not in this grid" row
     for each one the grid cannot ask."""
     if df.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COLUMNS)  # (no rows, so no margins either)
     rows = []
     if questions is None:
         for qid, text, q, why in _defaults(df):
@@ -245,6 +266,14 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
     for i, adj in zip(family, holm([rows[i]["p"] if np.isfinite(rows[i]["p"]) else 1.0 for i in family])):
         if not rows[i]["verdict"] and np.isfinite(rows[i]["p"]):
             rows[i]["p_holm"] = adj
+    # The equivalence claims are a second family: Holm over the primary rows that have a margin (p = 1 when the
+    # row could not be answered), so "equivalent" is as strict a claim as "different".
+    eq_family = [i for i in family if np.isfinite(rows[i].get("margin", math.nan))]
+    adjusted = holm([rows[i]["equiv_p"] if np.isfinite(rows[i]["equiv_p"]) and not rows[i]["verdict"] else 1.0
+                     for i in eq_family])
+    for i, adj in zip(eq_family, adjusted):
+        if np.isfinite(rows[i]["equiv_p"]):
+            rows[i]["equiv_p"] = adj
     for r in rows:
         # seeds a paired t-test would need for power 0.8 if the observed difference were the true one, at the
         # row's own level (primary: Holm's strictest, alpha / family size)
@@ -252,4 +281,7 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
         r["seeds_needed"] = paired_seeds_needed(r.pop("_differences", []), alpha=level)
         if not r["verdict"]:
             r["verdict"] = _verdict(r, alpha) if np.isfinite(r["p"]) else "not answered: no p-value"
-    return pd.DataFrame(rows, columns=COLUMNS)
+    columns = COLUMNS
+    if any(np.isfinite(r["margin"]) for r in rows):
+        columns = COLUMNS[:-1] + EQUIV_COLUMNS + COLUMNS[-1:]
+    return pd.DataFrame(rows, columns=columns)

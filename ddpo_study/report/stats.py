@@ -4,7 +4,8 @@
   Welch's interval for two independent sets of runs (:func:`welch_ci`), and, when two conditions share their
   seeds, the paired interval over the seed-wise differences (:func:`paired_seed_ci`: a paired t-test, which
   removes what a seed does to both conditions, e.g. its prompt draws); Fieller's interval for the ratio of two
-  independent means (:func:`ratio_ci`, the benchmarks' speed-ups).
+  independent means (:func:`ratio_ci`, the benchmarks' speed-ups); a paired equivalence test against a margin fixed in
+  advance (:func:`paired_tost`), so "no difference detected" can become "equivalent within +-m".
 * Within one run (eval images are prompts x seeds, the same ones at every eval): the per-image gain
   ``d = after - before`` and its standard error *clustered by prompt* (:func:`clustered_mean_se`), because
   the images of one prompt are not independent of each other.
@@ -111,6 +112,31 @@ def paired_seed_ci(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str,
     half = t_quantile(n - 1, 0.5 + level / 2) * se
     p = float(2 * t.sf(abs(out["difference"]) / se, n - 1))
     return {**out, "low": out["difference"] - half, "high": out["difference"] + half, "p": p}
+
+
+def paired_tost(a: pd.Series, b: pd.Series, margin: float) -> dict[str, float]:
+    """Paired equivalence test of two conditions (seed -> value), two one-sided t-tests against ``+-margin``.
+
+    H0: ``|mean(a - b)| >= margin``. ``p`` is the larger of the two one-sided p-values (Schuirmann's TOST);
+    ``p < alpha`` exactly when the ``1 - 2 alpha`` paired interval (``low``, ``high``: the 90% one for alpha
+    0.05) lies inside ``(-margin, margin)``. NaN for fewer than 2 common seeds.
+    """
+    res = paired_seed_ci(a, b, level=0.90)
+    out = {"n": res["n"], "difference": res["difference"], "low": res["low"], "high": res["high"], "p": math.nan}
+    if res["n"] < 2:
+        return out
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    seeds = sorted(set(a.index) & set(b.index))
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    if se <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return {**out, "p": 0.0 if abs(out["difference"]) < margin else 1.0}
+    from scipy.stats import t
+
+    df = len(d) - 1
+    p_low = float(t.sf((out["difference"] + margin) / se, df))   # H0: mean <= -margin
+    p_high = float(t.cdf((out["difference"] - margin) / se, df))  # H0: mean >= +margin
+    return {**out, "p": max(p_low, p_high)}
 
 
 def one_sided_gain_p(gains: Sequence[float]) -> float:

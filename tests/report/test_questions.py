@@ -133,3 +133,33 @@ def test_holm_keeps_unanswered_primaries_in_the_family_and_seeds_needed_is_given
     assert np.isnan(t.loc[t["id"] == "E1", "p_holm"]).all()
     # seeds for power 0.8 at Holm's strictest level (0.05 / 3), from the rows' own seed-wise differences
     assert (answered["seeds_needed"] >= 2).all() and t.loc[t["id"] == "E1", "seeds_needed"].isna().all()
+
+
+def test_margins_turn_a_null_into_equivalence_where_the_data_allow(tmp_path):
+    root = tiny_grid(tmp_path / "grid", full_gain=0.6)
+    q = {"id": "F", "text": "judge at the last epoch", "a": {"mode": "lora"}, "b": {"mode": "full"},
+         "metrics": ["judge_all", "reward_mean"], "at": "final", "margins": {"judge_all": 0.5, "reward_mean": 0.01}}
+    t = report.questions_table(report.load_grid_results(root), load_spec(spec_of(root, [q])).questions)
+    assert list(t.columns[-5:]) == ["margin", "equiv_low", "equiv_high", "equiv_p", "verdict"]
+    judge, reward = (t[t["metric"] == m].iloc[0] for m in ("judge_all", "reward_mean"))
+    assert judge["equiv_low"] > -0.5 and judge["equiv_high"] < 0.5 and judge["equiv_p"] < 0.05
+    assert "; equivalent within +-0.5 (90% CI" in judge["verdict"]
+    # lora gained 0.4 more reward than full: a difference, and no equivalence within 0.01
+    assert reward["verdict"].startswith("answered: lora > full") and "not shown equivalent within +-0.01" in reward["verdict"]
+    plain = report.questions_table(report.load_grid_results(root),
+                                   load_spec(spec_of(root, [{k: v for k, v in q.items() if k != "margins"}])).questions)
+    assert "margin" not in plain.columns and not plain["verdict"].str.contains("equivalent").any()
+
+
+@pytest.mark.parametrize("margins, message", [
+    ({"retrieval_acc": 0.1}, "not one of the question's metrics"),
+    ({"judge_all": 0}, "must be a positive number"),
+    ([0.1], "must be a mapping"),
+])
+def test_bad_margins_are_one_clear_line(tmp_path, margins, message):
+    from ddpo_study.grid.errors import GridError
+
+    q = {"id": "F", "text": "t", "a": {"mode": "lora"}, "b": {"mode": "full"}, "metrics": ["judge_all"],
+         "at": "final", "margins": margins}
+    with pytest.raises(GridError, match=message):
+        load_spec(spec_of(tmp_path, [q]))

@@ -104,3 +104,16 @@ def test_ratio_ci_is_unbounded_when_the_denominator_may_be_zero():
     ratio, low, high = report.stats.ratio_ci([2, 4, 6], [1, 2, 3])
     assert ratio == pytest.approx(2.0) and low == -math.inf and high == math.inf
     assert all(math.isnan(v) for v in report.stats.ratio_ci([1.0], [])[0:1])
+
+
+def test_paired_tost_against_a_hand_computed_example():
+    # Differences 0.01, 0.03, -0.01, 0.05: mean 0.02, sd 0.02582, se 0.01291, df 3, t(0.95, 3) = 2.3534.
+    a = pd.Series({0: 0.51, 1: 0.53, 2: 0.49, 3: 0.55})
+    b = pd.Series({0: 0.50, 1: 0.50, 2: 0.50, 3: 0.50})
+    res = report.stats.paired_tost(a, b, margin=0.1)
+    assert (res["low"], res["high"]) == pytest.approx((0.02 - 2.3534 * 0.01291, 0.02 + 2.3534 * 0.01291), abs=1e-4)
+    # the upper test binds: t = (0.02 - 0.1) / 0.01291 = -6.197, p = P(T_3 <= -6.197) = 0.00423
+    assert res["p"] == pytest.approx(0.00423, abs=5e-5)
+    # the same data cannot show equivalence within a margin the 90% interval crosses
+    tight = report.stats.paired_tost(a, b, margin=0.04)
+    assert res["high"] > 0.04 and tight["p"] > 0.05
