@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ def main() -> None:
     diff = np.abs(new.astype(np.int16) - ref.astype(np.int16))
     ok = diff.mean() < 0.5 and diff.max() <= 1
     lines = [
+        f"# python benchmarks/check_stock_lora.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M')})",
         f"run {run} (model {cfg['model']}, algorithm {cfg.get('algorithm', 'ddpo')}, mode {cfg['mode']}), eval epoch {epoch}",
         f"stock {type(pipe).__name__}.from_pretrained + load_lora_weights('{lora}'), {steps} steps, "
         f"guidance {cfg['guidance_scale']}, one generator per image (seeds {EVAL_SEED_BASE}..)",

@@ -105,13 +105,21 @@ def collapse_t5_padding(pipe) -> bool:
     return True
 
 
-def is_collapsed(pipe) -> bool:
-    procs = getattr(getattr(pipe, "transformer", None), "attn_processors", None) or {}
+def runs_short_context(transformer) -> bool:
+    """Every attention layer of ``transformer`` has the restricted collapsed-padding processor."""
+    procs = getattr(transformer, "attn_processors", None) or {}
     return bool(procs) and all(isinstance(p, CollapsedPadJointAttnProcessor) and p.text_tokens is not None
                                for p in procs.values())
 
 
-def short_context_kwargs(pipe) -> dict:
+def is_collapsed(pipe) -> bool:
+    """The pipeline's current transformer can run the short context (:func:`collapse_t5_padding`)."""
+    return runs_short_context(getattr(pipe, "transformer", None))
+
+
+def short_context_kwargs(pipe, *transformers) -> dict:
     """``{"max_sequence_length": 1}`` for a pipeline :func:`collapse_t5_padding` prepared, else ``{}``: pass it to
-    ``pipe(...)`` or ``pipe.encode_prompt(...)`` for the same result at the short context's cost."""
-    return {"max_sequence_length": 1} if is_collapsed(pipe) else {}
+    ``pipe(...)`` or ``pipe.encode_prompt(...)`` for the same result at the short context's cost. A call that
+    swaps transformers mid-way names them all: the short context only if every one of them can run it."""
+    ok = is_collapsed(pipe) and all(runs_short_context(t) for t in transformers)
+    return {"max_sequence_length": 1} if ok else {}

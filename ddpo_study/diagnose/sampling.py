@@ -89,6 +89,8 @@ def sample_switched_flow(pipe, first_transformer, rest_transformer, switch_at: i
     so nothing else changes hands. ``switch_at = 0`` reproduces ``rest_transformer``'s images and
     ``switch_at = num_inference_steps`` ``first_transformer``'s, bit for bit. Both must share dtype and device.
     """
+    from ..sd3_padding import short_context_kwargs
+
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -106,11 +108,13 @@ def sample_switched_flow(pipe, first_transformer, rest_transformer, switch_at: i
     try:
         for i in range(0, len(prompts), chunk):
             pipe.transformer = first_transformer if switch_at > 0 else rest_transformer
+            # the context :func:`sample_flow` gives each transformer alone: the short one only if both run it
+            context = short_context_kwargs(pipe, first_transformer, rest_transformer)
             generators = [torch.Generator().manual_seed(s) for s in seeds[i:i + chunk]]
             with torch.inference_mode():
                 images = pipe(prompt=prompts[i:i + chunk], num_inference_steps=num_inference_steps,
                               guidance_scale=guidance_scale, generator=generators, output_type="pt",
-                              return_dict=False, callback_on_step_end=switch)[0]
+                              return_dict=False, callback_on_step_end=switch, **context)[0]
             out.append(images.float().clone())
     finally:
         pipe.transformer = own
