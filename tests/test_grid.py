@@ -573,3 +573,16 @@ def test_frontier_remedies_names_a_folder_and_anything_else_is_one_clear_error(t
     data = yaml.safe_load((REPO / "configs" / "toy_hypotheses.yaml").read_text())
     with pytest.raises(grid.GridError, match="frontier_remedies .* must be a folder path"):
         grid.load_spec({**data, "frontier_remedies": ["results/inference_remedies"]})
+
+
+def test_study_v3_spec_loads_with_its_primaries_paired_and_margined():
+    spec = grid.load_spec(REPO / "configs" / "study_v3.yaml")
+    cells = grid.expand(spec)
+    assert len(cells) == 99 and len({c.name for c in cells}) == 99
+    primary = [q for q in spec.questions if q.primary]
+    assert [q.id for q in primary] == ["N1", "G1", "X1", "P2"]
+    assert all(q.margins == {"judge_all": 0.10, "cross_div_clip": 0.03} and q.min_seeds >= 8 for q in primary)
+    by_variant = {}
+    for c in cells:
+        by_variant.setdefault(c.variant, set()).add(c.params["seed"])
+    assert all(by_variant[v] == set(range(6, 18)) for v in ("ddpo-unet", "nft-unet", "flow-grpo-fast"))
