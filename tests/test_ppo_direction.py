@@ -13,18 +13,22 @@ def test_positive_advantage_transitions_gain_log_probability(tiny_pipe):
     pipe = tiny_pipe
     traj = sample_trajectories(pipe, ["a red circle"] * 4, [0, 1, 2, 3], num_inference_steps=4, guidance_scale=2.0)
     params = prepare_unet(pipe.unet, "lora", lora_rank=4, lora_alpha=4.0)
+    _assert_positive_advantages_gain(lambda: recompute_log_probs(pipe.unet, pipe.scheduler, traj, torch.arange(4)),
+                                     traj, params)
+
+
+def _assert_positive_advantages_gain(rescore, traj, params):
+    """Five SGD steps of the PPO loss with advantages (+1, +1, -1, -1); ``rescore()`` gives the chains' log-probs."""
     opt = torch.optim.SGD(params, lr=0.5)
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    steps = torch.arange(4)
     for _ in range(5):
-        log_prob = recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps).log_prob
         # a wide clip range: this checks the direction of the gradient, not the trust region
-        loss, _ = clipped_surrogate_loss(log_prob, traj.log_probs, adv, clip_range=10.0)
+        loss, _ = clipped_surrogate_loss(rescore().log_prob, traj.log_probs, adv, clip_range=10.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        delta = (recompute_log_probs(pipe.unet, pipe.scheduler, traj, steps).log_prob - traj.log_probs).mean(dim=1)
+        delta = (rescore().log_prob - traj.log_probs).mean(dim=1)
     assert delta[:2].min() > delta[2:].max(), delta
     assert delta[:2].mean() > 0 > delta[2:].mean(), delta
 
@@ -38,17 +42,6 @@ def test_flow_grpo_positive_advantage_chains_gain_log_probability(tiny_sd3_pipe)
                                     guidance_scale=2.0, noise_level=0.7)
     params = prepare_unet(pipe.transformer, "lora", lora_rank=4, lora_alpha=4.0,
                           target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    opt = torch.optim.SGD(params, lr=0.5)
-    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     steps = torch.arange(4).expand(4, 4)
-    for _ in range(5):
-        log_prob = recompute_flow_log_probs(pipe.transformer, pipe.scheduler, traj, steps).log_prob
-        loss, _ = clipped_surrogate_loss(log_prob, traj.log_probs, adv, clip_range=10.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        delta = (recompute_flow_log_probs(pipe.transformer, pipe.scheduler, traj, steps).log_prob
-                 - traj.log_probs).mean(dim=1)
-    assert delta[:2].min() > delta[2:].max(), delta
-    assert delta[:2].mean() > 0 > delta[2:].mean(), delta
+    _assert_positive_advantages_gain(lambda: recompute_flow_log_probs(pipe.transformer, pipe.scheduler, traj, steps),
+                                     traj, params)

@@ -87,6 +87,13 @@ def ratio_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, floa
     return ratio, (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
 
 
+def _seed_differences(a: pd.Series, b: pd.Series) -> tuple[list, np.ndarray]:
+    """The seeds finite on both sides and the seed-wise differences ``a - b`` there."""
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    seeds = sorted(set(a.index) & set(b.index))
+    return seeds, np.array([a[s] - b[s] for s in seeds], dtype=float)
+
+
 def paired_seed_ci(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str, float]:
     """Paired-by-seed contrast of two conditions: ``a`` and ``b`` map seed -> one run's value.
 
@@ -96,8 +103,7 @@ def paired_seed_ci(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str,
     0 or 1 when every difference is the same).
     """
     a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
-    seeds = sorted(set(a.index) & set(b.index))
-    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    seeds, d = _seed_differences(a, b)
     n = len(d)
     out = {"n": n, "mean_a": float(a[seeds].mean()) if n else math.nan,
            "mean_b": float(b[seeds].mean()) if n else math.nan, "difference": float(d.mean()) if n else math.nan,
@@ -125,9 +131,7 @@ def paired_tost(a: pd.Series, b: pd.Series, margin: float) -> dict[str, float]:
     out = {"n": res["n"], "difference": res["difference"], "low": res["low"], "high": res["high"], "p": math.nan}
     if res["n"] < 2:
         return out
-    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
-    seeds = sorted(set(a.index) & set(b.index))
-    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    _, d = _seed_differences(a, b)
     se = float(d.std(ddof=1)) / math.sqrt(len(d))
     if se <= 1e-12 * max(1.0, float(np.abs(d).max())):
         return {**out, "p": 0.0 if abs(out["difference"]) < margin else 1.0}
