@@ -197,7 +197,8 @@ def image_axis(ax, grid: np.ndarray, rows: int, cols: int, h: int, w: int, gap: 
 @styled
 def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = None):
     """Eval images at one eval seed, all eval prompts (columns): the base model (epoch 0) and, per condition, the
-    final epoch of its first-seed run. A collapsed condition shows a row of near-identical images."""
+    final epoch of its first-seed run that kept its images; with several base models, each one's base row comes
+    before its first condition. A collapsed condition shows a row of near-identical images."""
     fig = new_figure(6, 2)
     picks = []
     for cond in conditions(df):
@@ -211,9 +212,17 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no eval images yet", ha="center", va="center", transform=ax.transAxes)
         return fig
-    base_imgs, prompts = cell_eval_images(picks[0][1]["cell_dir"], 0)
-    rows_img, labels = [base_imgs[:, eval_seed]], ["base model (epoch 0)"]
-    for cond, row, epoch in picks:
+    # one base row per base model (study v3 has two toys), before the first condition that starts from it
+    models = [row.get("model") for _, row, _ in picks]
+    several = len(set(map(str, models))) > 1
+    rows_img, labels, shown, prompts = [], [], set(), None
+    for (cond, row, epoch), model in zip(picks, models):
+        if str(model) not in shown:
+            shown.add(str(model))
+            base_imgs, base_prompts = cell_eval_images(row["cell_dir"], 0)
+            prompts = base_prompts if prompts is None else prompts
+            rows_img.append(base_imgs[:, eval_seed])
+            labels.append(f"base model {model} (epoch 0)" if several else "base model (epoch 0)")
         imgs, _ = cell_eval_images(row["cell_dir"], epoch)
         rows_img.append(imgs[:, eval_seed])
         labels.append(f"{cond}\n(seed {row['seed']}, epoch {epoch})")

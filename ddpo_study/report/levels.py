@@ -1,9 +1,10 @@
-"""Matched reward: reading a metric where runs first reach a common eval-reward level, per reward.
+"""Matched reward: reading a metric where runs first reach a common eval-reward level, per reward (and base model).
 
 Comparing conditions at equal epochs mistakes a condition that trains faster for one that collapses more; so
 conditions are compared where each run *first reaches* a reward level (linear interpolation between evals,
-:func:`crossing`). Levels only mean something within one reward (a JPEG level is no aesthetic level), so every
-function here works per value of the config key ``reward``.
+:func:`crossing`). Levels only mean something within one reward (a JPEG level is no aesthetic level) and from one
+base model (the UNet toy and the flow toy start from different rewards), so every function here works per value of
+the config key ``reward``, and of ``model`` where the runs start from several (a "reward scale").
 
 Two kinds of levels:
 
@@ -78,20 +79,34 @@ def crossing(run: pd.DataFrame, level: float, metric: str, reward: str = "reward
 
 
 # ================================================================================================ descriptive levels
+MODEL_KEY = "model"  # the config key naming a run's base model
+
+
+def _scales(df: pd.DataFrame) -> pd.Series:
+    """Each row's reward scale: its reward's name, and its base model's when the runs start from several (levels
+    are fractions of the way from a base model's reward, and two base models score differently on one reward)."""
+    names = df[REWARD_KEY].astype(str)
+    if MODEL_KEY in df and df[MODEL_KEY].nunique() > 1:
+        names = names + " (" + df[MODEL_KEY].astype(str) + ")"
+    return names
+
+
 def reward_names(df: pd.DataFrame) -> list[str]:
-    """The rewards of the runs in ``df`` (config key ``reward``), sorted; [""] when the column is absent."""
+    """The reward scales of the runs in ``df`` (config key ``reward``, with the base model's name when the runs
+    start from several: :func:`_scales`), sorted; [""] when the column is absent."""
     if REWARD_KEY not in df or df.empty:
         return [""]
-    return sorted(df[REWARD_KEY].astype(str).unique())
+    return sorted(_scales(df).unique())
 
 
 def by_reward(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``df`` split by reward (see :func:`reward_names`), attrs kept."""
+    """``df`` split by reward scale (see :func:`reward_names`), attrs kept."""
     if REWARD_KEY not in df or df.empty:
         return {"": df}
     out = {}
-    for name in reward_names(df):
-        part = df[df[REWARD_KEY].astype(str) == name]
+    scales = _scales(df)
+    for name in sorted(scales.unique()):
+        part = df[scales == name]
         part.attrs = df.attrs
         out[name] = part
     return out
@@ -143,7 +158,7 @@ def matched_runs(df: pd.DataFrame, metric: str = "cross_div_clip", levels: Seque
             start = read_after_epoch(run)
             for frac, level in zip(fr, lv):
                 value, epoch, lower = crossing(run, level, metric)
-                rows.append({"cell": cell, "reward": first.get(REWARD_KEY, name), "condition": first["condition"],
+                rows.append({"cell": cell, "reward": name or first.get(REWARD_KEY, name), "condition": first["condition"],
                              "condition_order": first["condition_order"], "seed": first.get("seed"),
                              "fraction": frac, "reward_level": level, metric: value, "epoch_reached": epoch,
                              "early": bool(np.isfinite(lower) and lower <= start),
@@ -262,6 +277,11 @@ def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, st
     if names[0] != names[1] or len(names[0]) > 1:
         return MatchedLevels(math.nan, (), reason=f"the conditions use different rewards ({labels[0]}: "
                              f"{', '.join(names[0])}; {labels[1]}: {', '.join(names[1])})")
+    models = [sorted(ev[MODEL_KEY].astype(str).unique()) if MODEL_KEY in ev else [] for ev in (ev_a, ev_b)]
+    if models[0] and models[1] and models[0] != models[1]:
+        return MatchedLevels(math.nan, (), reason=f"the conditions start from different base models ({labels[0]}: "
+                             f"{', '.join(models[0])}; {labels[1]}: {', '.join(models[1])}): their rewards have no "
+                             "common level")
     both = pd.concat([ev_a, ev_b])
     base = float(both.loc[both["epoch"] == 0, reward].mean())
     gains = tuple(condition_gain(ev, lab, alpha, reward) for ev, lab in zip((ev_a, ev_b), labels))

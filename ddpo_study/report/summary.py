@@ -19,8 +19,9 @@ from .continued import continued_table, fig_continued, joined_curves
 from .figures import fig_diversity_curves, fig_final_bars, fig_frontier, fig_montage, fig_reward_curves
 from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remedy_rows
 from .levels import moved_table
+from .methods import fig_methods, has_methods, method_table
 from .plotting import save_figure
-from .questions import ALPHA, questions_for, questions_table
+from .questions import ALPHA, questions_for, questions_table, select_runs
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
 
@@ -80,6 +81,18 @@ def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | No
             "learning": learning_table(df), "cells": cells_table(df)}
 
 
+def primary_conditions(df: pd.DataFrame, questions) -> list[str] | None:
+    """The conditions on either side of the primary questions (they set the cross-method table's gain levels);
+    None when there are none (every condition sets them)."""
+    found = []
+    for q in questions or []:
+        if q.primary:
+            for side in (q.a, q.b):
+                found += [c for c in select_runs(df, {**q.where, **side})["condition"].drop_duplicates()
+                          if c not in found]
+    return found or None
+
+
 def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None,
                   allow_damaged: bool = False) -> Summary:
     """Every summary figure (PNG + PDF; image grids PNG only, :data:`RASTER_FIGURES`) and table (CSV + Markdown)
@@ -106,6 +119,9 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
     summary.tables = summary_tables(df, questions, remedies)
+    if has_methods(df):  # a grid of methods or base models (study v3): the cross-method table and figure
+        summary.tables["methods"] = method_table(df, by=primary_conditions(df, questions))
+        summary.figures["methods"] = fig_methods(summary.tables["methods"])
     read = sorted({Path(c) for c in df["cell_dir"]})  # the finished cells, damaged ones left out
     continued = continued_table(root, read)  # runs started from another run's adapter (init_lora): the joined reads
     if not continued.empty:

@@ -21,15 +21,17 @@ def curve(gain: float, e: int, epochs: int, base: float = 1.0) -> float:
 
 
 def fake_cell(root, mode="lora", prompt_set="toy_30", lam=0.0, seed=0, epochs=12, eval_every=2, p=4, s=2,
-              reward="jpeg_compressibility", gain=None, switch=2, base=1.0):
+              reward="jpeg_compressibility", gain=None, switch=2, base=1.0, **config):
     """A finished run whose eval reward rises by ``gain`` (:func:`curve`; default :data:`GAIN` of the mode, 0.2
     less with a penalty) and whose diversity metrics fall by :data:`COLLAPSE` per unit of reward gained (halved
-    for toy_300 and for a penalty)."""
-    name = f"{prompt_set}-{mode}-lam{lam}-{reward}-s{seed}"
+    for toy_300 and for a penalty); ``config``: more config values (e.g. ``algorithm``, ``model``), named in the
+    folder."""
+    name = "-".join([*map(str, config.values()), f"{prompt_set}-{mode}-lam{lam}-{reward}-s{seed}"])
     cell = root / name
     (cell / "eval").mkdir(parents=True)
     cfg = DDPOConfig(output_dir=str(cell), mode=mode, prompt_set=prompt_set, diversity_lambda=lam, seed=seed,
-                     num_epochs=epochs, eval_every=eval_every, progressive_switch_epoch=switch, reward=reward)
+                     num_epochs=epochs, eval_every=eval_every, progressive_switch_epoch=switch, reward=reward,
+                     **config)
     (cell / "config.json").write_text(json.dumps(cfg.to_dict()))
     rng = np.random.default_rng([seed, len(name)])
     gain = (GAIN[mode] - (0.2 if lam else 0.0)) if gain is None else gain

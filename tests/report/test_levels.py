@@ -61,6 +61,20 @@ def test_levels_are_per_reward_never_averaged_across_rewards(tmp_path):
     assert set(runs_["reward"]) == set(by) and runs_["epoch_reached"].notna().any()
 
 
+def test_levels_are_per_base_model_and_a_pair_across_base_models_is_refused():
+    """Two base models on one reward (study v3's UNet and flow toys) start from different rewards: each gets its
+    own levels, and a contrast across them has none."""
+    unet = runs("lora", [0.0, 0.2, 0.4, 0.6, 0.8]).assign(model="toy")
+    flow = runs("full", [0.0, 0.1, 0.2, 0.3, 0.4], base=3.0, mode="full").assign(model="toy-flow")
+    by = report.levels_by_reward(pd.concat([unet, flow]), top="best")
+    assert set(by) == {"jpeg_compressibility (toy)", "jpeg_compressibility (toy-flow)"}
+    assert all(1.0 < lv < 1.81 for lv in by["jpeg_compressibility (toy)"])
+    assert all(3.0 < lv < 3.41 for lv in by["jpeg_compressibility (toy-flow)"])
+    assert report.levels_by_reward(unet, top="best").keys() == {"jpeg_compressibility"}  # one model: as before
+    got = report.matched_levels(unet, flow, ("lora", "full"))
+    assert not got.levels and "different base models (lora: toy; full: toy-flow)" in got.reason
+
+
 def test_levels_refuse_to_sit_before_both_conditions_moved():
     fast = runs("lora", [0.0, 0.8, 0.9, 1.0, 1.0])  # gains 80% of its run by the first eval
     slow = runs("full", [0.0, 0.1, 0.3, 0.5, 0.6], mode="full")

@@ -1,0 +1,159 @@
+"""Across methods: a grid whose conditions differ in algorithm or base model (study v3: DDPO and NFT on the UNet
+toy, Flow-GRPO and NFT on the flow toy, each in LoRA and full mode), every condition read at the same reward
+*gained* and at its final epoch, in one table (:func:`method_table`) and one figure (:func:`fig_methods`).
+
+Why reward *gained*: the two toys start from different rewards, so an absolute reward level means a different
+distance from each base model; a gain over each run's own epoch-0 eval reward is on one scale for every method.
+The gain levels are fractions of the smallest gain among the conditions that set them (by default every condition
+in the table; a study passes its primary conditions), each condition's gain by the "moved" rule of
+:mod:`.levels` (:func:`~.levels.condition_gain`), so every level is one that each of those conditions reaches.
+A run that first reaches a level no later than its first eval is counted in ``runs_early`` and left out of the
+mean (its reading would be interpolated from the base model), as in the matched-reward table. The questions
+(:mod:`.questions`) are the tests; this table describes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .levels import condition_gain, crossing, read_after_epoch
+from .plotting import new_figure, styled
+from .results import LABELS, _factors, conditions, eval_rows, final_rows
+from .stats import mean_ci
+
+#: The metrics of the cross-method table: the judge first (the referee), then the CLIP readings.
+METHOD_METRICS = ("judge_all", "judge_distinct", "retrieval_acc", "cross_div_clip")
+METHOD_FRACTIONS = (0.25, 0.5)
+#: The config keys that name a method's condition in the table.
+METHOD_KEYS = ("algorithm", "model", "mode")
+
+
+def has_methods(df: pd.DataFrame) -> bool:
+    """Does the grid compare methods or base models (so the summary adds the cross-method table and figure)?"""
+    return bool({"algorithm", "model"} & set(_factors(df)))
+
+
+def gain_levels(df: pd.DataFrame, fractions: Sequence[float] = METHOD_FRACTIONS,
+                by: Sequence[str] | None = None) -> tuple[list[float], str]:
+    """(gain levels, how they were set): ``fractions`` of the smallest gain among the conditions ``by`` (default:
+    all in ``df``) that moved; no levels, with the reason, when one of them did not move."""
+    ev = eval_rows(df)
+    names = list(by) if by is not None else conditions(ev)
+    gains = [condition_gain(ev[ev["condition"] == c], c) for c in names]
+    still = [g.label for g in gains if not g.moved]
+    if not gains or still:
+        return [], f"no levels: {', '.join(still) or 'no condition'} did not move"
+    smallest = min(gains, key=lambda g: g.gain)
+    return ([f * smallest.gain for f in fractions],
+            f"{', '.join(f'{f:.0%}' for f in fractions)} of the smallest gain, {smallest.gain:.3g} ({smallest.label})")
+
+
+def _own_base(run: pd.DataFrame) -> float:
+    base = run.loc[run["epoch"] == 0, "reward_mean"]
+    return float(base.iloc[0]) if len(base) else math.nan
+
+
+def _ci(row: dict[str, Any], name: str, values: Sequence[float]) -> None:
+    mean, low, high, _ = mean_ci(values)
+    row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+
+
+def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
+                 fractions: Sequence[float] = METHOD_FRACTIONS, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per condition (its method, base model and mode), mean and 95% CI over seeds of the reward gain and of each
+    metric at the epoch-0 eval (``at="base"``), at each gain level (:func:`gain_levels`) and at the final epoch;
+    ``runs`` (finished), ``runs_read`` (in the means), ``runs_early`` (refused, see the module doc) and, on the
+    final rows, the per-run collapse kinds (:func:`~.tables.run_collapse`, counted)."""
+    from .tables import paired_reward_gain, run_collapse
+
+    metrics = [m for m in metrics if m in df]
+    ev = eval_rows(df)
+    levels, how = gain_levels(df, fractions, by)
+    keys = [k for k in METHOD_KEYS if k in df]
+    rows = []
+    for cond in conditions(ev):
+        runs = [run.sort_values("epoch") for _, run in ev[ev["condition"] == cond].groupby("cell", sort=False)]
+        first = runs[0].iloc[0]
+        head = {"condition": cond, **{k: first[k] for k in keys}, "runs": len(runs)}
+        base = [run[run["epoch"] == 0] for run in runs]
+        row = {**head, "at": "base", "gain_level": 0.0, "runs_read": sum(len(b) > 0 for b in base), "runs_early": 0}
+        _ci(row, "reward_gain", [0.0 for b in base if len(b)])
+        for m in metrics:
+            _ci(row, m, [float(b[m].iloc[0]) for b in base if len(b)])
+        rows.append(row)
+        for f, level in zip(fractions, levels):
+            read, early = [], 0
+            for run in runs:
+                target = _own_base(run) + level
+                _, _, lower = crossing(run, target, "reward_mean", "reward_mean")
+                if not np.isfinite(lower):
+                    continue
+                if lower <= read_after_epoch(run):
+                    early += 1
+                    continue
+                read.append({m: crossing(run, target, m)[0] for m in metrics})
+            row = {**head, "at": f"gain {f:.0%}", "gain_level": level, "runs_read": len(read), "runs_early": early}
+            _ci(row, "reward_gain", [level] * len(read))
+            for m in metrics:
+                _ci(row, m, [r[m] for r in read])
+            rows.append(row)
+        fin = final_rows(df[df["condition"] == cond])
+        kinds = []
+        for cell, g in df[df["condition"] == cond].groupby("cell", sort=False):
+            if cell in set(fin["cell"]):
+                kinds.append(run_collapse(g, paired_reward_gain(g["cell_dir"].iloc[0])["z"]) if "cell_dir" in g
+                             else "")
+        row = {**head, "at": "final", "gain_level": math.nan, "runs_read": len(fin), "runs_early": 0}
+        gains = [float(r["reward_mean"]) - _own_base(ev[ev["cell"] == r["cell"]]) for _, r in fin.iterrows()]
+        _ci(row, "reward_gain", gains)
+        for m in metrics:
+            _ci(row, m, fin[m].tolist())
+        row["collapse"] = "; ".join(f"{k} {kinds.count(k)}" for k in sorted(set(kinds)) if k)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["levels"] = how
+    return out
+
+
+@styled
+def fig_methods(table: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS):
+    """Each metric against the reward gained, per condition: its base, gain levels and final reading (hollow),
+    mean and 95% CI over seeds; colour by method and base model, line style by mode."""
+    from .figures import _MODE_STYLE, _palette
+
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    fig = new_figure(10, 6.5)
+    if table.empty or not metrics:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    keys = [k for k in ("algorithm", "model") if k in table]
+    methods = list(dict.fromkeys(tuple(r[k] for k in keys) for _, r in table.iterrows()))
+    colors = dict(zip(methods, _palette(len(methods))))
+    axes = fig.subplots(math.ceil(len(metrics) / 2), min(2, len(metrics)), squeeze=False).ravel()
+    for ax, m in zip(axes, metrics):
+        for cond in table["condition"].drop_duplicates():
+            t = table[table["condition"] == cond]
+            first = t.iloc[0]
+            style = {"color": colors[tuple(first[k] for k in keys)],
+                     "linestyle": _MODE_STYLE.get(str(first.get("mode")), "-")}
+            path = t[t["at"] != "final"].dropna(subset=[m])
+            ax.plot(path["reward_gain"], path[m], marker="o", markersize=3, label=cond, **style)
+            for part, face in ((path, style["color"]), (t[t["at"] == "final"].dropna(subset=[m]), "white")):
+                ax.errorbar(part["reward_gain"], part[m], yerr=[part[m] - part[f"{m}_low"], part[f"{m}_high"] - part[m]],
+                            xerr=None if face != "white" else [part["reward_gain"] - part["reward_gain_low"],
+                                                               part["reward_gain_high"] - part["reward_gain"]],
+                            fmt="o" if face != "white" else "s", markersize=4, markerfacecolor=face,
+                            color=style["color"], linewidth=0.8, capsize=2)
+        ax.set_title(LABELS.get(m, m))
+        ax.set_xlabel("eval reward gained over the base model")
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper",
+               title=f"condition (mean, 95% CI over seeds)\nsquares: final epoch\nlevels: {table.attrs.get('levels', '')}")
+    return fig
