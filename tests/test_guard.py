@@ -90,3 +90,32 @@ def test_guard_columns_only_when_the_guard_is_on(tiny_model_dir, tiny_prompt_fil
     out = train.run(tiny_config(tiny_model_dir, tiny_prompt_files, tmp_path / "off", num_epochs=1), progress=False)
     assert not any(c.startswith("guard_") for c in pd.read_csv(out / "metrics.csv").columns)
     assert read_stop(out) is None
+
+
+def _guard_thresholds():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guard_thresholds.py"
+    spec = importlib.util.spec_from_file_location("guard_thresholds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_guard_thresholds_reproduces_its_committed_files_and_reads_other_grids(tmp_path, capsys):
+    """benchmarks/guard_thresholds.py re-reads the committed runs into the same bytes the docs cite; --runs reads
+    another grid's finished runs with a table per condition, and a bad --runs is one clear line."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    gt = _guard_thresholds()
+    assert gt.main(["--out", str(tmp_path / "v2")]) == 0
+    for name in ("firing.csv", "README.md"):
+        assert (tmp_path / "v2" / name).read_bytes() == (repo / "results" / "guard_thresholds" / name).read_bytes()
+    assert gt.main(["--runs", "toy_plateau=*-s*", "--by-condition", "--out", str(tmp_path / "v3")]) == 0
+    text = (tmp_path / "v3" / "README.md").read_text()
+    assert "| toy_plateau | lora | 6 |" in text and "| toy_plateau | full | 6 |" in text
+    with pytest.raises(SystemExit):
+        gt.main(["--runs", "toy_plateau"])
+    assert "--runs takes GRID=GLOB, got 'toy_plateau'" in capsys.readouterr().err
