@@ -520,6 +520,9 @@ def test_every_grid_spec_in_configs_loads_and_the_derived_grids_match_the_study(
         assert c.params["init_lora"] == f"results/toy_plateau/{c.name}/final/lora"
     base = next(c for c in cells["toy_hypotheses"] if c.name == "lora-base-s1")
     assert differ(base.params, study["toy_30-lora-lam0.0-s1"]) == {"num_epochs"}
+    for c in cells["study_v3"]:  # P2 replicates study v2's Q1 (and pools with its seeds 0-5): the same recipe
+        if c.variant == "ddpo-unet":
+            assert differ(c.params, study[f"toy_30-{c.params['mode']}-lam0.0-s0"]) == {"seed"}, c.name
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
