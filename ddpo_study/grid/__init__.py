@@ -25,6 +25,7 @@ Spec format (``configs/*.yaml``)::
     keep_eval: {seed: 0}                    # optional: cells that commit their eval images (default: all)
     keep_lora: {seed: 0}                    # optional: cells that commit final/lora (default: all)
     frontier_remedies: results/inference_remedies   # optional: inference-remedy points on the summary's frontier
+    pool_with: {P2: results/toy_study}      # optional: a question re-read with another grid's runs of the same recipe
     quick:                                  # overrides applied by --quick
       num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
       seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)

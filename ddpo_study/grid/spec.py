@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
              "questions", "exclude", "keep_unet", "keep_report", "keep_eval",
-             "keep_lora", "frontier_remedies")
+             "keep_lora", "frontier_remedies", "pool_with")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -55,6 +55,7 @@ class GridSpec:
     keep_eval: dict[str, list[Any]] | None = None  # cells whose eval images are committed (None: all)
     keep_lora: dict[str, list[Any]] | None = None  # cells whose final LoRA adapter is committed (None: all)
     frontier_remedies: Path | None = None  # an inference-remedies output folder whose points join the frontier
+    pool_with: dict[str, Path] = field(default_factory=dict)  # question id -> another grid's folder (report.pooled)
 
 
 @dataclass
@@ -152,12 +153,20 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
         raise GridError(f"frontier_remedies in {source or 'the spec'} must be a folder path (a string), "
                         f"got {frontier_remedies!r}")
     frontier_remedies = _resolve(frontier_remedies) if frontier_remedies else None
+    pool_with = data.get("pool_with") or {}
+    if not isinstance(pool_with, dict) or not all(isinstance(v, str) for v in pool_with.values()):
+        raise GridError(f"pool_with in {source or 'the spec'} must map question ids to folder paths, got {pool_with!r}")
+    unknown_ids = [k for k in pool_with if k not in {q.id for q in questions or []}]
+    if unknown_ids:
+        raise GridError(f"pool_with in {source or 'the spec'} names no question {unknown_ids[0]!r}")
+    pool_with = {str(k): _resolve(v) for k, v in pool_with.items()}
     return GridSpec(name=str(data.get("name") or (source.stem if source else "grid")),
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
                     questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report,
-                    keep_eval=keep_eval, keep_lora=keep_lora, frontier_remedies=frontier_remedies)
+                    keep_eval=keep_eval, keep_lora=keep_lora, frontier_remedies=frontier_remedies,
+                    pool_with=pool_with)
 
 
 def _keep(data: dict[str, Any], key: str, selectable: dict[str, list[Any]]) -> dict[str, list[Any]] | None:

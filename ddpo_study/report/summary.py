@@ -21,6 +21,7 @@ from .frontier import fig_frontier_points, frontier_table, remedy_ranking, remed
 from .levels import moved_table
 from .methods import fig_methods, has_methods, method_table
 from .plotting import save_figure
+from .pooled import pooled_table
 from .questions import ALPHA, questions_for, questions_table, select_runs
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
@@ -119,6 +120,8 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
     summary.tables = summary_tables(df, questions, remedies)
+    if spec is not None and spec.pool_with and questions:  # a question re-read with another grid's runs pooled in
+        summary.tables["pooled"] = pooled_table(df, questions, spec.pool_with)
     if has_methods(df):  # a grid of methods or base models (study v3): the cross-method table and figure
         summary.tables["methods"] = method_table(df, by=primary_conditions(df, questions))
         summary.figures["methods"] = fig_methods(summary.tables["methods"])
