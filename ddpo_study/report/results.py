@@ -156,7 +156,8 @@ def load_grid_results(root: str | Path, finished_only: bool = False, allow_damag
 
     Added columns: ``cell`` (folder relative to root), ``cell_dir``, ``done`` (``DONE`` exists), ``variant``
     (from the runner's ``status.json``, if any), ``condition`` (label of the varying config keys, seed
-    excepted, or the variant's name when variants name the settings one to one), ``condition_order``. ``df.attrs["factors"]``
+    excepted; or the variant's name when variants name the settings one to one; or, for variants crossed with axes,
+    the variant's name and the axes that vary within it, as "nft-unet, lora"), ``condition_order``. ``df.attrs["factors"]``
     lists the varying keys. An empty frame when nothing is there yet.
     """
     root = Path(root)
@@ -213,6 +214,14 @@ def load_grid_results(root: str | Path, finished_only: bool = False, allow_damag
         cells["condition"] = cells["variant"].astype(str)
         first_index = cells.groupby("condition")["grid_index"].transform("min").fillna(0)
         cells["_key"] = list(zip(first_index, cells["condition"]))
+    elif named and cells.groupby("condition")["variant"].nunique().max() == 1:
+        # variants crossed with axes (study v3: method x mode): the variant's name and the axes that vary within
+        # it, e.g. "nft-unet, lora"
+        within = [k for k in factors if cells.groupby("variant")[k].nunique(dropna=False).max() > 1]
+        cells["condition"] = [", ".join([str(r["variant"]), *(_format_factor(k, r[k]) for k in within)])
+                              for _, r in cells.iterrows()]
+        first_index = cells.groupby("variant")["grid_index"].transform("min").fillna(0)
+        cells["_key"] = [(i, *(_order_key(k, r[k]) for k in within)) for i, (_, r) in zip(first_index, cells.iterrows())]
     order = {c: i for i, c in enumerate(cells.sort_values("_key", kind="stable")["condition"].drop_duplicates())}
     df["condition"] = df["cell"].map(dict(zip(cells["cell"], cells["condition"])))
     df["condition_order"] = df["condition"].map(order)

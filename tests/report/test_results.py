@@ -29,3 +29,17 @@ def test_keys_a_mode_never_reads_do_not_split_conditions(tmp_path):
     df = report.load_grid_results(tmp_path)
     assert report.condition_factors(df) == ["mode"]
     assert set(df["condition"]) == {"lora", "full"}
+
+
+def test_variants_crossed_with_an_axis_are_labelled_by_name_and_the_axis(tmp_path):
+    """Study v3: methods (variants) x mode. A condition reads "nft, full", in the grid's variant order."""
+    index = 0
+    for seed in range(2):
+        for mode in ("lora", "full"):
+            for variant, algorithm in (("ddpo-unet", "ddpo"), ("nft-unet", "nft")):
+                cell = fake_cell(tmp_path, mode, seed=seed, algorithm=algorithm)
+                (cell / "status.json").write_text(json.dumps({"variant": variant, "index": index}))
+                index += 1
+    df = report.load_grid_results(tmp_path)
+    assert report.conditions(df) == ["ddpo-unet, lora", "ddpo-unet, full", "nft-unet, lora", "nft-unet, full"]
+    assert df.groupby("condition")["seed"].nunique().eq(2).all()
