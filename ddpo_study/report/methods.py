@@ -46,7 +46,7 @@ def gain_levels(df: pd.DataFrame, fractions: Sequence[float] = METHOD_FRACTIONS,
     gains = [condition_gain(ev[ev["condition"] == c], c) for c in names]
     still = [g.label for g in gains if not g.moved]
     if not gains or still:
-        return [], f"no levels: {', '.join(still) or 'no condition'} did not move"
+        return [], f"none ({', '.join(still) or 'no condition'} did not move)"
     smallest = min(gains, key=lambda g: g.gain)
     return ([f * smallest.gain for f in fractions],
             f"{', '.join(f'{f:.0%}' for f in fractions)} of the smallest gain, {smallest.gain:.3g} ({smallest.label})")
@@ -123,7 +123,7 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
 def fig_methods(table: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS):
     """Each metric against the reward gained, per condition: its base, gain levels and final reading (hollow),
     mean and 95% CI over seeds; colour by method and base model, line style by mode."""
-    from .figures import _MODE_STYLE, _palette
+    from .figures import _MODE_STYLE, _palette, wrap_label
 
     metrics = [m for m in metrics if m in table and table[m].notna().any()]
     fig = new_figure(10, 6.5)
@@ -142,18 +142,19 @@ def fig_methods(table: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS):
             style = {"color": colors[tuple(first[k] for k in keys)],
                      "linestyle": _MODE_STYLE.get(str(first.get("mode")), "-")}
             path = t[t["at"] != "final"].dropna(subset=[m])
-            ax.plot(path["reward_gain"], path[m], marker="o", markersize=3, label=cond, **style)
+            ax.plot(t["reward_gain"], t[m], linewidth=1, label=cond, **style)  # base -> levels -> final
             for part, face in ((path, style["color"]), (t[t["at"] == "final"].dropna(subset=[m]), "white")):
                 ax.errorbar(part["reward_gain"], part[m], yerr=[part[m] - part[f"{m}_low"], part[f"{m}_high"] - part[m]],
                             xerr=None if face != "white" else [part["reward_gain"] - part["reward_gain_low"],
                                                                part["reward_gain_high"] - part["reward_gain"]],
                             fmt="o" if face != "white" else "s", markersize=4, markerfacecolor=face,
                             color=style["color"], linewidth=0.8, capsize=2)
-        ax.set_title(LABELS.get(m, m))
+        ax.set_title(wrap_label(LABELS.get(m, m), 40), fontsize=9)
         ax.set_xlabel("eval reward gained over the base model")
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper",
-               title=f"condition (mean, 95% CI over seeds)\nsquares: final epoch\nlevels: {table.attrs.get('levels', '')}")
+    fig.legend(handles, labels, loc="outside right upper", title="condition\n(mean, 95% CI over seeds)")
+    fig.suptitle(wrap_label("each condition from its base (gain 0) through the gain levels to its final epoch "
+                            f"(squares); levels: {table.attrs.get('levels', 'not recorded')}", 110), fontsize=9)
     return fig
