@@ -38,6 +38,8 @@ def run_rows(rule: StopRule, runs: dict[str, str] = RUNS) -> pd.DataFrame:
             if not (metrics.parent / "DONE").is_file():
                 continue  # a running cell: its stop point is not known yet
             ev = pd.read_csv(metrics).dropna(subset=["reward_mean"]).sort_values("epoch")
+            if len(ev) < 2:
+                continue  # no eval after epoch 0: nothing the rule could read
             base = ev.iloc[0].to_dict()
             checks = [rule.check(r, base) for r in ev.iloc[1:].to_dict("records")]
             gain = dict(zip(ev["epoch"].astype(int), ev["reward_mean"] - base["reward_mean"]))
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
         if bad:
             ap.error(f"--runs takes GRID=GLOB, got {bad[0]!r}")
         runs = dict(r.split("=", 1) for r in args.runs)
+        if len(runs) < len(args.runs):
+            ap.error("--runs names a grid twice: give each GRID=GLOB once")
     rule = StopRule.from_config(DDPOConfig())
     df = run_rows(rule, runs)
     if df.empty:

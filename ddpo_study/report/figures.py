@@ -212,7 +212,9 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no eval images yet", ha="center", va="center", transform=ax.transAxes)
         return fig
-    # one base row per base model (study v3 has two toys), before the first condition that starts from it
+    # one base row per base model (study v3 has two toys), its conditions below it in their order
+    first_seen = {m: i for i, m in reversed(list(enumerate(str(row.get("model")) for _, row, _ in picks)))}
+    picks.sort(key=lambda pick: first_seen[str(pick[1].get("model"))])  # stable: condition order within a model
     models = [row.get("model") for _, row, _ in picks]
     several = len(set(map(str, models))) > 1
     rows_img, labels, shown, prompts = [], [], set(), None

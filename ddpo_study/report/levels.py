@@ -273,15 +273,15 @@ def matched_levels(ev_a: pd.DataFrame, ev_b: pd.DataFrame, labels: tuple[str, st
                    fractions: Sequence[float] = MATCH_FRACTIONS, alpha: float = 0.05,
                    reward: str = "reward_mean") -> MatchedLevels:
     """The reward levels at which conditions a and b (their runs' eval rows) are compared; see the module doc."""
+    models = [sorted(ev[MODEL_KEY].astype(str).unique()) if MODEL_KEY in ev else [] for ev in (ev_a, ev_b)]
+    if (models[0] and models[1] and models[0] != models[1]) or max(len(m) for m in models) > 1:
+        return MatchedLevels(math.nan, (), reason=f"the conditions start from different base models ({labels[0]}: "
+                             f"{', '.join(models[0])}; {labels[1]}: {', '.join(models[1])}): their rewards have no "
+                             "common level")
     names = [reward_names(ev) for ev in (ev_a, ev_b)]
     if names[0] != names[1] or len(names[0]) > 1:
         return MatchedLevels(math.nan, (), reason=f"the conditions use different rewards ({labels[0]}: "
                              f"{', '.join(names[0])}; {labels[1]}: {', '.join(names[1])})")
-    models = [sorted(ev[MODEL_KEY].astype(str).unique()) if MODEL_KEY in ev else [] for ev in (ev_a, ev_b)]
-    if models[0] and models[1] and models[0] != models[1]:
-        return MatchedLevels(math.nan, (), reason=f"the conditions start from different base models ({labels[0]}: "
-                             f"{', '.join(models[0])}; {labels[1]}: {', '.join(models[1])}): their rewards have no "
-                             "common level")
     both = pd.concat([ev_a, ev_b])
     base = float(both.loc[both["epoch"] == 0, reward].mean())
     gains = tuple(condition_gain(ev, lab, alpha, reward) for ev, lab in zip((ev_a, ev_b), labels))

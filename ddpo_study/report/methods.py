@@ -29,7 +29,7 @@ from .stats import mean_ci
 METHOD_METRICS = ("judge_all", "judge_distinct", "retrieval_acc", "cross_div_clip")
 METHOD_FRACTIONS = (0.25, 0.5)
 #: The config keys that name a method's condition in the table.
-METHOD_KEYS = ("algorithm", "model", "mode")
+METHOD_KEYS = ("variant", "algorithm", "model", "mode")
 
 
 def has_methods(df: pd.DataFrame) -> bool:
@@ -44,9 +44,14 @@ def gain_levels(df: pd.DataFrame, fractions: Sequence[float] = METHOD_FRACTIONS,
     ev = eval_rows(df)
     names = list(by) if by is not None else conditions(ev)
     gains = [condition_gain(ev[ev["condition"] == c], c) for c in names]
-    still = [g.label for g in gains if not g.moved]
-    if not gains or still:
-        return [], f"none ({', '.join(still) or 'no condition'} did not move)"
+    still = [g for g in gains if not g.moved]
+    if not gains:
+        return [], "none (no condition)"
+    if still:
+        few = [g.label for g in still if g.tested == 0]
+        why = [f"{', '.join(few)}: too few seeds to test"] if few else []
+        why += [f"{', '.join(g.label for g in still if g.tested > 0)} did not move"] if len(few) < len(still) else []
+        return [], f"none ({'; '.join(why)})"
     smallest = min(gains, key=lambda g: g.gain)
     return ([f * smallest.gain for f in fractions],
             f"{', '.join(f'{f:.0%}' for f in fractions)} of the smallest gain, {smallest.gain:.3g} ({smallest.label})")
@@ -64,10 +69,12 @@ def _ci(row: dict[str, Any], name: str, values: Sequence[float]) -> None:
 
 def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
                  fractions: Sequence[float] = METHOD_FRACTIONS, by: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per condition (its method, base model and mode), mean and 95% CI over seeds of the reward gain and of each
-    metric at the epoch-0 eval (``at="base"``), at each gain level (:func:`gain_levels`) and at the final epoch;
-    ``runs`` (finished), ``runs_read`` (in the means), ``runs_early`` (refused, see the module doc) and, on the
-    final rows, the per-run collapse kinds (:func:`~.tables.run_collapse`, counted)."""
+    """Per condition (its variant, method, base model and mode), mean and 95% CI over seeds of the reward gain and
+    of each metric at the epoch-0 eval (``at="base"``), at each gain level (:func:`gain_levels`) and at the final
+    epoch; ``runs``, ``runs_read`` (in the means), ``runs_early`` (refused, see the module doc), ``runs_unreached``
+    (never reached the level) and, on the final rows, the per-run collapse kinds (:func:`~.tables.run_collapse`,
+    counted). A level is read on the evals where every metric was logged, so the refusal and the reading use the
+    same evals."""
     from .tables import paired_reward_gain, run_collapse
 
     metrics = [m for m in metrics if m in df]
@@ -75,28 +82,32 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
     levels, how = gain_levels(df, fractions, by)
     keys = [k for k in METHOD_KEYS if k in df]
     rows = []
+    ev = ev.dropna(subset=list(metrics))
     for cond in conditions(ev):
         runs = [run.sort_values("epoch") for _, run in ev[ev["condition"] == cond].groupby("cell", sort=False)]
         first = runs[0].iloc[0]
         head = {"condition": cond, **{k: first[k] for k in keys}, "runs": len(runs)}
         base = [run[run["epoch"] == 0] for run in runs]
-        row = {**head, "at": "base", "gain_level": 0.0, "runs_read": sum(len(b) > 0 for b in base), "runs_early": 0}
+        row = {**head, "at": "base", "gain_level": 0.0, "runs_read": sum(len(b) > 0 for b in base), "runs_early": 0,
+               "runs_unreached": 0}
         _ci(row, "reward_gain", [0.0 for b in base if len(b)])
         for m in metrics:
             _ci(row, m, [float(b[m].iloc[0]) for b in base if len(b)])
         rows.append(row)
         for f, level in zip(fractions, levels):
-            read, early = [], 0
+            read, early, unreached = [], 0, 0
             for run in runs:
                 target = _own_base(run) + level
                 _, _, lower = crossing(run, target, "reward_mean", "reward_mean")
                 if not np.isfinite(lower):
+                    unreached += 1
                     continue
                 if lower <= read_after_epoch(run):
                     early += 1
                     continue
                 read.append({m: crossing(run, target, m)[0] for m in metrics})
-            row = {**head, "at": f"gain {f:.0%}", "gain_level": level, "runs_read": len(read), "runs_early": early}
+            row = {**head, "at": f"gain {f:.0%}", "gain_level": level, "runs_read": len(read), "runs_early": early,
+                   "runs_unreached": unreached}
             _ci(row, "reward_gain", [level] * len(read))
             for m in metrics:
                 _ci(row, m, [r[m] for r in read])
@@ -107,7 +118,8 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
             if cell in set(fin["cell"]):
                 kinds.append(run_collapse(g, paired_reward_gain(g["cell_dir"].iloc[0])["z"]) if "cell_dir" in g
                              else "")
-        row = {**head, "at": "final", "gain_level": math.nan, "runs_read": len(fin), "runs_early": 0}
+        row = {**head, "at": "final", "gain_level": math.nan, "runs_read": len(fin), "runs_early": 0,
+               "runs_unreached": 0}
         gains = [float(r["reward_mean"]) - _own_base(ev[ev["cell"] == r["cell"]]) for _, r in fin.iterrows()]
         _ci(row, "reward_gain", gains)
         for m in metrics:
@@ -131,15 +143,19 @@ def fig_methods(table: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS):
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
         return fig
-    keys = [k for k in ("algorithm", "model") if k in table]
-    methods = list(dict.fromkeys(tuple(r[k] for k in keys) for _, r in table.iterrows()))
-    colors = dict(zip(methods, _palette(len(methods))))
+    # one colour per variant (its LoRA and full conditions share it, told apart by line style); without variants,
+    # per method and base model
+    keys = ["variant"] if "variant" in table and table["variant"].notna().all() else \
+        [k for k in ("algorithm", "model") if k in table]
+    family = [tuple(str(r[k]) for k in keys) for _, r in table.iterrows()]
+    colors = dict(zip(dict.fromkeys(family), _palette(len(set(family)))))
+    table = table.assign(_family=family)
     axes = fig.subplots(math.ceil(len(metrics) / 2), min(2, len(metrics)), squeeze=False).ravel()
     for ax, m in zip(axes, metrics):
         for cond in table["condition"].drop_duplicates():
             t = table[table["condition"] == cond]
             first = t.iloc[0]
-            style = {"color": colors[tuple(first[k] for k in keys)],
+            style = {"color": colors[first["_family"]],
                      "linestyle": _MODE_STYLE.get(str(first.get("mode")), "-")}
             path = t[t["at"] != "final"].dropna(subset=[m])
             ax.plot(t["reward_gain"], t[m], linewidth=1, label=cond, **style)  # base -> levels -> final

@@ -4,7 +4,8 @@
 A run of the other grid joins a side of the question when its config equals the config of that side's runs here
 but for the seed and what no run of its mode and algorithm reads (:func:`recipe`), so only runs of one recipe are
 pooled; the seeds must differ (a seed in both grids would pair a run with a re-run of itself). Keys a config of
-an older run lacks take their defaults (``algorithm`` came with DiffusionNFT; a run without it is DDPO).
+an older run lacks take their defaults (``algorithm`` came with DiffusionNFT; a run without it is DDPO). When
+nothing joins, or the pooling is refused, the rows say so ("not answered: ...") and the summary goes on.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from .results import NON_FACTORS, load_grid_results
 _FIELDS = {f.name for f in dataclasses.fields(DDPOConfig)}
 
 
+def _value(v: Any) -> Any:
+    """One spelling per value: YAML's 5 and 5.0 are one learning rate."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def recipe(config: dict[str, Any]) -> tuple:
     """A run's config with defaults filled in, less its seed, its plumbing and the keys it never reads."""
     full = DDPOConfig.from_dict({k: v for k, v in config.items() if k in _FIELDS}).to_dict()
     drop = {*NON_FACTORS, *unused_keys(full["mode"], full.get("algorithm"))}
-    return tuple(sorted((k, repr(v)) for k, v in full.items() if k not in drop))
+    return tuple(sorted((k, repr(_value(v))) for k, v in full.items() if k not in drop))
 
 
 def pooled_frame(df: pd.DataFrame, q: Question, other: str | Path) -> tuple[pd.DataFrame, int]:
@@ -41,7 +47,10 @@ def pooled_frame(df: pd.DataFrame, q: Question, other: str | Path) -> tuple[pd.D
     for side in (q.a, q.b):
         cond = {**q.where, **side}
         for cell_dir in select_runs(df, cond)["cell_dir"].drop_duplicates():
-            recipes[recipe(read_config(cell_dir))] = cond
+            key = recipe(read_config(cell_dir))
+            if recipes.get(key, cond) != cond:
+                raise ValueError(f"both sides of {q.id} run one recipe ({cell_dir}): a pooled run could join either")
+            recipes[key] = cond
     ours = set(df["seed"].dropna())
     for cell, run in theirs.groupby("cell", sort=False):
         cond = recipes.get(recipe(read_config(run["cell_dir"].iloc[0])))
@@ -63,7 +72,16 @@ def pooled_table(df: pd.DataFrame, questions: list[Question], pool_with: dict[st
     by_id = {q.id: q for q in questions}
     for qid, other in pool_with.items():
         q = by_id[qid]
-        pooled, n = pooled_frame(df, q, other)
+        try:
+            pooled, n = pooled_frame(df, q, other)
+            why = "" if n else f"no finished run of either side's recipe in {other}"
+        except ValueError as err:  # an exploratory table must not stop the summary: its rows say why
+            pooled, n, why = df, 0, str(err)
         text = f"{q.text} Pooled with {n} runs of the same recipe from {Path(other).name}."
-        rows.append(questions_table(pooled, [dataclasses.replace(q, id=f"{qid} pooled", text=text, primary=False)]))
+        table = questions_table(pooled, [dataclasses.replace(q, id=f"{qid} pooled", text=text, primary=False)])
+        if why:  # no pooled reading: the rows keep what was asked, no numbers
+            numbers = [c for c in table if c not in ("id", "kind", "question", "a", "b", "where", "at", "metric")]
+            table[numbers] = float("nan")
+            table["n_seeds"], table["verdict"] = 0, f"not answered: {why}"
+        rows.append(table)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

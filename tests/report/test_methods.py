@@ -67,3 +67,35 @@ def test_the_summary_adds_the_table_only_for_a_grid_of_methods(methods_grid, fak
     assert {"methods.csv", "methods.md", "methods.png"} <= names
     assert not has_methods(report.load_grid_results(fake_grid))
     assert "methods.csv" not in {p.name for p in report.write_summary(fake_grid).files}
+
+
+def _named_grid(root, specs, seeds=(0, 1, 2)):
+    """Cells of named variants (the grid runner's status.json): specs = [(variant, algorithm, model, base)]."""
+    import json
+
+    index = 0
+    for seed in seeds:
+        for variant, algorithm, model, base in specs:
+            cell = fake_cell(root, "lora", seed=seed, eval_every=1, base=base, algorithm=algorithm, model=model,
+                             num_steps=10 + index % len(specs))  # the variants differ in a setting, as in a grid
+            (cell / "status.json").write_text(json.dumps({"variant": variant, "index": index}))
+            index += 1
+    return report.load_grid_results(root)
+
+
+def test_one_seed_reads_too_few_seeds_and_variants_of_one_method_get_their_own_colours(tmp_path):
+    single = _named_grid(tmp_path / "one", [("a", "ddpo", "toy", 1.0), ("b", "nft", "toy", 1.0)], seeds=(0,))
+    levels, how = gain_levels(single)
+    assert levels == [] and "a, b: too few seeds to test" in how
+    df = _named_grid(tmp_path / "two", [("nft", "nft", "toy", 1.0), ("nft-kl3x", "nft", "toy", 1.0)])
+    fig = fig_methods(method_table(df))
+    colours = {str(h.get_color()) for h in fig.legends[0].legend_handles}
+    assert len(colours) == 2  # same method, base model and mode: told apart by colour
+
+
+def test_the_montage_puts_each_condition_under_its_own_base_model(tmp_path):
+    df = _named_grid(tmp_path, [("u1", "ddpo", "toy", 1.0), ("f1", "flow_grpo", "toy-flow", 3.0),
+                                ("u2", "nft", "toy", 1.0)], seeds=(0,))
+    fig = report.fig_montage(df)
+    labels = [t.get_text().split("\n")[0] for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["base model toy (epoch 0)", "u1", "u2", "base model toy-flow (epoch 0)", "f1"]

@@ -40,13 +40,21 @@ def test_runs_of_the_same_recipe_join_their_side_and_others_do_not(tmp_path):
     assert table["n_seeds"].max() == 6 > alone["n_seeds"].max() == 3
 
 
-def test_a_seed_in_both_grids_is_refused_and_the_recipe_ignores_seed_and_unread_keys(tmp_path):
+def test_a_seed_in_both_grids_or_no_match_is_a_row_that_says_so_and_the_recipe_ignores_seed_and_unread_keys(tmp_path):
     ours = _grid(tmp_path / "v3", [0, 1], named=True)
     theirs = _grid(tmp_path / "v2", [1], named=False)
+    df = report.load_grid_results(ours)
     with pytest.raises(ValueError, match="seed 1 is in both grids"):
-        pooled_frame(report.load_grid_results(ours), P2, theirs)
+        pooled_frame(df, P2, theirs)
+    table = pooled_table(df, [P2], {"P2": theirs})  # the summary goes on: the rows say why there is no reading
+    assert table["verdict"].str.startswith("not answered: ").all() and "seed 1 is in both grids" in table["verdict"][0]
+    assert table["difference"].isna().all() and (table["n_seeds"] == 0).all()
+    other = tmp_path / "other"
+    fake_cell(other, "lora", lam=10.0, seed=7)
+    assert "no finished run of either side's recipe" in pooled_table(df, [P2], {"P2": other})["verdict"][0]
     base = {"mode": "lora", "seed": 0, "output_dir": "a"}
     assert recipe(base) == recipe({**base, "seed": 7, "output_dir": "b", "progressive_switch_epoch": 3})
+    assert recipe({**base, "target_kl": 1}) == recipe({**base, "target_kl": 1.0}) != recipe({**base, "target_kl": 2.0})
     assert recipe(base) != recipe({**base, "diversity_lambda": 1.0})
 
 
