@@ -72,6 +72,20 @@ if "diversity_curves" in summary.figures:
 summary.tables.get("questions")
 
 # %% [markdown]
+# ## Across methods (grids of several algorithms or base models)
+#
+# Each condition from its base model through the same reward *gained* (fractions of the smallest gain among the
+# primary conditions that moved) to its final epoch, with seed CIs; and, where the spec pools another grid's runs
+# of the same recipe into a question (`pool_with`), that secondary reading (exploratory).
+
+# %%
+if "methods" in summary.figures:
+    display(summary.figures["methods"])
+    display(summary.tables["methods"])
+if "pooled" in summary.tables:
+    display(summary.tables["pooled"])
+
+# %% [markdown]
 # ## Reward-diversity frontier
 #
 # Conditions compared at matched reward, not only matched epoch.
