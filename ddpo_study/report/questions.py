@@ -285,3 +285,25 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
     if any(np.isfinite(r["margin"]) for r in rows):
         columns = COLUMNS[:-1] + EQUIV_COLUMNS + COLUMNS[-1:]
     return pd.DataFrame(rows, columns=columns)
+
+
+# ================================================================================================ extension rule
+EXTENSION_COLUMNS = ["id", "metric", "fraction", "n_seeds", "half_width", "target", "extend"]
+
+
+def extension_rule(table: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
+    """A spec's seed-extension rule (study v3's POWER note), read from its questions table: for each primary row
+    with a margin at the matched level ``fraction``, the 95% CI half-width the observed paired SD gave, against the
+    margin as its target; ``extend`` is True where the half-width exceeds it, False where it does not, and NaN
+    where the row has no CI (not answered: the rule cannot be read there, and says so)."""
+    if "margin" not in table:
+        return pd.DataFrame(columns=EXTENSION_COLUMNS)
+    rows = table[(table["kind"] == "primary") & table["margin"].notna()
+                 & np.isclose(table["fraction"].astype(float), fraction)]
+    out = []
+    for _, r in rows.iterrows():
+        half = (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_high"]) and np.isfinite(r["ci_low"]) else math.nan
+        out.append({"id": r["id"], "metric": r["metric"], "fraction": fraction, "n_seeds": r["n_seeds"],
+                    "half_width": half, "target": r["margin"],
+                    "extend": bool(half > r["margin"]) if np.isfinite(half) else math.nan})
+    return pd.DataFrame(out, columns=EXTENSION_COLUMNS)

@@ -22,7 +22,7 @@ from .levels import moved_table
 from .methods import fig_methods, has_methods, method_table
 from .plotting import save_figure
 from .pooled import pooled_table
-from .questions import ALPHA, questions_for, questions_table, select_runs
+from .questions import ALPHA, extension_rule, questions_for, questions_table, select_runs
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
 
@@ -120,6 +120,8 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
     summary.tables = summary_tables(df, questions, remedies)
+    if "margin" in summary.tables["questions"]:  # margins fixed in the spec: the seed-extension rule's reading
+        summary.tables["extension"] = extension_rule(summary.tables["questions"])
     if spec is not None and spec.pool_with and questions:  # a question re-read with another grid's runs pooled in
         summary.tables["pooled"] = pooled_table(df, questions, spec.pool_with)
     if has_methods(df):  # a grid of methods or base models (study v3): the cross-method table and figure

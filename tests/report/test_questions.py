@@ -163,3 +163,27 @@ def test_bad_margins_are_one_clear_line(tmp_path, margins, message):
          "at": "final", "margins": margins}
     with pytest.raises(GridError, match=message):
         load_spec(spec_of(tmp_path, [q]))
+
+
+def test_the_extension_rule_reads_each_primary_half_width_against_its_margin():
+    import pandas as pd
+
+    from ddpo_study.report.questions import extension_rule
+
+    table = pd.DataFrame([
+        {"id": "N1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 12, "ci_low": -0.05,
+         "ci_high": 0.17, "margin": 0.10},  # half-width 0.11 > 0.10: extend
+        {"id": "N1", "kind": "primary", "metric": "cross_div_clip", "fraction": 0.25, "n_seeds": 12, "ci_low": 0.0,
+         "ci_high": 0.05, "margin": 0.03},  # 0.025 <= 0.03
+        {"id": "N1", "kind": "primary", "metric": "judge_all", "fraction": 0.5, "n_seeds": 12, "ci_low": -1.0,
+         "ci_high": 1.0, "margin": 0.10},  # another level: not read by the rule
+        {"id": "G1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 0,
+         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},  # not answered: cannot be read
+        {"id": "N1 more", "kind": "exploratory", "metric": "retrieval_acc", "fraction": 0.25, "n_seeds": 12,
+         "ci_low": -1.0, "ci_high": 1.0, "margin": float("nan")},
+    ])
+    got = extension_rule(table)
+    assert list(zip(got["id"], got["metric"])) == [("N1", "judge_all"), ("N1", "cross_div_clip"), ("G1", "judge_all")]
+    assert got["half_width"].iloc[:2].tolist() == pytest.approx([0.11, 0.025])
+    assert got["extend"].iloc[0] is True and got["extend"].iloc[1] is False and pd.isna(got["extend"].iloc[2])
+    assert extension_rule(table.drop(columns=["margin"])).empty
