@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .finetune import ADAPTER_NAME, LORA_FILE, has_lora
-from .rundir import MODEL_CONFIG_FILE
+from .rundir import DENOISER_FOLDERS, MODEL_CONFIG_FILE
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -139,10 +139,6 @@ def load_unet_tensors(unet, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Exports in diffusers format
 # --------------------------------------------------------------------------------------------------------------
-
-
-#: The pipeline folder of each denoiser class: where diffusers (and ``final/``) keep its weights.
-DENOISER_FOLDERS = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "transformer"}
 
 
 def denoiser_folder(model: nn.Module) -> str:

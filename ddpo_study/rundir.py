@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_FILE = "config.json"
+#: The pipeline folder of each denoiser class: where diffusers (and a run's ``final/``) keep its weights.
+DENOISER_FOLDERS = {"UNet2DConditionModel": "unet", "SD3Transformer2DModel": "transformer"}
 #: A Hugging Face model folder's config (a diffusers UNet such as ``final/unet``, a transformers CLIP, the aesthetic
 #: MLP). It has a run config's name, and run folders hold model folders, so it is named here, beside it, once.
 MODEL_CONFIG_FILE = "config.json"

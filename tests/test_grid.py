@@ -83,7 +83,8 @@ def test_cells_run_through_papermill_and_leave_code_free_reports(grid_runs):
     ignored = [line for line in (cell / ".gitignore").read_text().splitlines() if not line.startswith("#")]
     assert ignored == ["report.ipynb", "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.rewards.npz",
                        "!eval/epoch_0001.rewards.npz", "!eval/epoch_0000.link.json", "!eval/epoch_0001.npz",
-                       "final/unet/"]  # the eval rewards of epochs 0 and 1 (the last), the images of 1 kept
+                       "final/transformer/", "final/unet/"]  # the eval rewards of epochs 0 and 1 (the last), the
+    # images of 1 kept, no full weights (a UNet's or an SD3 transformer's)
     # the base model's images: one copy per grid, linked from each cell
     assert len(list((grid_runs["root"] / "base_eval").glob("*.npz"))) == 1
     assert (cell / "eval" / "epoch_0000.link.json").is_file()
@@ -341,7 +342,7 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
         np.savez_compressed(cell / "eval" / f"epoch_{e:04d}.npz", images=np.zeros((3, 2, 4, 4, 3), np.uint8),
                             prompts=np.array(["a", "b", "c"]), rewards=rewards[e])
         (cell / "eval" / f"epoch_{e:04d}.png").write_bytes(b"x")
-    for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json"):
+    for part in ("lora/pytorch_lora_weights.safetensors", "unet/config.json", "transformer/config.json"):
         (cell / "final" / part).parent.mkdir(parents=True, exist_ok=True)
         (cell / "final" / part).write_text("x")
     from ddpo_study.rundir import ensure_rewards_file, load_eval_rewards
@@ -370,7 +371,8 @@ def test_a_finished_cells_gitignore_keeps_the_base_and_final_evals(tmp_path):
                             "eval/epoch_0020.npz", "eval/epoch_0020.rewards.npz",
                             "final/lora/pytorch_lora_weights.safetensors", "report.html"]
         grid.runner.write_cell_gitignore(cell, keep_unet=True, keep_report=False, keep_eval=False)
-        assert "final/unet/config.json" in listed() and "report.html" not in listed()
+        assert {"final/unet/config.json", "final/transformer/config.json"} <= set(listed())  # full weights kept
+        assert "report.html" not in listed()
         assert [f for f in listed() if f.startswith("eval/")] == ["eval/epoch_0000.rewards.npz",
                                                                   "eval/epoch_0020.rewards.npz"]
         grid.runner.write_cell_gitignore(cell, keep_lora=False)

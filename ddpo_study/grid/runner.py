@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from ..atomic import write_text
 from ..rundir import (
+    DENOISER_FOLDERS,
     DONE_FILE,
     METRICS_FILE,
     SHARED_EVAL_DIR,
@@ -208,7 +209,8 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
     (``final/lora``, ~130 kB at rank 4; diagnose loads it). With ``keep_eval`` (default): the eval
     images of the final epoch (~0.3 MB) and a link to those of epoch 0 (the base model: byte-identical across a
     grid's cells, so the grid's ``base_eval/`` holds one copy, :func:`ddpo_study.rundir.share_eval_file`). With ``keep_report`` (default):
-    ``report.html``; with ``keep_unet``: ``final/unet`` (a full-tuned UNet, a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
+    ``report.html``; with ``keep_unet``: the full-tuned weights (``final/unet`` or, for an SD3 transformer,
+    ``final/transformer``; a few MB in fp16). The grid spec's ``keep_*`` keys choose the cells, to keep the tree small
     (``grid run`` renders a missing report from the data without training; a kept adapter re-samples the
     images). Left local: the executed ``report.ipynb``, the eval PNG grids (the npz holds the same images),
     intermediate evals and checkpoints.
@@ -228,7 +230,9 @@ def write_cell_gitignore(cell_dir: Path, keep_unet: bool = False, keep_report: b
              "# other evals and checkpoints stay local.",
              REPORT_NOTEBOOK, "checkpoints/", "eval/epoch_*", "!eval/epoch_0000.rewards.npz",
              f"!eval/epoch_{final:04d}.rewards.npz", *images,
-             *([] if keep_report else [REPORT_HTML]), *([] if keep_unet else ["final/unet/"]),
+             *([] if keep_report else [REPORT_HTML]),
+             # the full weights, under their denoiser's folder (a UNet's "unet", an SD3 transformer's "transformer")
+             *([] if keep_unet else [f"final/{folder}/" for folder in sorted(set(DENOISER_FOLDERS.values()))]),
              *([] if keep_lora else ["final/lora/"])]
     return _write_gitignore(cell_dir, lines)
 
