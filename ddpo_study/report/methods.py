@@ -24,6 +24,7 @@ from .levels import condition_gain, crossing, read_after_epoch
 from .plotting import new_figure, styled
 from .results import LABELS, _factors, conditions, eval_rows, final_rows
 from .stats import mean_ci
+from .tables import paired_reward_gain, run_collapse
 
 #: The metrics of the cross-method table: the judge first (the referee), then the CLIP readings.
 METHOD_METRICS = ("judge_all", "judge_distinct", "retrieval_acc", "cross_div_clip")
@@ -75,8 +76,6 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
     (never reached the level) and, on the final rows, the per-run collapse kinds (:func:`~.tables.run_collapse`,
     counted). A level is read on the evals where every metric was logged, so the refusal and the reading use the
     same evals."""
-    from .tables import paired_reward_gain, run_collapse
-
     metrics = [m for m in metrics if m in df]
     ev = eval_rows(df)
     levels, how = gain_levels(df, fractions, by)
@@ -113,9 +112,9 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
                 _ci(row, m, [r[m] for r in read])
             rows.append(row)
         fin = final_rows(df[df["condition"] == cond])
-        kinds = []
+        kinds, finished = [], set(fin["cell"])
         for cell, g in df[df["condition"] == cond].groupby("cell", sort=False):
-            if cell in set(fin["cell"]):
+            if cell in finished:
                 kinds.append(run_collapse(g, paired_reward_gain(g["cell_dir"].iloc[0])["z"]) if "cell_dir" in g
                              else "")
         row = {**head, "at": "final", "gain_level": math.nan, "runs_read": len(fin), "runs_early": 0,
