@@ -146,6 +146,9 @@ def _row(q: Question, metric: str, at: str, **kw) -> dict[str, Any]:
     base.update({"id": q.id, "kind": "primary" if q.primary else "exploratory", "question": q.text,
                  "a": _label(q.a), "b": _label(q.b), "where": _label(q.where), "at": at, "metric": metric,
                  "n_seeds": 0, "verdict": ""})
+    # the margin belongs to the question, not to the answer: a refused or unmoved row keeps it, so it stays in the
+    # equivalence family (as p = 1) and the extension rule can say that it could not be read there
+    base["margin"] = q.margins.get(metric, math.nan)
     base.update(kw)
     return base
 
@@ -292,18 +295,26 @@ EXTENSION_COLUMNS = ["id", "metric", "fraction", "n_seeds", "half_width", "targe
 
 
 def extension_rule(table: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
-    """A spec's seed-extension rule (study v3's POWER note), read from its questions table: for each primary row
-    with a margin at the matched level ``fraction``, the 95% CI half-width the observed paired SD gave, against the
-    margin as its target; ``extend`` is True where the half-width exceeds it, False where it does not, and NaN
-    where the row has no CI (not answered: the rule cannot be read there, and says so)."""
+    """A spec's seed-extension rule (study v3's POWER note), read from its questions table: for each primary
+    question and metric with a margin, the 95% CI half-width the observed paired SD gave at the matched level
+    ``fraction``, against the margin as its target. ``extend`` is True where the half-width exceeds it, False where
+    it does not, and NaN where no level has a CI (the rule cannot be read there, and says so).
+
+    Where the ``fraction`` level has no CI (refused: one condition reaches it by its first eval; or not answered)
+    the rule reads the lowest other level that has one and names it in ``fraction`` (fixed 2026-12-07, before
+    seed 17 of study v3 had run: the SD that sizes the seeds is the one of a level the question can be answered at).
+    """
     if "margin" not in table:
         return pd.DataFrame(columns=EXTENSION_COLUMNS)
-    rows = table[(table["kind"] == "primary") & table["margin"].notna()
-                 & np.isclose(table["fraction"].astype(float), fraction)]
+    rows = table[(table["kind"] == "primary") & table["margin"].notna()]
     out = []
-    for _, r in rows.iterrows():
-        half = (r["ci_high"] - r["ci_low"]) / 2 if np.isfinite(r["ci_high"]) and np.isfinite(r["ci_low"]) else math.nan
-        out.append({"id": r["id"], "metric": r["metric"], "fraction": fraction, "n_seeds": r["n_seeds"],
+    for (qid, metric), g in rows.groupby(["id", "metric"], sort=False):
+        g = g.assign(fraction=g["fraction"].astype(float))  # NaN: the question was not read at any level
+        g = g.assign(_first=~np.isclose(g["fraction"], fraction)).sort_values(["_first", "fraction"])
+        ok = g[np.isfinite(g["ci_low"].astype(float)) & np.isfinite(g["ci_high"].astype(float))]
+        r = ok.iloc[0] if len(ok) else g.iloc[0]
+        half = (r["ci_high"] - r["ci_low"]) / 2 if len(ok) else math.nan
+        out.append({"id": qid, "metric": metric, "fraction": float(r["fraction"]), "n_seeds": r["n_seeds"],
                     "half_width": half, "target": r["margin"],
                     "extend": bool(half > r["margin"]) if np.isfinite(half) else math.nan})
     return pd.DataFrame(out, columns=EXTENSION_COLUMNS)

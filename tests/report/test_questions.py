@@ -181,9 +181,37 @@ def test_the_extension_rule_reads_each_primary_half_width_against_its_margin():
          "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},  # not answered: cannot be read
         {"id": "N1 more", "kind": "exploratory", "metric": "retrieval_acc", "fraction": 0.25, "n_seeds": 12,
          "ci_low": -1.0, "ci_high": 1.0, "margin": float("nan")},
+        # X1's 25% level refused (no CI): the rule reads its lowest level that has one, and says which
+        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.75, "n_seeds": 12, "ci_low": -0.3,
+         "ci_high": 0.3, "margin": 0.10},
+        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.5, "n_seeds": 12, "ci_low": -0.02,
+         "ci_high": 0.14, "margin": 0.10},  # half-width 0.08
+        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 0,
+         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},
+        # P2 not read at any level (a condition did not move): listed, not dropped
+        {"id": "P2", "kind": "primary", "metric": "judge_all", "fraction": float("nan"), "n_seeds": 0,
+         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},
     ])
     got = extension_rule(table)
-    assert list(zip(got["id"], got["metric"])) == [("N1", "judge_all"), ("N1", "cross_div_clip"), ("G1", "judge_all")]
+    assert list(zip(got["id"], got["metric"])) == [("N1", "judge_all"), ("N1", "cross_div_clip"), ("G1", "judge_all"),
+                                                   ("X1", "judge_all"), ("P2", "judge_all")]
     assert got["half_width"].iloc[:2].tolist() == pytest.approx([0.11, 0.025])
     assert got["extend"].iloc[0] is True and got["extend"].iloc[1] is False and pd.isna(got["extend"].iloc[2])
+    assert got["fraction"].tolist()[:4] == [0.25, 0.25, 0.25, 0.5]
+    assert got["half_width"].iloc[3] == pytest.approx(0.08) and got["extend"].iloc[3] is False
+    assert pd.isna(got["half_width"].iloc[4]) and pd.isna(got["extend"].iloc[4])
     assert extension_rule(table.drop(columns=["margin"])).empty
+
+
+def test_an_unanswered_primary_keeps_its_margin_and_counts_as_p_1_in_the_equivalence_family(tmp_path):
+    root = tiny_grid(tmp_path / "grid", full_gain=0.6)
+    q = {"id": "F", "text": "judge at the last epoch", "a": {"mode": "lora"}, "b": {"mode": "full"},
+         "metrics": ["judge_all"], "at": "final", "primary": True, "margins": {"judge_all": 0.5}}
+    unlogged = {**q, "id": "U", "metrics": ["judge_distinct_frac"], "margins": {"judge_distinct_frac": 0.1}}
+    df = report.load_grid_results(root)
+    alone = report.questions_table(df, load_spec(spec_of(root, [q])).questions)
+    t = report.questions_table(df, load_spec(spec_of(root, [q, unlogged])).questions)
+    u = t[t["id"] == "U"].iloc[0]
+    assert u["margin"] == 0.1 and np.isnan(u["equiv_p"]) and u["verdict"].startswith("not answered")
+    raw = alone["equiv_p"].iloc[0]  # a family of one: Holm leaves it as it is
+    assert t[t["id"] == "F"]["equiv_p"].iloc[0] == pytest.approx(report.holm([raw, 1.0])[0])
