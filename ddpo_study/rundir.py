@@ -10,6 +10,8 @@
     <run>/eval/epoch_XXXX.rewards.npz  the per-image rewards alone, a few kB (what a grid commits for every cell)
     <run>/eval/epoch_XXXX.link.json    where the images' npz lives when a grid keeps one copy (``<root>/base_eval/``)
     <run>/checkpoints/latest/          the resumable state (:mod:`ddpo_study.checkpoint`)
+    <run>/.gitignore                   a grid cell's: what of it is committed (written by the grid runner;
+                                       :func:`committed_eval_epochs` reads it)
     <run>/final/{lora,unet}            the trained weights a finished run keeps (:func:`find_weights`)
 
 Reading is strict for a finished run (one with ``DONE``): its files are results, often committed and read from a
@@ -316,6 +318,19 @@ def eval_epochs(cell_dir: str | Path) -> list[int]:
     found = [re.fullmatch(r"epoch_(\d+)(\.npz|\.link\.json)", p.name)
              for p in (Path(cell_dir) / EVAL_DIR).glob("epoch_*")]
     return sorted({int(m.group(1)) for m in found if m})
+
+
+def committed_eval_epochs(cell_dir: str | Path) -> list[int]:
+    """The :func:`eval_epochs` whose images a clone of the results has too. A grid cell's ``.gitignore`` (written
+    by ``grid.runner.write_cell_gitignore``) ignores ``eval/epoch_*`` and re-includes the images it commits; a
+    figure drawn from images must pick among those, or a clone would draw another figure. A run folder without such a
+    file is not a grid's committed result: all its images count."""
+    epochs = eval_epochs(cell_dir)
+    ignore = Path(cell_dir) / ".gitignore"
+    lines = set(ignore.read_text().splitlines()) if ignore.is_file() else set()
+    if "eval/epoch_*" not in lines and "*" not in lines:
+        return epochs
+    return [e for e in epochs if {f"!{EVAL_DIR}/epoch_{e:04d}.npz", f"!{EVAL_DIR}/epoch_{e:04d}.link.json"} & lines]
 
 
 def reward_epochs(cell_dir: str | Path) -> list[int]:

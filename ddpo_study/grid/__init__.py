@@ -26,6 +26,7 @@ Spec format (``configs/*.yaml``)::
     keep_lora: {seed: 0}                    # optional: cells that commit final/lora (default: all)
     frontier_remedies: results/inference_remedies   # optional: inference-remedy points on the summary's frontier
     pool_with: {P2: results/toy_study}      # optional: a question re-read with another grid's runs of the same recipe
+    extension: {seeds: [0, 1, 2, 3, 4, 5], add: [6, 7]}   # optional: the seed-extension rule (questions.Extension)
     quick:                                  # overrides applied by --quick
       num_epochs: 4                         # a scalar replaces a fixed value (or pins an axis)
       seed: [0]                             # a list replaces an axis (or turns a fixed key into an axis)
@@ -89,7 +90,7 @@ Modules: ``spec`` (the spec, its cells, ``--shard``), ``questions`` (the pre-reg
 """
 
 from .errors import GridError
-from .questions import QUESTION_METRICS, Question, parse_questions, same_value
+from .questions import QUESTION_METRICS, Extension, Question, parse_extension, parse_questions, same_value
 from .runner import (
     ERROR_LINES,
     KERNEL_NAME,
@@ -128,7 +129,7 @@ from .spec import (
 
 __all__ = [
     # errors, questions
-    "GridError", "QUESTION_METRICS", "Question", "parse_questions", "same_value",
+    "GridError", "QUESTION_METRICS", "Extension", "Question", "parse_extension", "parse_questions", "same_value",
     # spec
     "QUICK_SPECIAL", "REPO_ROOT", "RUNNER_KEYS", "SPEC_KEYS", "VARIANT_KEY", "Cell", "GridSpec", "expand", "find_spec",
     "load_spec", "parse_shard", "select_match", "select_shard",

@@ -200,3 +200,75 @@ def _replication(q: dict, num_seeds: int, fail: Callable[[str], GridError]) -> t
     if primary and num_seeds < min_seeds:
         raise fail(f"primary with min_seeds {min_seeds}, but the grid has {num_seeds} seed(s)")
     return primary, min_seeds
+
+
+# ================================================================================================ seed extension
+EXTENSION_KEYS = ("seeds", "add", "fraction", "planned_sd")
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A spec's seed-extension rule, fixed before its last base seed runs (study v3's POWER note): each primary
+    question is read on ``seeds``; where the observed paired SD, at ``len(seeds)`` seeds, gives a 95% CI
+    half-width above a metric's margin, the seeds ``add`` are run for that question's conditions (once)."""
+
+    #: the base seeds the rule is read on (the spec's replicates before any extension)
+    seeds: tuple[int, ...]
+    #: the seeds added to the conditions of a question whose rule fires
+    add: tuple[int, ...]
+    #: the matched level read first (another level is read where this one has no answer)
+    fraction: float = 0.25
+    #: metric -> the paired SD the power calculation assumed (the write-up says where the observed one exceeds it)
+    planned_sd: dict[str, float] = field(default_factory=dict)
+
+
+def parse_extension(raw: Any, seed_axis: list[Any], questions: list[Question] | None) -> Extension:
+    """The ``extension:`` section of a spec::
+
+        extension:
+          seeds: [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]   # the base seeds (in the seed axis)
+          add: [18, 19, 20]                                     # fresh seeds, run only for a question that needs them
+          fraction: 0.25                                        # optional, default 0.25
+          planned_sd: {judge_all: 0.16, cross_div_clip: 0.052}  # optional: the pilot's paired SDs
+
+    It needs primary questions with margins (the half-width targets). One :class:`GridError` line names the fault.
+    """
+    def fail(msg: str) -> GridError:
+        return GridError(f"extension: {msg}")
+
+    if not isinstance(raw, dict):
+        raise fail(f"must be a mapping ({', '.join(EXTENSION_KEYS)}), got {raw!r}")
+    unknown = [k for k in raw if k not in EXTENSION_KEYS]
+    if unknown:
+        raise fail(f"unknown key(s) {unknown} (allowed: {list(EXTENSION_KEYS)})")
+    targets = {m for q in questions or [] if q.primary for m in q.margins}
+    if not targets:
+        raise fail("needs primary questions with 'margins' (the half-widths it is read against)")
+    seeds, add = (_seed_list(raw.get(key), key, fail) for key in ("seeds", "add"))
+    outside = [s for s in seeds if not any(same_value(s, v) for v in seed_axis)]
+    if outside:
+        raise fail(f"seeds {outside} are not in the seed axis {seed_axis}")
+    both = sorted(set(seeds) & set(add))
+    if both:
+        raise fail(f"seeds {both} are both base seeds and added seeds")
+    fraction = raw.get("fraction", Extension.fraction)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise fail(f"'fraction' must be a number in (0, 1], got {fraction!r}")
+    planned = raw.get("planned_sd") or {}
+    if not isinstance(planned, dict):
+        raise fail(f"'planned_sd' must be a mapping of metric -> SD, got {planned!r}")
+    for metric, sd in planned.items():
+        if metric not in targets:
+            raise fail(f"planned_sd: {metric!r} has no margin in a primary question ({sorted(targets)})")
+        if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not sd > 0:
+            raise fail(f"planned_sd: {metric} must be a positive number, got {sd!r}")
+    return Extension(seeds=seeds, add=add, fraction=float(fraction),
+                     planned_sd={str(k): float(v) for k, v in planned.items()})
+
+
+def _seed_list(raw: Any, key: str, fail: Callable[[str], GridError]) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        raise fail(f"{key!r} must be a non-empty list of integer seeds, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise fail(f"{key!r} repeats a seed: {raw}")
+    return tuple(raw)

@@ -20,13 +20,13 @@ import yaml
 
 from ..config import ConfigError, DDPOConfig
 from .errors import GridError
-from .questions import Question, parse_questions, same_value
+from .questions import Extension, Question, parse_extension, parse_questions, same_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPEC_KEYS = ("name", "description", "notebook", "output_root", "cell_name", "fixed", "axes", "variants", "quick",
              "questions", "exclude", "keep_unet", "keep_report", "keep_eval",
-             "keep_lora", "frontier_remedies", "pool_with")
+             "keep_lora", "frontier_remedies", "pool_with", "extension")
 QUICK_SPECIAL = ("output_root", "cell_name", "variants")
 RUNNER_KEYS = ("output_dir",)  # set by the runner, never by a spec
 VARIANT_KEY = "variant"
@@ -56,6 +56,7 @@ class GridSpec:
     keep_lora: dict[str, list[Any]] | None = None  # cells whose final LoRA adapter is committed (None: all)
     frontier_remedies: Path | None = None  # an inference-remedies output folder whose points join the frontier
     pool_with: dict[str, Path] = field(default_factory=dict)  # question id -> another grid's folder (report.pooled)
+    extension: Extension | None = None  # the seed-extension rule (grid.questions.Extension); None: the spec has none
 
 
 @dataclass
@@ -160,13 +161,17 @@ def load_spec(spec: str | Path | dict | GridSpec, quick: bool = False) -> GridSp
     if unknown_ids:
         raise GridError(f"pool_with in {source or 'the spec'} names no question {unknown_ids[0]!r}")
     pool_with = {str(k): _resolve(v) for k, v in pool_with.items()}
+    extension = None
+    if data.get("extension") is not None:  # read against the full seed axis, before --quick pins it
+        seed_axis = _as_axis("seed", axes_raw["seed"]) if "seed" in axes_raw else [fixed.get("seed")]
+        extension = parse_extension(data["extension"], seed_axis, questions)
     return GridSpec(name=str(data.get("name") or (source.stem if source else "grid")),
                     notebook=_resolve(data["notebook"]), output_root=_resolve(output_root), cell_name=str(cell_name),
                     fixed=fixed, axes=axes, variants=variants, quick=quick_over,
                     description=str(data.get("description") or ""), source=source, is_quick=quick,
                     questions=questions, exclude=exclude, keep_unet=keep_unet, keep_report=keep_report,
                     keep_eval=keep_eval, keep_lora=keep_lora, frontier_remedies=frontier_remedies,
-                    pool_with=pool_with)
+                    pool_with=pool_with, extension=extension)
 
 
 def _keep(data: dict[str, Any], key: str, selectable: dict[str, list[Any]]) -> dict[str, list[Any]] | None:

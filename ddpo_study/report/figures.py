@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import EVAL_SEED_BASE
-from ..rundir import eval_epochs
+from ..rundir import committed_eval_epochs
 from .levels import reward_levels, reward_names
 from .plotting import new_figure, styled
 from .results import FINAL_METRICS, LABELS, _factors, cell_eval_images, conditions, eval_rows, final_rows
@@ -204,7 +204,7 @@ def fig_montage(df: pd.DataFrame, eval_seed: int = 0, max_prompts: int | None = 
     for cond in conditions(df):
         cells = df[df["condition"] == cond].sort_values(["seed", "cell"]).drop_duplicates("cell")
         for _, row in cells.iterrows():
-            epochs = eval_epochs(row["cell_dir"])
+            epochs = committed_eval_epochs(row["cell_dir"])  # what a clone has: the same montage there
             if epochs and epochs[-1] > 0:
                 picks.append((cond, row, epochs[-1]))
                 break

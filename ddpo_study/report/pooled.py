@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..config import DDPOConfig, unused_keys
 from ..grid.questions import Question
+from ..grid.spec import _display_path
 from ..rundir import read_config
 from .questions import questions_table, select_runs
 from .results import NON_FACTORS, load_grid_results
@@ -49,7 +50,8 @@ def pooled_frame(df: pd.DataFrame, q: Question, other: str | Path) -> tuple[pd.D
         for cell_dir in select_runs(df, cond)["cell_dir"].drop_duplicates():
             key = recipe(read_config(cell_dir))
             if recipes.get(key, cond) != cond:
-                raise ValueError(f"both sides of {q.id} run one recipe ({cell_dir}): a pooled run could join either")
+                raise ValueError(f"both sides of {q.id} run one recipe ({_display_path(Path(cell_dir))}): a pooled "
+                                 "run could join either")
             recipes[key] = cond
     ours = set(df["seed"].dropna())
     for cell, run in theirs.groupby("cell", sort=False):
@@ -57,7 +59,8 @@ def pooled_frame(df: pd.DataFrame, q: Question, other: str | Path) -> tuple[pd.D
         if cond is None:
             continue
         if set(run["seed"]) & ours:
-            raise ValueError(f"{other}/{cell}: seed {run['seed'].iloc[0]} is in both grids; pooling needs fresh seeds")
+            raise ValueError(f"{_display_path(Path(other))}/{cell}: seed {run['seed'].iloc[0]} is in both grids; "
+                             "pooling needs fresh seeds")
         run = run.assign(**cond, cell=f"{Path(other).name}/{cell}")
         joined.append(run)
     if not joined:
@@ -65,19 +68,24 @@ def pooled_frame(df: pd.DataFrame, q: Question, other: str | Path) -> tuple[pd.D
     return pd.concat([df, *joined], ignore_index=True, sort=False), len(joined)
 
 
-def pooled_table(df: pd.DataFrame, questions: list[Question], pool_with: dict[str, Path]) -> pd.DataFrame:
-    """The questions named in ``pool_with`` (id -> another grid's folder), each re-read on the pooled runs as an
-    exploratory question ``"<id> pooled"``; its text says what joined."""
+def pooled_table(df: pd.DataFrame, questions: list[Question], pool_with: dict[str, Path],
+                 seeds: dict[str, set[int]] | None = None) -> pd.DataFrame:
+    """The questions named in ``pool_with`` (id -> another grid's folder), each re-read on the pooled runs as a
+    secondary, exploratory question ``"<id> pooled"``; its text says what joined. ``seeds``: question id -> the
+    seeds of this grid it reads (a spec's extension rule, :func:`~.questions.question_seeds`; default: all)."""
     rows = []
     by_id = {q.id: q for q in questions}
     for qid, other in pool_with.items():
         q = by_id[qid]
+        own = df if seeds is None or qid not in seeds else df[df["seed"].isin(seeds[qid])]
         try:
-            pooled, n = pooled_frame(df, q, other)
-            why = "" if n else f"no finished run of either side's recipe in {other}"
+            pooled, n = pooled_frame(own, q, other)
+            why = "" if n else f"no finished run of either side's recipe in {_display_path(Path(other))}"
         except ValueError as err:  # an exploratory table must not stop the summary: its rows say why
-            pooled, n, why = df, 0, str(err)
-        text = f"{q.text} Pooled with {n} runs of the same recipe from {Path(other).name}."
+            pooled, n, why = own, 0, str(err)
+        # its levels are fractions of the pooled runs' gains, so they need not be the question's own levels
+        text = (f"{q.text} Secondary reading: pooled with {n} runs of the same recipe from {Path(other).name}; "
+                f"matched levels of the pooled gains.")
         table = questions_table(pooled, [dataclasses.replace(q, id=f"{qid} pooled", text=text, primary=False)])
         if why:  # no pooled reading: the rows keep what was asked, no numbers
             numbers = [c for c in table if c not in ("id", "kind", "question", "a", "b", "where", "at", "metric")]

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..config import unused_keys
-from ..grid.questions import DEFAULT_QUESTION_METRICS, Question, same_value
+from ..grid.questions import DEFAULT_QUESTION_METRICS, Extension, Question, same_value
 from ..grid.spec import REPO_ROOT, GridSpec, find_spec, load_spec
 from .levels import crossing, matched_levels, read_after_epoch
 from .results import _factors, _format_factor, _order_key, eval_rows, final_rows
-from .stats import holm, paired_seed_ci, paired_seeds_needed, paired_tost
+from .stats import holm, paired_seed_ci, paired_seeds_needed, paired_tost, t_quantile
 
 ALPHA = 0.05
 COLUMNS = ["id", "kind", "question", "a", "b", "where", "at", "fraction", "reward_level", "metric", "n_seeds",
@@ -177,8 +177,7 @@ def evaluate_question(df: pd.DataFrame, q: Question, alpha: float = ALPHA) -> li
     for side, runs in (("a", runs_a), ("b", runs_b)):
         if runs.empty:
             cond = _label({**q.where, **getattr(q, side)})
-            return [_row(q, m, at0, verdict=f"not answered: no runs of {side} ({cond}) in this grid")
-                    for m in q.metrics]
+            return _unread(q, f"not answered: no runs of {side} ({cond}) in this grid")
     rows = []
     missing = {m for m in q.metrics if m not in df or pd.concat([runs_a, runs_b])[m].isna().all()}
     if q.at == "final":
@@ -189,10 +188,13 @@ def evaluate_question(df: pd.DataFrame, q: Question, alpha: float = ALPHA) -> li
             else:
                 rows.append(_compare(q, m, at0, _by_seed(fa, m), _by_seed(fb, m)))
         return rows
-    ev_a, ev_b = eval_rows(runs_a), eval_rows(runs_b)
+    # the evals that logged every metric the question reads: the levels, their refusals and the readings then all
+    # stand on the same evals (report.methods reads the same way)
+    logged = [m for m in q.metrics if m not in missing]
+    ev_a, ev_b = (eval_rows(runs).dropna(subset=logged) for runs in (runs_a, runs_b))
     levels = matched_levels(ev_a, ev_b, (_label(q.a), _label(q.b)), q.fractions, alpha)
     if levels.reason:
-        return [_row(q, m, at0, verdict=f"not answered: {levels.reason}") for m in q.metrics]
+        return _unread(q, f"not answered: {levels.reason}")
     smaller = min(g.gain for g in levels.gains)
     for level in levels.levels:
         at = f"reward {level.value:.4g} ({level.fraction:.0%} of the smaller gain, {smaller:.3g})"
@@ -206,6 +208,15 @@ def evaluate_question(df: pd.DataFrame, q: Question, alpha: float = ALPHA) -> li
                 va, vb = (_values_at(ev, level.value, m) for ev in (ev_a, ev_b))
                 rows.append(_compare(q, m, at, va, vb, **kw))
     return rows
+
+
+def _unread(q: Question, verdict: str) -> list[dict[str, Any]]:
+    """The rows of a question that cannot be read at all: as many as an answer has (one per metric, and per level
+    at matched reward), so a primary question keeps all its places in Holm's families."""
+    if q.at == "final":
+        return [_row(q, m, "final epoch", verdict=verdict) for m in q.metrics]
+    return [_row(q, m, f"matched reward ({f:.0%} of the smaller gain)", fraction=f, verdict=verdict)
+            for f in q.fractions for m in q.metrics]
 
 
 def _values_at(ev: pd.DataFrame, level: float, metric: str) -> pd.Series:
@@ -244,11 +255,12 @@ def _equivalence(row: dict[str, Any], alpha: float) -> str:
 
 
 def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = None,
-                    alpha: float = ALPHA) -> pd.DataFrame:
+                    alpha: float = ALPHA, seeds: dict[str, Collection[int]] | None = None) -> pd.DataFrame:
     """One row per question x metric (x matched level): the :data:`COLUMNS`, in the questions' order.
 
     ``questions``: the spec's (:func:`questions_for`); None: the default questions, with a "not in this grid" row
-    for each one the grid cannot ask."""
+    for each one the grid cannot ask. ``seeds``: question id -> the seeds it reads (:func:`question_seeds`; a
+    question not named reads every seed)."""
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)  # (no rows, so no margins either)
     rows = []
@@ -262,7 +274,8 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
                 rows += evaluate_question(df, q, alpha)
     else:
         for q in questions:
-            rows += evaluate_question(df, q, alpha)
+            own = df if seeds is None or q.id not in seeds else df[df["seed"].isin(seeds[q.id])]
+            rows += evaluate_question(own, q, alpha)
     # Holm over every pre-registered primary row: one that could not be answered stays in the family as p = 1,
     # so missing levels never make the others' adjustment milder than the spec's design.
     family = [i for i, r in enumerate(rows) if r["kind"] == "primary"]
@@ -291,30 +304,69 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
 
 
 # ================================================================================================ extension rule
-EXTENSION_COLUMNS = ["id", "metric", "fraction", "n_seeds", "half_width", "target", "extend"]
+EXTENSION_COLUMNS = ["id", "metric", "fraction", "n_seeds", "sd", "planned_sd", "planned_seeds", "half_width", "target",
+                     "extend", "question_extends"]
 
 
-def extension_rule(table: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
-    """A spec's seed-extension rule (study v3's POWER note), read from its questions table: for each primary
-    question and metric with a margin, the 95% CI half-width the observed paired SD gave at the matched level
-    ``fraction``, against the margin as its target. ``extend`` is True where the half-width exceeds it, False where
-    it does not, and NaN where no level has a CI (the rule cannot be read there, and says so).
+def extension_rule(table: pd.DataFrame, rule: Extension) -> pd.DataFrame:
+    """A spec's seed-extension rule (:class:`~ddpo_study.grid.questions.Extension`, study v3's POWER note), read
+    from a questions table of its base seeds (:func:`read_questions` builds it).
 
-    Where the ``fraction`` level has no CI (refused: one condition reaches it by its first eval; or not answered)
-    the rule reads the lowest other level that has one and names it in ``fraction`` (fixed 2026-12-07, before
-    seed 17 of study v3 had run: the SD that sizes the seeds is the one of a level the question can be answered at).
+    For each primary question and metric with a margin: the observed paired SD (``sd``, from the row's t interval)
+    at the matched level ``rule.fraction``, the pilot's SD (``planned_sd``) beside it, and the 95% CI half-width
+    that SD gives at the planned number of seeds (``planned_seeds`` = the base seeds; ``t(n-1) sd / sqrt(n)``)
+    against the margin (``target``). ``extend``: True where the half-width exceeds the target, False where it does
+    not, NaN where the rule cannot be read (no answered level). ``question_extends``: True where any metric of the
+    question extends; a question that cannot be read is not extended.
+
+    Where the ``rule.fraction`` level is not answered (refused: one condition reaches it by its first eval; or
+    fewer than ``min_seeds`` seeds reach it) the rule reads the lowest other level that is answered and names it in
+    ``fraction`` (fixed 2026-12-07 for study v3: at a refused level no SD exists to size the seeds with).
     """
     if "margin" not in table:
         return pd.DataFrame(columns=EXTENSION_COLUMNS)
     rows = table[(table["kind"] == "primary") & table["margin"].notna()]
     out = []
     for (qid, metric), g in rows.groupby(["id", "metric"], sort=False):
-        g = g.assign(fraction=g["fraction"].astype(float))  # NaN: the question was not read at any level
-        g = g.assign(_first=~np.isclose(g["fraction"], fraction)).sort_values(["_first", "fraction"])
-        ok = g[np.isfinite(g["ci_low"].astype(float)) & np.isfinite(g["ci_high"].astype(float))]
-        r = ok.iloc[0] if len(ok) else g.iloc[0]
-        half = (r["ci_high"] - r["ci_low"]) / 2 if len(ok) else math.nan
-        out.append({"id": qid, "metric": metric, "fraction": float(r["fraction"]), "n_seeds": r["n_seeds"],
-                    "half_width": half, "target": r["margin"],
-                    "extend": bool(half > r["margin"]) if np.isfinite(half) else math.nan})
-    return pd.DataFrame(out, columns=EXTENSION_COLUMNS)
+        answered = [r for _, r in g.iterrows() if str(r["verdict"]).startswith("answered")]
+        answered.sort(key=lambda r: (not np.isclose(float(r["fraction"]), rule.fraction), float(r["fraction"])))
+        row = {"id": qid, "metric": metric, "fraction": math.nan, "n_seeds": 0, "sd": math.nan,
+               "planned_sd": rule.planned_sd.get(metric, math.nan), "planned_seeds": len(rule.seeds),
+               "half_width": math.nan, "target": float(g["margin"].iloc[0]), "extend": math.nan}
+        if answered:
+            r = answered[0]
+            n = int(r["n_seeds"])
+            sd = (r["ci_high"] - r["ci_low"]) / 2 * math.sqrt(n) / t_quantile(n - 1)  # the t interval, inverted
+            half = t_quantile(len(rule.seeds) - 1) * sd / math.sqrt(len(rule.seeds))
+            row.update(fraction=float(r["fraction"]), n_seeds=n, sd=sd, half_width=half,
+                       extend=bool(half > row["target"]))
+        out.append(row)
+    fired = {row["id"] for row in out if row["extend"] is True}
+    return pd.DataFrame([{**row, "question_extends": row["id"] in fired} for row in out], columns=EXTENSION_COLUMNS)
+
+
+def question_seeds(questions: Sequence[Question], rule: Extension, fired: Collection[str]) -> dict[str, set[int]]:
+    """question id -> the seeds it reads: the base seeds, and the added ones where a question whose rule fired
+    (``fired``: ids) asks about the same two conditions (its companions: "N1 more", "N1 final"). So an extension
+    run for N1 does not leak into X1, which shares one of N1's conditions but did not ask for more seeds."""
+    def conditions(q: Question) -> tuple:
+        return tuple(sorted((k, str(v)) for k, v in {**q.where, **q.a}.items())), \
+            tuple(sorted((k, str(v)) for k, v in {**q.where, **q.b}.items()))
+
+    extended = {conditions(q) for q in questions if q.id in fired}
+    return {q.id: set(rule.seeds) | (set(rule.add) if conditions(q) in extended else set()) for q in questions}
+
+
+def read_questions(df: pd.DataFrame, questions: Sequence[Question] | None, rule: Extension | None = None,
+                   alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, set[int]] | None]:
+    """(the questions table, the extension rule's table or None, question id -> seeds read or None).
+
+    Without a rule every question reads every seed. With one, the rule is read on the base seeds only (so the
+    record of why an extension ran never changes once its seeds are in), then each question reads its own seeds
+    (:func:`question_seeds`)."""
+    if rule is None or questions is None:
+        return questions_table(df, questions, alpha), None, None
+    base = questions_table(df[df["seed"].isin(rule.seeds)], questions, alpha)
+    extension = extension_rule(base, rule)
+    seeds = question_seeds(questions, rule, set(extension.loc[extension["question_extends"], "id"]))
+    return questions_table(df, questions, alpha, seeds=seeds), extension, seeds

@@ -22,7 +22,7 @@ from .levels import moved_table
 from .methods import fig_methods, has_methods, method_table
 from .plotting import save_figure
 from .pooled import pooled_table
-from .questions import ALPHA, extension_rule, questions_for, questions_table, select_runs
+from .questions import ALPHA, question_seeds, questions_for, read_questions, select_runs
 from .results import _factors, load_grid_results
 from .tables import cells_table, final_table, learning_table, matched_reward_table
 
@@ -70,13 +70,18 @@ def summary_figures(df: pd.DataFrame, remedies: pd.DataFrame | None = None) -> d
             "final_bars": fig_final_bars(df), "montage": fig_montage(df)}
 
 
-def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def summary_tables(df: pd.DataFrame, questions=None, remedies: pd.DataFrame | None = None,
+                   extension=None) -> dict[str, pd.DataFrame]:
     """The summary's tables; ``questions``: the spec's pre-registered ones (None: the default questions);
-    ``remedies``: inference-remedy rows appended to ``frontier_points``."""
+    ``remedies``: inference-remedy rows appended to ``frontier_points``; ``extension``: the spec's seed-extension
+    rule (:class:`~ddpo_study.grid.questions.Extension`), which adds its reading (``extension``) and sets the seeds
+    each question reads (:func:`~.questions.read_questions`)."""
     frontier = frontier_table(df)
     if remedies is not None and not remedies.empty:
         frontier = pd.concat([frontier, remedies], ignore_index=True)
-    return {"questions": questions_table(df, questions), "moved": moved_table(df, ALPHA), "final": final_table(df),
+    table, rule_table, _ = read_questions(df, questions, extension)
+    return {"questions": table, **({"extension": rule_table} if rule_table is not None else {}),
+            "moved": moved_table(df, ALPHA), "final": final_table(df),
             "matched_reward": matched_reward_table(df), "frontier_points": frontier,
             "remedy_ranking": remedy_ranking(frontier, df),
             "learning": learning_table(df), "cells": cells_table(df)}
@@ -119,11 +124,14 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
     questions, source = questions_for(root, spec)
     remedies = remedy_rows(spec.frontier_remedies) if spec is not None and spec.frontier_remedies else None
     summary.figures = summary_figures(df, remedies)
-    summary.tables = summary_tables(df, questions, remedies)
-    if "margin" in summary.tables["questions"]:  # margins fixed in the spec: the seed-extension rule's reading
-        summary.tables["extension"] = extension_rule(summary.tables["questions"])
+    extension = spec.extension if spec is not None else None
+    summary.tables = summary_tables(df, questions, remedies, extension)
     if spec is not None and spec.pool_with and questions:  # a question re-read with another grid's runs pooled in
-        summary.tables["pooled"] = pooled_table(df, questions, spec.pool_with)
+        seeds = None  # with an extension rule: the seeds each question read (the pooled reading re-reads P2 on them)
+        if extension is not None:
+            rule = summary.tables["extension"]
+            seeds = question_seeds(questions, extension, set(rule.loc[rule["question_extends"], "id"]))
+        summary.tables["pooled"] = pooled_table(df, questions, spec.pool_with, seeds)
     if has_methods(df):  # a grid of methods or base models (study v3): the cross-method table and figure
         summary.tables["methods"] = method_table(df, by=primary_conditions(df, questions))
         summary.figures["methods"] = fig_methods(summary.tables["methods"])

@@ -3,6 +3,8 @@ so two base models that start from different rewards are on one scale."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ddpo_study import report
@@ -99,3 +101,17 @@ def test_the_montage_puts_each_condition_under_its_own_base_model(tmp_path):
     fig = report.fig_montage(df)
     labels = [t.get_text().split("\n")[0] for t in fig.axes[0].get_yticklabels()]
     assert labels == ["base model toy (epoch 0)", "u1", "u2", "base model toy-flow (epoch 0)", "f1"]
+
+
+def test_the_montage_draws_only_images_a_clone_has(tmp_path):
+    from ddpo_study.grid.runner import write_cell_gitignore
+
+    df = _named_grid(tmp_path, [("u1", "ddpo", "toy", 1.0)], seeds=(0, 1))
+    cells = df.drop_duplicates("cell").sort_values("seed")["cell_dir"].tolist()
+    # seed 0's images stay local (its grid keeps seed 1's): a clone could not draw them, so neither does the montage
+    write_cell_gitignore(Path(cells[0]), keep_eval=False)
+    write_cell_gitignore(Path(cells[1]), keep_eval=True)
+    labels = [t.get_text() for t in report.fig_montage(df).axes[0].get_yticklabels()]
+    assert "seed 1" in labels[1] and len(labels) == 2
+    write_cell_gitignore(Path(cells[1]), keep_eval=False)  # no cell keeps its images: no montage rows
+    assert [t.get_text() for t in report.fig_montage(df).axes[0].texts] == ["no eval images yet"]

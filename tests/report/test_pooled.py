@@ -35,7 +35,7 @@ def test_runs_of_the_same_recipe_join_their_side_and_others_do_not(tmp_path):
     assert n == 6 and sorted(pooled.drop_duplicates("cell")["seed"]) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     table = pooled_table(df, [P2], {"P2": theirs})
     assert list(table["id"].unique()) == ["P2 pooled"] and set(table["kind"]) == {"exploratory"}
-    assert "Pooled with 6 runs of the same recipe from v2" in table["question"].iloc[0]
+    assert "Secondary reading: pooled with 6 runs of the same recipe from v2" in table["question"].iloc[0]
     alone = report.questions_table(df, [P2])
     assert table["n_seeds"].max() == 6 > alone["n_seeds"].max() == 3
 

@@ -89,7 +89,10 @@ def test_questions_say_why_they_are_not_answered(tmp_path):
     root = tiny_grid(tmp_path / "falling", full_gain=-0.05)
     qs = load_spec(spec_of(root, QUESTIONS[:1])).questions
     t = report.questions_table(report.load_grid_results(root), qs)
-    assert len(t) == 2 and t["verdict"].str.startswith("not answered: full did not move (").all()
+    # one row per metric and level, as an answer would have: a primary question keeps its places in Holm's family
+    assert len(t) == 4 and t["verdict"].str.startswith("not answered: full did not move (").all()
+    assert sorted(zip(t["fraction"], t["metric"])) == sorted((f, m) for f in (0.5, 0.75)
+                                                             for m in ("cross_div_clip", "retrieval_acc"))
     # A flat condition's noise can pass the per-eval test at one eval of six (here the last, by +0.0016): the gate
     # is permissive, but the levels sit at fractions of that gain, before LoRA's first eval, and are refused.
     root = tiny_grid(tmp_path / "flat", full_gain=0.0)
@@ -165,42 +168,105 @@ def test_bad_margins_are_one_clear_line(tmp_path, margins, message):
         load_spec(spec_of(tmp_path, [q]))
 
 
-def test_the_extension_rule_reads_each_primary_half_width_against_its_margin():
-    import pandas as pd
+EXT_Q = {"id": "F", "text": "t", "a": {"mode": "lora"}, "b": {"mode": "full"}, "metrics": ["judge_all"],
+         "at": "final", "primary": True, "min_seeds": 2, "margins": {"judge_all": 0.1}}
 
+
+def test_a_spec_extension_rule_is_read_into_its_dataclass(tmp_path):
+    spec = load_spec({**spec_of(tmp_path, [EXT_Q]), "extension": {"seeds": [0, 1, 2], "add": [3, 4],
+                                                                   "planned_sd": {"judge_all": 0.16}}})
+    ext = spec.extension
+    assert (ext.seeds, ext.add, ext.fraction, ext.planned_sd) == ((0, 1, 2), (3, 4), 0.25, {"judge_all": 0.16})
+    assert load_spec(spec_of(tmp_path, [EXT_Q])).extension is None
+
+
+@pytest.mark.parametrize("extension, questions, message", [
+    ({"seeds": [0, 1], "add": [3]}, [{**EXT_Q, "margins": {}}], "needs primary questions with 'margins'"),
+    ({"seeds": [0, 9], "add": [3]}, [EXT_Q], r"seeds \[9\] are not in the seed axis"),
+    ({"seeds": [0, 1], "add": [1, 3]}, [EXT_Q], r"seeds \[1\] are both base seeds and added seeds"),
+    ({"seeds": [0, 1], "add": []}, [EXT_Q], "'add' must be a non-empty list"),
+    ({"seeds": [0, 1], "add": [3], "fraction": 2}, [EXT_Q], "'fraction' must be a number in"),
+    ({"seeds": [0, 1], "add": [3], "planned_sd": {"cross_div_clip": 0.1}}, [EXT_Q], "has no margin"),
+    ({"seeds": [0, 1], "add": [3], "when": "now"}, [EXT_Q], "unknown key"),
+])
+def test_a_bad_extension_rule_is_one_clear_line(tmp_path, extension, questions, message):
+    from ddpo_study.grid.errors import GridError
+
+    with pytest.raises(GridError, match=f"^extension: .*{message}"):
+        load_spec({**spec_of(tmp_path, questions), "extension": extension})
+
+
+def _rule_row(qid, metric, fraction, n, low, high, margin, verdict="answered: ...", kind="primary"):
+    return {"id": qid, "kind": kind, "metric": metric, "fraction": fraction, "n_seeds": n, "ci_low": low,
+            "ci_high": high, "margin": margin, "verdict": verdict}
+
+
+def test_the_extension_rule_sizes_each_primary_half_width_at_the_planned_seeds_against_its_margin():
+    import math
+
+    import pandas as pd
+    from scipy import stats
+
+    from ddpo_study.grid.questions import Extension
     from ddpo_study.report.questions import extension_rule
 
+    nan = float("nan")
+    refused = "not answered: level refused (lora: 12 of 12 runs reach it by their first eval)"
     table = pd.DataFrame([
-        {"id": "N1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 12, "ci_low": -0.05,
-         "ci_high": 0.17, "margin": 0.10},  # half-width 0.11 > 0.10: extend
-        {"id": "N1", "kind": "primary", "metric": "cross_div_clip", "fraction": 0.25, "n_seeds": 12, "ci_low": 0.0,
-         "ci_high": 0.05, "margin": 0.03},  # 0.025 <= 0.03
-        {"id": "N1", "kind": "primary", "metric": "judge_all", "fraction": 0.5, "n_seeds": 12, "ci_low": -1.0,
-         "ci_high": 1.0, "margin": 0.10},  # another level: not read by the rule
-        {"id": "G1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 0,
-         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},  # not answered: cannot be read
-        {"id": "N1 more", "kind": "exploratory", "metric": "retrieval_acc", "fraction": 0.25, "n_seeds": 12,
-         "ci_low": -1.0, "ci_high": 1.0, "margin": float("nan")},
-        # X1's 25% level refused (no CI): the rule reads its lowest level that has one, and says which
-        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.75, "n_seeds": 12, "ci_low": -0.3,
-         "ci_high": 0.3, "margin": 0.10},
-        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.5, "n_seeds": 12, "ci_low": -0.02,
-         "ci_high": 0.14, "margin": 0.10},  # half-width 0.08
-        {"id": "X1", "kind": "primary", "metric": "judge_all", "fraction": 0.25, "n_seeds": 0,
-         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},
-        # P2 not read at any level (a condition did not move): listed, not dropped
-        {"id": "P2", "kind": "primary", "metric": "judge_all", "fraction": float("nan"), "n_seeds": 0,
-         "ci_low": float("nan"), "ci_high": float("nan"), "margin": 0.10},
+        _rule_row("N1", "judge_all", 0.25, 12, -0.05, 0.17, 0.10),  # half-width 0.11 at 12 seeds > 0.10: extend
+        _rule_row("N1", "cross_div_clip", 0.25, 12, 0.0, 0.05, 0.03),  # 0.025 <= 0.03
+        _rule_row("N1", "judge_all", 0.5, 12, -1.0, 1.0, 0.10),  # another level: not read by the rule
+        _rule_row("G1", "judge_all", 0.25, 0, nan, nan, 0.10, refused),  # no level answered: cannot be read
+        _rule_row("N1 more", "retrieval_acc", 0.25, 12, -1.0, 1.0, nan, kind="exploratory"),
+        # X1's 25% level refused: the rule reads its lowest answered level (not 0.75, and not a level with too few
+        # seeds, whose CI exists but is no answer), and says which
+        _rule_row("X1", "judge_all", 0.75, 12, -0.3, 0.3, 0.10),
+        _rule_row("X1", "judge_all", 0.5, 12, -0.02, 0.14, 0.10),  # half-width 0.08
+        _rule_row("X1", "judge_all", 0.4, 5, -0.9, 0.9, 0.10, "not answered: fewer than 8 seeds (5 common seeds)"),
+        _rule_row("X1", "judge_all", 0.25, 0, nan, nan, 0.10, refused),
+        # P2: 9 seeds reach the level; its SD is sized at the planned 12, not at the 9 observed
+        _rule_row("P2", "cross_div_clip", 0.25, 9, 0.0, 0.08, 0.03),
     ])
-    got = extension_rule(table)
+    rule = Extension(seeds=tuple(range(6, 18)), add=(18, 19, 20), planned_sd={"cross_div_clip": 0.052})
+    got = extension_rule(table, rule)
     assert list(zip(got["id"], got["metric"])) == [("N1", "judge_all"), ("N1", "cross_div_clip"), ("G1", "judge_all"),
-                                                   ("X1", "judge_all"), ("P2", "judge_all")]
+                                                   ("X1", "judge_all"), ("P2", "cross_div_clip")]
     assert got["half_width"].iloc[:2].tolist() == pytest.approx([0.11, 0.025])
     assert got["extend"].iloc[0] is True and got["extend"].iloc[1] is False and pd.isna(got["extend"].iloc[2])
-    assert got["fraction"].tolist()[:4] == [0.25, 0.25, 0.25, 0.5]
+    assert got["question_extends"].tolist() == [True, True, False, False, True]
+    assert got["fraction"].iloc[[0, 1, 3]].tolist() == [0.25, 0.25, 0.5] and pd.isna(got["fraction"].iloc[2])
     assert got["half_width"].iloc[3] == pytest.approx(0.08) and got["extend"].iloc[3] is False
-    assert pd.isna(got["half_width"].iloc[4]) and pd.isna(got["extend"].iloc[4])
-    assert extension_rule(table.drop(columns=["margin"])).empty
+    sd = 0.04 * math.sqrt(9) / stats.t.ppf(0.975, 8)  # the observed SD, from the 9-seed t interval
+    p2 = got.iloc[4]
+    assert p2["sd"] == pytest.approx(sd) and p2["planned_sd"] == 0.052 and p2["planned_seeds"] == 12
+    assert p2["half_width"] == pytest.approx(stats.t.ppf(0.975, 11) * sd / math.sqrt(12))
+    assert pd.isna(got["planned_sd"].iloc[0])
+    assert extension_rule(table.drop(columns=["margin"]), rule).empty
+
+
+def test_an_extension_is_read_on_the_base_seeds_and_reaches_only_its_own_question(tmp_path):
+    from ddpo_study.grid.questions import Extension
+    from ddpo_study.report.questions import question_seeds, read_questions
+
+    root = tiny_grid(tmp_path / "grid", seeds=5)
+    qs = [{"id": "A", "text": "judge at the end", "a": {"mode": "lora"}, "b": {"mode": "full"},
+           "metrics": ["judge_all"], "at": "final", "primary": True, "margins": {"judge_all": 1e-6}},
+          {"id": "A final", "text": "its companion", "a": {"mode": "lora"}, "b": {"mode": "full"},
+           "metrics": ["reward_mean"], "at": "final"},
+          {"id": "B", "text": "the other way round", "a": {"mode": "full"}, "b": {"mode": "lora"},
+           "metrics": ["reward_mean"], "at": "final", "primary": True, "margins": {"reward_mean": 10.0}}]
+    questions = load_spec(spec_of(root, qs, seeds=5)).questions
+    rule = Extension(seeds=(0, 1, 2), add=(3, 4))
+    assert question_seeds(questions, rule, {"A"}) == {"A": {0, 1, 2, 3, 4}, "A final": {0, 1, 2, 3, 4}, "B": {0, 1, 2}}
+    df = report.load_grid_results(root)
+    table, extension, seeds = read_questions(df, questions, rule)
+    # the rule reads seeds 0-2 only; A's margin is tiny, so it fires; B's is wide, so B stays on the base seeds
+    assert extension["n_seeds"].tolist() == [3, 3] and extension["question_extends"].tolist() == [True, False]
+    assert table.groupby("id", sort=False)["n_seeds"].max().to_dict() == {"A": 5, "A final": 5, "B": 3}
+    assert seeds == question_seeds(questions, rule, {"A"})
+    # without a rule every question reads every seed, and the table is the plain one
+    plain, none, _ = read_questions(df, questions)
+    assert none is None and plain.equals(report.questions_table(df, questions))
 
 
 def test_an_unanswered_primary_keeps_its_margin_and_counts_as_p_1_in_the_equivalence_family(tmp_path):
