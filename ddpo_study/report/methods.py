@@ -15,7 +15,7 @@ mean (its reading would be interpolated from the base model), as in the matched-
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,13 +69,14 @@ def _ci(row: dict[str, Any], name: str, values: Sequence[float]) -> None:
 
 
 def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
-                 fractions: Sequence[float] = METHOD_FRACTIONS, by: Sequence[str] | None = None) -> pd.DataFrame:
+                 fractions: Sequence[float] = METHOD_FRACTIONS, by: Sequence[str] | None = None,
+                 collapse: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Per condition (its variant, method, base model and mode), mean and 95% CI over seeds of the reward gain and
     of each metric at the epoch-0 eval (``at="base"``), at each gain level (:func:`gain_levels`) and at the final
     epoch; ``runs``, ``runs_read`` (in the means), ``runs_early`` (refused, see the module doc), ``runs_unreached``
     (never reached the level) and, on the final rows, the per-run collapse kinds (:func:`~.tables.run_collapse`,
-    counted). A level is read on the evals where every metric was logged, so the refusal and the reading use the
-    same evals."""
+    counted; ``collapse``: cell -> its kind where the caller has them already, as the learning table's column). A
+    level is read on the evals where every metric was logged, so the refusal and the reading use the same evals."""
     metrics = [m for m in metrics if m in df]
     ev = eval_rows(df)
     levels, how = gain_levels(df, fractions, by)
@@ -115,7 +116,8 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str] = METHOD_METRICS,
         kinds, finished = [], set(fin["cell"])
         for cell, g in df[df["condition"] == cond].groupby("cell", sort=False):
             if cell in finished:
-                kinds.append(run_collapse(g, paired_reward_gain(g["cell_dir"].iloc[0])["z"]) if "cell_dir" in g
+                kinds.append(collapse[cell] if collapse is not None and cell in collapse else
+                             run_collapse(g, paired_reward_gain(g["cell_dir"].iloc[0])["z"]) if "cell_dir" in g
                              else "")
         row = {**head, "at": "final", "gain_level": math.nan, "runs_read": len(fin), "runs_early": 0,
                "runs_unreached": 0}

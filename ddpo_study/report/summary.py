@@ -133,7 +133,9 @@ def write_summary(root: str | Path, out_dir: str | Path | None = None, spec=None
             seeds = question_seeds(questions, extension, set(rule.loc[rule["question_extends"], "id"]))
         summary.tables["pooled"] = pooled_table(df, questions, spec.pool_with, seeds)
     if has_methods(df):  # a grid of methods or base models (study v3): the cross-method table and figure
-        summary.tables["methods"] = method_table(df, by=primary_conditions(df, questions))
+        learning = summary.tables["learning"]  # each run's collapse kind, read once
+        summary.tables["methods"] = method_table(df, by=primary_conditions(df, questions),
+                                                 collapse=dict(zip(learning["cell"], learning["collapse"])))
         summary.figures["methods"] = fig_methods(summary.tables["methods"])
     read = sorted({Path(c) for c in df["cell_dir"]})  # the finished cells, damaged ones left out
     continued = continued_table(root, read)  # runs started from another run's adapter (init_lora): the joined reads

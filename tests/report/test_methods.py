@@ -69,6 +69,12 @@ def test_the_summary_adds_the_table_only_for_a_grid_of_methods(methods_grid, fak
     assert {"methods.csv", "methods.md", "methods.png"} <= names
     assert not has_methods(report.load_grid_results(fake_grid))
     assert "methods.csv" not in {p.name for p in report.write_summary(fake_grid).files}
+    # the summary hands over the learning table's collapse kinds; read here or there, the table is the same
+    df = report.load_grid_results(methods_grid)
+    learning = report.learning_table(df)
+    kinds = dict(zip(learning["cell"], learning["collapse"]))
+    assert method_table(df, collapse=kinds).equals(method_table(df))
+    assert method_table(df, collapse=dict.fromkeys(kinds, "broke"))["collapse"].str.startswith("broke").sum() > 0
 
 
 def _named_grid(root, specs, seeds=(0, 1, 2)):
