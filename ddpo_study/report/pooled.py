@@ -20,7 +20,7 @@ from ..config import DDPOConfig, unused_keys
 from ..grid.questions import Question
 from ..grid.spec import _display_path
 from ..rundir import read_config
-from .questions import questions_table, select_runs
+from .questions import questions_table, seeds_read, select_runs
 from .results import NON_FACTORS, load_grid_results
 
 _FIELDS = {f.name for f in dataclasses.fields(DDPOConfig)}
@@ -77,7 +77,7 @@ def pooled_table(df: pd.DataFrame, questions: list[Question], pool_with: dict[st
     by_id = {q.id: q for q in questions}
     for qid, other in pool_with.items():
         q = by_id[qid]
-        own = df if seeds is None or qid not in seeds else df[df["seed"].isin(seeds[qid])]
+        own = seeds_read(df, qid, seeds)
         try:
             pooled, n = pooled_frame(own, q, other)
             why = "" if n else f"no finished run of either side's recipe in {_display_path(Path(other))}"

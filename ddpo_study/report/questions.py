@@ -210,6 +210,11 @@ def evaluate_question(df: pd.DataFrame, q: Question, alpha: float = ALPHA) -> li
     return rows
 
 
+def seeds_read(df: pd.DataFrame, qid: str, seeds: dict[str, Collection[int]] | None) -> pd.DataFrame:
+    """The rows of ``df`` that question ``qid`` reads: its seeds in ``seeds`` (:func:`question_seeds`), or all."""
+    return df if seeds is None or qid not in seeds else df[df["seed"].isin(seeds[qid])]
+
+
 def _unread(q: Question, verdict: str) -> list[dict[str, Any]]:
     """The rows of a question that cannot be read at all: as many as an answer has (one per metric, and per level
     at matched reward), so a primary question keeps all its places in Holm's families."""
@@ -274,8 +279,7 @@ def questions_table(df: pd.DataFrame, questions: Sequence[Question] | None = Non
                 rows += evaluate_question(df, q, alpha)
     else:
         for q in questions:
-            own = df if seeds is None or q.id not in seeds else df[df["seed"].isin(seeds[q.id])]
-            rows += evaluate_question(own, q, alpha)
+            rows += evaluate_question(seeds_read(df, q.id, seeds), q, alpha)
     # Holm over every pre-registered primary row: one that could not be answered stays in the family as p = 1,
     # so missing levels never make the others' adjustment milder than the spec's design.
     family = [i for i, r in enumerate(rows) if r["kind"] == "primary"]
