@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_docs import clone_paths
+
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 55 * 2**20
 
@@ -20,12 +22,9 @@ BUDGET_BYTES = 55 * 2**20
 def clone_bytes(root: Path) -> int | None:
     """Bytes of the files a clone of ``root`` would hold (tracked, or untracked and not ignored, so a file about
     to be committed counts); None outside a git work tree."""
-    try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                             capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    paths = clone_paths(root)  # with the folders above each file: the file test below skips them
+    if paths is None:
         return None
-    paths = {p for p in out.decode().split("\0") if p}
     # lstat: git stores a symbolic link as its target's path, not the file it points at (grids link each cell's
     # base-model eval images to one shared copy). A tracked file deleted in the work tree is skipped.
     return sum((root / p).lstat().st_size for p in paths if (root / p).is_symlink() or (root / p).is_file())
